@@ -1,0 +1,42 @@
+# Every target builds the project's virtualenv on first use, so a fresh machine needs only python3.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DATA_DIR ?= data/synthetic
+BUNDLE_DIR ?= data/tiny-wan
+
+.DEFAULT_GOAL := help
+.PHONY: help venv data tiny-wan train test test-slow bench clean
+
+help:  ## list targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+# torch first and alone (DESIGN §7): a local CPU wheel here, the normal release elsewhere.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)  ## create the virtualenv and install rvosflow into it
+
+data: $(STAMP)  ## generate the synthetic referring-video benchmark in all four real formats (cached)
+	$(PY) -m rvosflow.data.synthetic --out $(DATA_DIR)
+
+tiny-wan: data  ## pretrain the tiny Wan bundle on the synthetic train split (cached; FORCE=1 retrains)
+	$(PY) -m rvosflow.models.pretrain --data $(DATA_DIR) --out $(BUNDLE_DIR) $(if $(FORCE),--force,)
+
+train: data  ## train and score one configuration (the paper's final model) on the embedded default
+	$(PY) run.py $(ARGS)
+
+test: $(STAMP)  ## fast test suite
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)  ## long tests only (end-to-end training and pretraining)
+	$(PY) -m pytest -q -m slow
+
+clean:  ## remove generated data, runs and the virtualenv (keeps the shipped tiny bundle)
+	rm -rf $(VENV) $(DATA_DIR) outputs multirun results mlflow.db mlartifacts

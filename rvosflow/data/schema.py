@@ -1,0 +1,43 @@
+"""In-memory records shared by the synthetic generator, the format writers and the readers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Expression:
+    """One referring expression. Several `obj_ids` means the target is their union."""
+
+    exp_id: str
+    text: str
+    obj_ids: list[int]
+    # Synthetic-only metadata: which cue resolves it ("appearance", "motion", "relation",
+    # "temporal") and whether any single frame suffices. Not written to the real formats.
+    kind: str = ""
+    single_frame_resolvable: bool = True
+
+
+@dataclass
+class Video:
+    """A generated clip: frames, per-object visible masks and its expressions."""
+
+    video_id: str
+    frames: np.ndarray  # uint8 [T, H, W, 3]
+    masks: dict[int, np.ndarray]  # obj_id (>= 1) -> bool [T, H, W], visible part after occlusion
+    expressions: list[Expression]
+    caption: str = ""  # whole-scene caption, the text-to-video pretraining condition
+    frame_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.frame_names:
+            self.frame_names = [f"{i:05d}" for i in range(len(self.frames))]
+
+    def target(self, obj_ids: list[int]) -> np.ndarray:
+        """Union of the objects' masks, bool [T, H, W]."""
+        out = np.zeros(self.frames.shape[:3], dtype=bool)
+        for obj_id in obj_ids:
+            out |= self.masks[obj_id]
+        return out
