@@ -1,0 +1,1 @@
+"""Data fixtures: a tiny synthetic benchmark written once per test session."""

@@ -1,0 +1,1 @@
+"""Model fixtures: tiny Wan bundles for tests."""
