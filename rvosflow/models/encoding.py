@@ -1,0 +1,180 @@
+"""The release's text / pixel / latent conventions, in one place (DESIGN §3).
+
+Every tensor layout follows diffusers' Wan classes: pixels and latents are ``[B, C, T, H, W]``.
+
+* Captions: lower-cased, whitespace collapsed, tokenised to a fixed length (64 in the first
+  release), UMT5 embeddings past the true length zeroed (as ``WanPipeline`` does).
+* Video frames: uint8 -> [-1, 1]. Masks: {0, 1} -> 3 replicated channels -> [-1, 1].
+* Latents: the VAE posterior mean. The video latent is normalised with the VAE config's
+  ``latents_mean`` / ``latents_std`` (``(z - mean) / std``); the release leaves the mask latent
+  raw (REM normalises both), hence ``encode_mask(normalize=False)`` by default.
+* Frozen-decoder masks: decode, map the 3 channels back to [0, 1], average, threshold at 0.5.
+* Shapes: ``1 + 4k`` frames (the causal VAE silently drops the rest); H, W multiples of
+  ``spatial_multiple(vae, transformer)`` = VAE spatial factor x DiT patch size (16 for Wan2.1).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import numpy as np
+import torch
+
+_WS = re.compile(r"\s+")
+
+
+# ----------------------------------------------------------------------------- text
+def normalize_caption(text: str) -> str:
+    """Lower-case and collapse runs of whitespace to one space (stripped at both ends)."""
+    return _WS.sub(" ", str(text)).strip().lower()
+
+
+def tokenize(tokenizer, captions: str | Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised captions -> ``(input_ids, attention_mask)``, both ``[B, max_length]`` (padded, truncated)."""
+    if isinstance(captions, str):
+        captions = [captions]
+    enc = tokenizer([normalize_caption(c) for c in captions], padding="max_length", max_length=max_length,
+                    truncation=True, add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+    return enc.input_ids, enc.attention_mask
+
+
+def encode_text(text_encoder, tokenizer, captions: str | Sequence[str], max_length: int = 64,
+                grad: bool = False) -> torch.Tensor:
+    """UMT5 embeddings ``[B, max_length, D]`` with every position past the true length set to 0.
+
+    Runs under ``torch.no_grad()`` (the text encoder is frozen in every experiment) unless
+    ``grad=True`` (only the T2V pretraining of the tiny bundle trains it).
+    """
+    ids, mask = tokenize(tokenizer, captions, max_length)
+    dev = next(text_encoder.parameters()).device
+    ids, mask = ids.to(dev), mask.to(dev)
+    with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+        hidden = text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return hidden * mask.unsqueeze(-1).to(hidden.dtype)
+
+
+# ----------------------------------------------------------------------------- pixels
+def _as_tensor(x) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else torch.as_tensor(x)
+
+
+def frames_to_pixels(frames, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 frames ``[B, T, H, W, 3]`` (or one clip ``[T, H, W, 3]``) -> ``[B, 3, T, H, W]`` in [-1, 1]."""
+    x = _as_tensor(frames)
+    if x.ndim == 4:
+        x = x.unsqueeze(0)
+    if x.ndim != 5 or x.shape[-1] != 3:
+        raise ValueError(f"frames must be [B,T,H,W,3] or [T,H,W,3], got {tuple(x.shape)}")
+    return (x.to(dtype) / 127.5 - 1.0).permute(0, 4, 1, 2, 3).contiguous()
+
+
+def pixels_to_frames(pixels: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, T, H, W]`` in [-1, 1] -> uint8 ``[B, T, H, W, 3]`` (clamped, rounded)."""
+    x = ((pixels.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 4, 1).contiguous()
+
+
+def mask_to_pixels(masks, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Binary masks ``[B, T, H, W]`` (or one clip ``[T, H, W]``; bool or 0/1) -> ``[B, 3, T, H, W]`` in {-1, 1}."""
+    m = _as_tensor(masks)
+    if m.ndim == 3:
+        m = m.unsqueeze(0)
+    if m.ndim != 4:
+        raise ValueError(f"masks must be [B,T,H,W] or [T,H,W], got {tuple(m.shape)}")
+    m = (m > 0.5) if m.dtype != torch.bool else m
+    return (m.to(dtype) * 2.0 - 1.0).unsqueeze(1).expand(-1, 3, -1, -1, -1).contiguous()
+
+
+# ----------------------------------------------------------------------------- shapes
+def spatial_multiple(vae, transformer=None) -> int:
+    """H and W must be multiples of this: VAE spatial factor x DiT spatial patch (16 for Wan2.1)."""
+    f = int(vae.config.scale_factor_spatial or 8)
+    return f * (int(transformer.config.patch_size[1]) if transformer is not None else 1)
+
+
+def temporal_factor(vae) -> int:
+    """Frames per latent frame after the first (4 for Wan2.1): ``T_lat = 1 + (T - 1) // factor``."""
+    return int(vae.config.scale_factor_temporal or 4)
+
+
+def valid_num_frames(t: int, factor: int = 4) -> int:
+    """The largest ``1 + factor*k <= t`` (what the causal VAE actually encodes)."""
+    if t < 1:
+        raise ValueError("need at least one frame")
+    return 1 + factor * ((t - 1) // factor)
+
+
+def latent_shape(vae, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """``(C, T_lat, H_lat, W_lat)`` of the latent of a ``num_frames x height x width`` clip."""
+    s, f = int(vae.config.scale_factor_spatial or 8), temporal_factor(vae)
+    return int(vae.config.z_dim), 1 + (num_frames - 1) // f, height // s, width // s
+
+
+# ----------------------------------------------------------------------------- latents
+def _stats(vae, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    c = z.shape[1]
+    mean = torch.tensor(vae.config.latents_mean, dtype=z.dtype, device=z.device).view(1, c, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, dtype=z.dtype, device=z.device).view(1, c, 1, 1, 1)
+    return mean, std
+
+
+def normalize_latents(vae, z: torch.Tensor) -> torch.Tensor:
+    """Raw VAE latent -> normalised: ``(z - latents_mean) / latents_std`` per channel."""
+    mean, std = _stats(vae, z)
+    return (z - mean) / std
+
+
+def denormalize_latents(vae, z: torch.Tensor) -> torch.Tensor:
+    """Normalised latent -> raw VAE latent: ``z * latents_std + latents_mean``."""
+    mean, std = _stats(vae, z)
+    return z * std + mean
+
+
+def _vae_dtype(vae) -> torch.dtype:
+    return next(vae.parameters()).dtype
+
+
+def vae_posterior(vae, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, std)`` of the VAE posterior in the RAW latent space, each ``[B, z_dim, T_lat, H_lat, W_lat]``.
+
+    Gradients flow if enabled by the caller (the encoder is frozen in experiments: wrap in no_grad).
+    """
+    dist = vae.encode(pixels.to(_vae_dtype(vae))).latent_dist
+    return dist.mean, dist.std
+
+
+def encode_video(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """Video pixels ``[B, 3, T, H, W]`` in [-1, 1] -> NORMALISED posterior mean."""
+    mean, _ = vae_posterior(vae, pixels)
+    return normalize_latents(vae, mean)
+
+
+def encode_mask(vae, pixels: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    """Mask pixels (``mask_to_pixels``) -> posterior mean; RAW by default as in the release.
+
+    ``normalize=True`` applies the video statistics too (REM's convention).
+    """
+    mean, _ = vae_posterior(vae, pixels)
+    return normalize_latents(vae, mean) if normalize else mean
+
+
+def decode_video(vae, latents: torch.Tensor, normalized: bool = True) -> torch.Tensor:
+    """Latents -> pixels ``[B, 3, T, H, W]`` in [-1, 1] (the VAE clamps). ``normalized``: the input's space."""
+    z = denormalize_latents(vae, latents) if normalized else latents
+    return vae.decode(z.to(_vae_dtype(vae))).sample
+
+
+def decode_mask(vae, latents: torch.Tensor, normalized: bool = False, threshold: float = 0.5) -> torch.Tensor:
+    """Frozen-decoder masks: decode, map the 3 channels to [0, 1], average, ``> threshold`` -> bool ``[B, T, H, W]``.
+
+    ``normalized`` says whether ``latents`` are in the normalised space (default False: the
+    release's mask latents are raw).
+    """
+    return mask_probs(vae, latents, normalized) > threshold
+
+
+def mask_probs(vae, latents: torch.Tensor, normalized: bool = False) -> torch.Tensor:
+    """The soft mask ``[B, T, H, W]`` in [0, 1] that ``decode_mask`` thresholds."""
+    x = decode_video(vae, latents, normalized=normalized)
+    return ((x.float() + 1.0) / 2.0).mean(dim=1)
