@@ -1,0 +1,78 @@
+"""Time conventions, timestep sampling and the Euler solver.
+
+The code's API speaks the paper's time: ``z_t = (1 - t) z0 + t z1`` with the start point at
+t=0 and the mask at t=1. Wan's DiT embeds a timestep in [0, 1000] where 1000 is its noise end.
+The public release puts the *start* (video, or noise for noise2mask) at Wan's noise end, so
+``timestep = (1 - t) * 1000``; :func:`to_wan_timestep` is the one place that converts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+WAN_NUM_TRAIN_TIMESTEPS = 1000
+
+
+def to_wan_timestep(t: torch.Tensor, start_at_noise_end: bool = True) -> torch.Tensor:
+    """Paper time t in [0, 1] -> Wan DiT timestep in [0, 1000].
+
+    ``start_at_noise_end=True`` is the release's choice (video end = timestep 1000); False maps
+    t linearly (t=0 -> 0), an alternative kept as a setting for ablation.
+    """
+    sigma = (1.0 - t) if start_at_noise_end else t
+    return sigma * WAN_NUM_TRAIN_TIMESTEPS
+
+
+def interpolate(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Linear path ``(1 - t) z0 + t z1`` with t of shape [B] broadcast over the rest."""
+    t = t.view(-1, *([1] * (z0.dim() - 1))).to(z0.dtype)
+    return (1.0 - t) * z0 + t * z1
+
+
+def sample_bbs_times(
+    batch_size: int, p: float, generator: torch.Generator | None = None, device=None
+) -> torch.Tensor:
+    """Boundary-biased sampling: t ~ p * delta(0) + (1 - p) * U(0, 1). p=0 is the base flow."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"bbs.p must lie in [0, 1], got {p}")
+    uniform = torch.rand(batch_size, generator=generator, device=device)
+    at_start = torch.rand(batch_size, generator=generator, device=device) < p
+    return torch.where(at_start, torch.zeros_like(uniform), uniform)
+
+
+def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """Wan/SD3 timestep shift ``s * sigma / (1 + (s - 1) * sigma)``."""
+    return shift * sigma / (1.0 + (shift - 1.0) * sigma)
+
+
+def inference_times(steps: int, shift: float = 3.0, sigma_min: float = 0.001) -> torch.Tensor:
+    """Paper-time grid of ``steps + 1`` points from 0 (start) to exactly 1 (mask).
+
+    The release evaluates the DiT at ``shift(linspace(1, sigma_min, N + 1))`` with the last value
+    dropped, and (as diffusers' flow-matching Euler scheduler does) steps to sigma = 0 at the end,
+    so the final point is the end point itself. With N=1 the model is evaluated once, at t=0.
+    """
+    if steps < 1:
+        raise ValueError(f"solver.steps must be >= 1, got {steps}")
+    sigmas = shift_sigma(torch.linspace(1.0, sigma_min, steps + 1, dtype=torch.float64), shift)
+    sigmas = torch.cat([sigmas[:-1], torch.zeros(1, dtype=torch.float64)])
+    return 1.0 - sigmas
+
+
+def euler_integrate(
+    velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    z_start: torch.Tensor,
+    times: torch.Tensor,
+) -> torch.Tensor:
+    """Integrate dz/dt = velocity(z, t) over the grid ``times`` with explicit Euler.
+
+    ``velocity`` receives z and the batch's paper time t of shape [B].
+    """
+    z = z_start
+    batch = z_start.shape[0]
+    for t_now, t_next in zip(times[:-1], times[1:]):
+        t = torch.full((batch,), float(t_now), dtype=z.dtype, device=z.device)
+        z = z + (float(t_next) - float(t_now)) * velocity(z, t)
+    return z
