@@ -1,0 +1,121 @@
+"""Run-config checks that fail before any work, naming the key and what is allowed.
+
+Hydra already refuses unknown keys (the composed config is in struct mode) and unknown
+`+paradigm=` options; this module checks values, types and paradigm/toggle compatibility.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+
+from omegaconf import DictConfig, OmegaConf
+
+from rvosflow.paths import PROJECT_ROOT
+
+if not OmegaConf.has_resolver("root"):
+    OmegaConf.register_new_resolver("root", lambda: str(PROJECT_ROOT))
+
+MODES = ("train", "validate")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A setting with a wrong value or type; the message names the key and the allowed values."""
+
+
+def _get(cfg: DictConfig, key: str):
+    return OmegaConf.select(cfg, key, throw_on_missing=True)
+
+
+def _number(cfg, key, lo=None, hi=None, integer=False):
+    value = _get(cfg, key)
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(value, bool)
+    rng = f" in [{lo}, {hi}]" if lo is not None and hi is not None else (f" >= {lo}" if lo is not None else "")
+    if not ok_type or (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{key}: expected {kind}{rng}, got {value!r}")
+    return value
+
+
+def _bool(cfg, key):
+    value = _get(cfg, key)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _choice(cfg, key, allowed):
+    value = _get(cfg, key)
+    if value not in allowed:
+        raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(map(str, allowed))}")
+    return value
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError on the first bad setting."""
+    from rvosflow.data import DATAMODULES
+    from rvosflow.data.sampling import FRAME_SAMPLERS
+    from rvosflow.paradigms import PARADIGMS
+
+    name = _choice(cfg, "paradigm.name", sorted(PARADIGMS))
+    _number(cfg, "paradigm.timestep", 0, 1000)
+    bbs_p = _number(cfg, "bbs.p", 0, 1)
+    toggles = {"bbs": bbs_p > 0, "spa": _bool(cfg, "spa.enabled"), "dvi": _bool(cfg, "dvi.enabled")}
+    _bool(cfg, "wi.enabled")
+    accepts = PARADIGMS[name].accepts
+    for toggle, on in toggles.items():
+        if on and toggle not in accepts:
+            key = "bbs.p" if toggle == "bbs" else f"{toggle}.enabled"
+            allowed = ", ".join(sorted(accepts)) or "none besides wi"
+            raise ConfigError(f"{key}: paradigm '{name}' cannot take {toggle.upper()} (it accepts: {allowed})")
+    _number(cfg, "solver.steps", 1, integer=True)
+    _number(cfg, "solver.shift", 0)
+    _number(cfg, "solver.sigma_min", 0, 1)
+    _number(cfg, "seed", 0, integer=True)
+    _bool(cfg, "flow.start_at_noise_end")
+    _bool(cfg, "flow.normalize_mask_latent")
+    _choice(cfg, "mode", MODES)
+    _choice(cfg, "data.format", sorted(DATAMODULES))
+    _choice(cfg, "data.frame_sampler", FRAME_SAMPLERS)
+    frames = _number(cfg, "data.num_frames", 1, integer=True)
+    if (frames - 1) % 4:
+        raise ConfigError(f"data.num_frames: expected 1 + 4k frames (the Wan VAE drops the rest), got {frames}")
+    _number(cfg, "data.batch_size", 1, integer=True)
+    _choice(cfg, "model.dtype", DTYPES)
+    _number(cfg, "optim.lr", 0)
+    _number(cfg, "optim.weight_decay", 0)
+    _check_trainer(cfg)
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    import lightning as L
+
+    allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "logger", "callbacks"}
+    for key in cfg.trainer:
+        if key not in allowed:
+            raise ConfigError(f"trainer.{key}: not a lightning.Trainer argument")
+
+
+def flat_params(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as ``{"bbs.p": "0.5", ...}`` for MLflow params."""
+    out: dict[str, str] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The run config that `python run.py <overrides>` would see (without Hydra's own node)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "configs"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))

@@ -1,0 +1,89 @@
+"""Torch datasets over any :class:`ReferringSource` (one per on-disk format), one sample schema.
+
+Training sample (fixed shapes, default-collatable):
+    frames uint8 [T, h, w, 3] at model resolution, mask bool [T, h, w], caption (normalised),
+    video_id, exp_id, frame_indices long [T].
+Evaluation sample (whole video, batch of one):
+    the same keys over all frames, plus orig_size (H, W), frame_names, and ``target`` bool
+    [T, H, W] at the original resolution (None when the split has no masks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rvosflow.data.sampling import sample_frames
+from rvosflow.data.transforms import resize_frames, resize_masks
+from rvosflow.models.encoding import normalize_caption
+
+SizeFn = Callable[[int, int], tuple[int, int]]
+
+
+class ClipDataset(Dataset):
+    """One item per expression: a ``num_frames`` clip sampled from its video."""
+
+    def __init__(self, source, num_frames: int, frame_sampler: str, size_fn: SizeFn):
+        self.source = source
+        self.num_frames = num_frames
+        self.frame_sampler = frame_sampler
+        self.size_fn = size_fn
+
+    def __len__(self) -> int:
+        return len(self.source.expressions)
+
+    def __getitem__(self, i: int) -> dict:
+        expr = self.source.expressions[i]
+        # Torch's RNG is seeded per worker by Lightning's seed_everything(workers=True).
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,))))
+        idx = sample_frames(len(expr.frame_names), self.num_frames, self.frame_sampler, rng)
+        frames = self.source.load_frames(expr.video_id, idx)
+        size = self.size_fn(*frames.shape[1:3])
+        return {
+            "frames": resize_frames(frames, size),
+            "mask": resize_masks(self.source.load_target(expr, idx), size),
+            "caption": normalize_caption(expr.text),
+            "video_id": expr.video_id,
+            "exp_id": expr.exp_id,
+            "frame_indices": torch.tensor(idx),
+        }
+
+
+class VideoDataset(Dataset):
+    """One item per expression: its whole video, scored at the original resolution."""
+
+    def __init__(self, source, size_fn: SizeFn, limit: int | None = None):
+        self.source = source
+        self.size_fn = size_fn
+        self.expressions = source.expressions
+        if limit is not None and limit < len(self.expressions):
+            # An evenly spread, deterministic subset (for quick in-training validation).
+            keep = np.linspace(0, len(self.expressions) - 1, limit).round().astype(int)
+            self.expressions = [self.expressions[k] for k in keep]
+
+    def __len__(self) -> int:
+        return len(self.expressions)
+
+    def __getitem__(self, i: int) -> dict:
+        expr = self.expressions[i]
+        frames = self.source.load_frames(expr.video_id)
+        orig_size = tuple(frames.shape[1:3])
+        return {
+            "frames": resize_frames(frames, self.size_fn(*orig_size)),
+            "target": torch.as_tensor(self.source.load_target(expr)) if self.source.has_masks else None,
+            "caption": normalize_caption(expr.text),
+            "video_id": expr.video_id,
+            "exp_id": expr.exp_id,
+            "frame_indices": torch.arange(len(frames)),
+            "frame_names": list(expr.frame_names),
+            "orig_size": orig_size,
+        }
+
+
+def single_item(batch: list[dict]) -> dict:
+    """Collate for whole-video evaluation (batch size 1: videos differ in length and size)."""
+    (item,) = batch
+    return item
