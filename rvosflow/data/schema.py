@@ -30,6 +30,9 @@ class Video:
     expressions: list[Expression]
     caption: str = ""  # whole-scene caption, the text-to-video pretraining condition
     frame_names: list[str] = field(default_factory=list)
+    # Generator-side ground truth (synthetic only): per-object attributes and trajectories, the
+    # background, ... Never written to the real formats; used to verify expressions.
+    meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.frame_names:

@@ -1,0 +1,194 @@
+"""The common reader interface of the four referring-segmentation formats, and shared helpers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+
+class DatasetFormatError(ValueError):
+    """A dataset on disk does not follow its format; the message names the file and the entry."""
+
+
+@dataclass(frozen=True)
+class ExpressionRef:
+    video_id: str
+    exp_id: str
+    text: str
+    obj_ids: tuple[int, ...]
+    frame_names: tuple[str, ...]
+    annotator: int | None = None  # Ref-DAVIS annotator set 0..3
+
+
+class ReferringSource:
+    """A referring-segmentation dataset: expressions indexed at init, frames and masks loaded lazily."""
+
+    name: str = "source"
+    root: Path
+    has_masks: bool
+    expressions: list[ExpressionRef]
+    image_ext = ".jpg"
+
+    def __len__(self) -> int:
+        return len(self.expressions)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, expressions={len(self.expressions)}, has_masks={self.has_masks})"
+
+    # -- to be provided by subclasses
+    def _frame_dir(self, video_id: str) -> Path:
+        raise NotImplementedError
+
+    def _frame_names(self, video_id: str) -> Sequence[str]:
+        raise NotImplementedError
+
+    def _load_target_frames(self, expr: ExpressionRef, names: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- common API
+    def video_ids(self) -> list[str]:
+        return list(dict.fromkeys(e.video_id for e in self.expressions))
+
+    def frame_paths(self, video_id: str) -> list[Path]:
+        d = self._frame_dir(video_id)
+        return [d / f"{n}{self.image_ext}" for n in self._frame_names(video_id)]
+
+    def load_frames(self, video_id: str, indices: Sequence[int] | None = None) -> np.ndarray:
+        """uint8 [T, H, W, 3] (T = len(indices) when given)."""
+        paths = self.frame_paths(video_id)
+        if indices is not None:
+            paths = [paths[i] for i in indices]
+        return np.stack([read_rgb(p) for p in paths])
+
+    def load_target(self, expr: ExpressionRef, indices: Sequence[int] | None = None) -> np.ndarray:
+        """bool [T, H, W]: union of the expression's objects."""
+        if not self.has_masks:
+            raise DatasetFormatError(f"{self.root}: no ground-truth masks for this split ({self.name})")
+        names = list(self._frame_names(expr.video_id))
+        if indices is not None:
+            names = [names[i] for i in indices]
+        return self._load_target_frames(expr, names)
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def require(path: Path, what: str = "file") -> Path:
+    if not path.exists():
+        raise DatasetFormatError(f"{path}: {what} not found")
+    return path
+
+
+def read_json(path: Path):
+    require(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetFormatError(f"{path}: malformed JSON ({e})") from e
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError as e:
+        raise DatasetFormatError(f"{path}: frame file not found") from e
+    except OSError as e:
+        raise DatasetFormatError(f"{path}: unreadable image ({e})") from e
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) from the image header."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except FileNotFoundError as e:
+        raise DatasetFormatError(f"{path}: frame file not found") from e
+    return h, w
+
+
+def write_jpeg(path: Path, frame: np.ndarray, quality: int = 95) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(frame).save(path, quality=quality)
+
+
+def palette() -> list[int]:
+    """The DAVIS/YouTube-VOS colour palette (bit-interleaved PASCAL VOC colour map)."""
+    out = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        out += [r, g, b]
+    return out
+
+
+_PALETTE = palette()
+
+
+def write_index_png(path: Path, ids: np.ndarray) -> None:
+    """Palette ('P') PNG whose pixel value is the object id (0 = background)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(ids.astype(np.uint8), mode="P")
+    im.putpalette(_PALETTE)
+    im.save(path)
+
+
+def read_index_png(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise DatasetFormatError(f"{path}: annotation must be a palette PNG, got mode {im.mode!r}")
+            return np.asarray(im)
+    except FileNotFoundError as e:
+        raise DatasetFormatError(f"{path}: annotation file not found") from e
+
+
+def id_map(masks: dict[int, np.ndarray], t: int) -> np.ndarray:
+    first = next(iter(masks.values()))
+    out = np.zeros(first.shape[1:], dtype=np.uint8)
+    for k, m in masks.items():
+        out[m[t]] = k
+    return out
+
+
+def rle_encode(mask: np.ndarray) -> dict | None:
+    """COCO RLE with counts as str; None for an empty mask."""
+    if not mask.any():
+        return None
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def rle_decode(rle: dict | None, hw: tuple[int, int], where: str) -> np.ndarray:
+    if rle is None:
+        return np.zeros(hw, dtype=bool)
+    try:
+        size = tuple(int(s) for s in rle["size"])
+        counts = rle["counts"]
+    except (TypeError, KeyError, ValueError) as e:
+        raise DatasetFormatError(f"{where}: malformed RLE ({e!r})") from e
+    if size != tuple(hw):
+        raise DatasetFormatError(f"{where}: RLE size {list(size)} does not match the frame size {list(hw)}")
+    if isinstance(counts, list):
+        rle = mask_utils.frPyObjects({"size": list(size), "counts": counts}, *size)
+    else:
+        rle = {"size": list(size), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return mask_utils.decode(rle).astype(bool)
