@@ -122,7 +122,7 @@ def image_size(path: Path) -> tuple[int, int]:
 
 def write_jpeg(path: Path, frame: np.ndarray, quality: int = 95) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(frame).save(path, quality=quality)
+    Image.fromarray(frame).save(path, quality=quality, subsampling=0)
 
 
 def palette() -> list[int]:
