@@ -54,7 +54,7 @@ def _choice(cfg, key, allowed):
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError on the first bad setting."""
-    from rvosflow.data import DATAMODULES
+    from rvosflow.data.datamodules import DATAMODULES
     from rvosflow.data.sampling import FRAME_SAMPLERS
     from rvosflow.paradigms import PARADIGMS
 

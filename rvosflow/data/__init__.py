@@ -1,8 +1,4 @@
-"""Datasets: the synthetic benchmark, the real-format readers and the DataModules."""
+"""Datasets: the synthetic benchmark (`rvosflow.data.synthetic`), the real-format readers
+(`rvosflow.data.formats`) and the DataModules (`rvosflow.data.datamodules`).
 
-from rvosflow.data.datamodules import MevisDataModule, ReferringDataModule
-
-# data.format -> DataModule class (the reader behind it opens the real on-disk layout).
-DATAMODULES = {"mevis": MevisDataModule}
-
-__all__ = ["DATAMODULES", "MevisDataModule", "ReferringDataModule"]
+Kept free of imports so the data CLI starts without loading Lightning."""

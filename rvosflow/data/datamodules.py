@@ -73,3 +73,7 @@ class MevisDataModule(ReferringDataModule):
         from rvosflow.data.formats.mevis import MevisSource
 
         return MevisSource(self.root / split)
+
+
+# data.format -> DataModule class (the reader behind it opens the real on-disk layout).
+DATAMODULES: dict[str, type[ReferringDataModule]] = {"mevis": MevisDataModule}

@@ -1,0 +1,139 @@
+"""Build and run one configuration from a composed config: the body of `python run.py`, and
+what a sweep trial calls. Returns and writes ``results.json`` (J, F, JF in percent)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig, OmegaConf
+
+from rvosflow import config as run_config
+from rvosflow.paths import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+class OverlayLogger(Callback):
+    """Logs the module's validation overlays as one image per validation to MLflow."""
+
+    def on_validation_epoch_end(self, trainer, module) -> None:
+        if not module.overlays or not isinstance(trainer.logger, MLFlowLogger) or trainer.sanity_checking:
+            return
+        from rvosflow.visualize import overlay_figure
+
+        import matplotlib.pyplot as plt
+
+        fig = overlay_figure(module.overlays)
+        trainer.logger.experiment.log_figure(
+            trainer.logger.run_id, fig, f"overlays/val_step{trainer.global_step:06d}.png")
+        plt.close(fig)
+
+
+def flow_settings(cfg: DictConfig):
+    from rvosflow.paradigms import FlowSettings
+
+    return FlowSettings(
+        bbs_p=float(cfg.bbs.p), spa=bool(cfg.spa.enabled), dvi=bool(cfg.dvi.enabled),
+        steps=int(cfg.solver.steps), shift=float(cfg.solver.shift), sigma_min=float(cfg.solver.sigma_min),
+        start_at_noise_end=bool(cfg.flow.start_at_noise_end), onestep_timestep=float(cfg.paradigm.timestep),
+    )
+
+
+def ensure_data(cfg: DictConfig) -> None:
+    root = Path(cfg.data.root)
+    if root.exists():
+        return
+    if not cfg.data.get("generate_if_missing", False):
+        raise FileNotFoundError(f"data.root: {root} does not exist (expected the {cfg.data.format} layout there)")
+    from rvosflow.data.synthetic import SyntheticConfig, write_benchmark
+
+    log.info("synthetic benchmark missing at %s: generating it (once)", root)
+    write_benchmark(root.parent, SyntheticConfig())
+
+
+def build_datamodule(cfg: DictConfig, spatial_multiple: int):
+    from rvosflow.data.datamodules import DATAMODULES
+
+    d = cfg.data
+    return DATAMODULES[d.format](
+        root=d.root, train_split=d.train_split, val_split=d.val_split, num_frames=d.num_frames,
+        frame_sampler=d.frame_sampler, height=d.height, max_width=d.max_width,
+        spatial_multiple=spatial_multiple, batch_size=d.batch_size, num_workers=d.num_workers,
+        val_limit=d.val_limit,
+    )
+
+
+def build_module(cfg: DictConfig, bundle):
+    from rvosflow.module import FlowRVSModule, OptimSettings
+    from rvosflow.paradigms import build_paradigm
+
+    return FlowRVSModule(
+        bundle, build_paradigm(cfg.paradigm.name, flow_settings(cfg)), weight_init=cfg.wi.enabled,
+        optim=OptimSettings(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay),
+        text_max_length=cfg.model.text_max_length, normalize_mask_latent=cfg.flow.normalize_mask_latent,
+        window_frames=cfg.window_frames, cache_latents=cfg.cache_latents, num_overlays=cfg.num_overlays,
+        seed=cfg.seed, run_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def make_logger(cfg: DictConfig, tags: dict | None = None) -> MLFlowLogger:
+    uri = cfg.logger.tracking_uri or default_tracking_uri()
+    artifact_location = None
+    if uri.startswith("sqlite:///"):
+        artifact_location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return MLFlowLogger(
+        experiment_name=cfg.logger.experiment_name, run_name=cfg.logger.run_name, tracking_uri=uri,
+        tags={**dict(cfg.logger.tags or {}), **(tags or {})}, artifact_location=artifact_location,
+    )
+
+
+def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None = None, tags: dict | None = None) -> dict:
+    """Validate, train (mode=train), score on the validation split and write results.json."""
+    from rvosflow.models import encoding
+    from rvosflow.models.loader import load_wan_bundle
+
+    run_config.validate(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    ensure_data(cfg)
+    bundle = load_wan_bundle(cfg.model.path, dtype=cfg.model.dtype)
+    module = build_module(cfg, bundle)
+    datamodule = build_datamodule(cfg, encoding.spatial_multiple(bundle.vae, bundle.transformer))
+
+    logger = make_logger(cfg, tags)
+    logger.log_hyperparams(run_config.flat_params(cfg))
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True), logger=logger, default_root_dir=str(run_dir),
+        callbacks=[OverlayLogger(), ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
+                   *(callbacks or [])],
+    )
+    if cfg.mode == "train":
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        ckpt = None  # score the weights in memory
+    else:
+        ckpt = cfg.ckpt_path
+    datamodule.val_limit = None  # the reported score covers the whole validation split
+    scores = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt)[0]
+
+    results = {
+        "J": 100 * scores["val/J"], "F": 100 * scores["val/F"], "JF": 100 * scores["val/JF"],
+        "mlflow_run_id": logger.run_id, "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    out = run_dir / "results.json"
+    out.write_text(json.dumps(results, indent=2))
+    logger.experiment.log_artifact(logger.run_id, str(out))
+    logger.experiment.log_text(logger.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    log.info("J&F %.1f  J %.1f  F %.1f  -> %s", results["JF"], results["J"], results["F"], out)
+    return results
