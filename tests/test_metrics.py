@@ -278,6 +278,8 @@ def test_shape_mismatch_raises():
         jaccard(torch.zeros(1, 4, 4), torch.zeros(1, 4, 5))
     with pytest.raises(ValueError):
         JandF().update(torch.zeros(2, 4, 4), torch.zeros(3, 4, 4))
+    with pytest.raises(ValueError, match="binary"):  # probabilities must be thresholded first
+        boundary_f(torch.full((1, 4, 4), 0.3), torch.zeros(1, 4, 4))
 
 
 # --------------------------------------------------------------------------- metric aggregation
