@@ -349,3 +349,13 @@ def test_reset():
     metric.update(p, g)
     metric.reset()
     assert int(metric.n_expressions) == 0
+
+
+def test_forward_returns_batch_values_and_accumulates():
+    p, g = _expressions(11, b=2, t=2)
+    metric = JandF()
+    batch = metric(p[:1], g[:1])
+    ref = jandf_per_expression(p[0], g[0])
+    assert abs(batch["J"].item() - ref[0].item()) < 1e-12
+    metric(p[1:], g[1:])
+    assert int(metric.n_expressions) == 2
