@@ -100,8 +100,8 @@ class FlowRVSModule(L.LightningModule):
     @torch.no_grad()
     def text_embeddings(self, captions: list[str]) -> torch.Tensor:
         rows = [
-            self._cached(("text", c), lambda c=c: encoding.encode_text(
-                self.frozen.text_encoder, self.frozen.tokenizer, [c], self.text_max_length))[0]
+            self._cached(("text", c), lambda c=c: (encoding.encode_text(
+                self.frozen.text_encoder, self.frozen.tokenizer, [c], self.text_max_length),))[0]
             for c in captions
         ]
         return torch.cat(rows).to(self.dtype)
