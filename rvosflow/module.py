@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from rvosflow.data.transforms import pad_frames, resize_masks, padded_frame_count, windows
+from rvosflow.latents import LatentCache
 from rvosflow.metrics import JandF
 from rvosflow.models import encoding
 from rvosflow.models.dit import build_dit
@@ -61,6 +62,7 @@ class FlowRVSModule(L.LightningModule):
         normalize_mask_latent: bool = False,
         window_frames: int = 81,
         cache_latents: bool = True,
+        latent_cache_dir: str | None = None,
         num_overlays: int = 4,
         seed: int = 0,
         run_config: dict | None = None,
@@ -78,11 +80,11 @@ class FlowRVSModule(L.LightningModule):
         self.text_max_length = text_max_length
         self.normalize_mask_latent = normalize_mask_latent
         self.window_frames = padded_frame_count(window_frames, self.temporal_factor)
-        self.cache_latents = cache_latents
+        self.latents = LatentCache(latent_cache_dir, enabled=cache_latents)
+        self._text: dict[str, torch.Tensor] = {}  # frozen text embeddings by caption
         self.num_overlays = num_overlays
         self.seed = seed
         self.val_metric = JandF()
-        self._cache: dict = {}
         self.overlays: list[dict] = []  # filled during validation, read by the logging callback
 
     # ----------------------------------------------------------------- frozen encoders
@@ -90,33 +92,34 @@ class FlowRVSModule(L.LightningModule):
     def temporal_factor(self) -> int:
         return encoding.temporal_factor(self.frozen.vae)
 
-    def _cached(self, key, compute):
-        if not self.cache_latents:
-            return compute()
-        if key not in self._cache:
-            self._cache[key] = tuple(x.detach().cpu() for x in compute())
-        return tuple(x.to(self.device) for x in self._cache[key])
-
     @torch.no_grad()
     def text_embeddings(self, captions: list[str]) -> torch.Tensor:
-        rows = [
-            self._cached(("text", c), lambda c=c: (encoding.encode_text(
-                self.frozen.text_encoder, self.frozen.tokenizer, [c], self.text_max_length),))[0]
-            for c in captions
-        ]
-        return torch.cat(rows).to(self.dtype)
+        missing = [c for c in dict.fromkeys(captions) if c not in self._text]
+        if missing:
+            emb = encoding.encode_text(self.frozen.text_encoder, self.frozen.tokenizer, missing, self.text_max_length)
+            self._text.update({c: e.cpu() for c, e in zip(missing, emb)})
+        return torch.stack([self._text[c] for c in captions]).to(self.device, self.dtype)
 
     @torch.no_grad()
-    def video_posterior(self, frames: torch.Tensor, key) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw-space posterior (mean, std) of a clip, frames uint8 [T, H, W, 3]."""
-        return self._cached(("video", key), lambda: encoding.vae_posterior(
-            self.frozen.vae, encoding.frames_to_pixels(frames[None].to(self.device))))
+    def video_posteriors(self, clips: list[torch.Tensor], keys: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw-space posterior (mean, std) of equally shaped clips (uint8 [T, H, W, 3]), batched."""
+        def compute(pos):
+            pixels = encoding.frames_to_pixels(torch.stack([clips[i] for i in pos]).to(self.device))
+            mean, std = encoding.vae_posterior(self.frozen.vae, pixels)
+            return list(zip(mean, std))
+
+        entries = self.latents.get_many([("video", *k) for k in keys], compute)
+        return tuple(torch.stack([e[j] for e in entries]).to(self.device) for j in (0, 1))
 
     @torch.no_grad()
-    def mask_latent(self, mask: torch.Tensor, key) -> torch.Tensor:
-        return self._cached(("mask", key), lambda: (encoding.encode_mask(
-            self.frozen.vae, encoding.mask_to_pixels(mask[None].to(self.device)),
-            normalize=self.normalize_mask_latent),))[0]
+    def mask_latents(self, masks: list[torch.Tensor], keys: list) -> torch.Tensor:
+        def compute(pos):
+            pixels = encoding.mask_to_pixels(torch.stack([masks[i] for i in pos]).to(self.device))
+            z = encoding.encode_mask(self.frozen.vae, pixels, normalize=self.normalize_mask_latent)
+            return [(x,) for x in z]
+
+        entries = self.latents.get_many([("mask", self.normalize_mask_latent, *k) for k in keys], compute)
+        return torch.stack([e[0] for e in entries]).to(self.device)
 
     def start_latent(self, mean: torch.Tensor, std: torch.Tensor | None, augment: bool) -> torch.Tensor:
         return start_point(self.frozen.vae, mean, std, augment)
@@ -141,13 +144,10 @@ class FlowRVSModule(L.LightningModule):
     on_predict_start = on_validation_start
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        z_video, z_mask = [], []
-        for i, video_id in enumerate(batch["video_id"]):
-            key = (video_id, tuple(batch["frame_indices"][i].tolist()))
-            mean, std = self.video_posterior(batch["frames"][i], key)
-            z_video.append(self.start_latent(mean, std, self.paradigm.settings.spa))
-            z_mask.append(self.mask_latent(batch["mask"][i], key + (batch["exp_id"][i],)))
-        z_video, z_mask = torch.cat(z_video), torch.cat(z_mask)
+        keys = [(v, tuple(i.tolist())) for v, i in zip(batch["video_id"], batch["frame_indices"])]
+        mean, std = self.video_posteriors(list(batch["frames"]), keys)
+        z_video = self.start_latent(mean, std, self.paradigm.settings.spa)
+        z_mask = self.mask_latents(list(batch["mask"]), [k + (e,) for k, e in zip(keys, batch["exp_id"])])
         pair = self.paradigm.training_pair(z_video, z_mask, generator=None)
         pred = self.dit(self.text_embeddings(batch["caption"]))(pair.model_input, pair.timestep)
         loss = F.mse_loss(pred.float(), pair.target.float())
@@ -165,36 +165,53 @@ class FlowRVSModule(L.LightningModule):
 
     # ----------------------------------------------------------------- inference
     @torch.no_grad()
-    def predict_masks(self, sample: dict) -> torch.Tensor:
-        """bool [T, H, W] at the sample's original resolution for one whole video."""
-        frames = sample["frames"]
-        text = self.text_embeddings([sample["caption"]])
+    def predict_masks(self, samples: list[dict]) -> list[torch.Tensor]:
+        """bool [T, H, W] at each sample's original resolution, for whole videos.
+
+        Samples whose videos share a shape go through the DiT and the VAE decoder together.
+        """
+        preds: list[torch.Tensor | None] = [None] * len(samples)
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(samples):
+            groups.setdefault(tuple(s["frames"].shape), []).append(i)
+        for members in groups.values():
+            for i, pred in zip(members, self._predict_same_shape([samples[i] for i in members])):
+                preds[i] = pred
+        return preds
+
+    def _predict_same_shape(self, samples: list[dict]) -> list[torch.Tensor]:
+        text = self.text_embeddings([s["caption"] for s in samples])
         model = self.dit(text)
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        num_frames = len(samples[0]["frames"])
         probs = []
-        for start, stop in windows(len(frames), self.window_frames):
-            clip = frames[start:stop]
-            n = padded_frame_count(len(clip), self.temporal_factor)
-            mean, _ = self.video_posterior(pad_frames(clip, n), (sample["video_id"], "window", start, stop))
+        for start, stop in windows(num_frames, self.window_frames):
+            n = padded_frame_count(stop - start, self.temporal_factor)
+            clips = [pad_frames(s["frames"][start:stop], n) for s in samples]
+            mean, _ = self.video_posteriors(clips, [(s["video_id"], "window", start, stop, n) for s in samples])
             z_mask = self.paradigm.predict(model, self.start_latent(mean, None, False), generator)
             soft = encoding.mask_probs(self.frozen.vae, z_mask.float(), normalized=self.normalize_mask_latent)
-            probs.append(soft[0, : stop - start])
-        return resize_masks(torch.cat(probs).float().cpu(), sample["orig_size"])
+            probs.append(soft[:, : stop - start].float().cpu())
+        probs = torch.cat(probs, dim=1)
+        return [resize_masks(p, s["orig_size"]) for p, s in zip(probs, samples)]
 
-    def validation_step(self, sample: dict, batch_idx: int) -> None:
-        pred = self.predict_masks(sample)
-        if sample["target"] is None:
-            raise ValueError(f"validation split has no masks (video {sample['video_id']})")
-        self.val_metric.update(pred, sample["target"])
-        if len(self.overlays) < self.num_overlays:
-            self.overlays.append({**{k: sample[k] for k in ("video_id", "exp_id", "caption", "target")},
-                                  "frames": sample["frames"], "pred": pred})
+    def validation_step(self, samples: list[dict], batch_idx: int) -> None:
+        for sample, pred in zip(samples, self.predict_masks(samples)):
+            if sample["target"] is None:
+                raise ValueError(f"validation split has no masks (video {sample['video_id']})")
+            self.val_metric.update(pred, sample["target"])
+            if len(self.overlays) < self.num_overlays:
+                keep = ("video_id", "exp_id", "caption", "target", "frames")
+                self.overlays.append({**{k: sample[k] for k in keep}, "pred": pred})
 
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metric.compute()
         for name in ("J", "F", "JF"):
-            self.log(f"val/{name}", scores[name].float(), sync_dist=False)
+            self.log(f"val/{name}", scores[name].float())
         self.val_metric.reset()
 
-    def predict_step(self, sample: dict, batch_idx: int) -> dict:
-        return {k: sample[k] for k in ("video_id", "exp_id", "frame_names")} | {"pred": self.predict_masks(sample)}
+    def predict_step(self, samples: list[dict], batch_idx: int) -> list[dict]:
+        return [
+            {k: s[k] for k in ("video_id", "exp_id", "frame_names")} | {"pred": pred}
+            for s, pred in zip(samples, self.predict_masks(samples))
+        ]

@@ -68,9 +68,21 @@ def build_datamodule(cfg: DictConfig, spatial_multiple: int):
     return DATAMODULES[d.format](
         root=d.root, train_split=d.train_split, val_split=d.val_split, num_frames=d.num_frames,
         frame_sampler=d.frame_sampler, height=d.height, max_width=d.max_width,
-        spatial_multiple=spatial_multiple, batch_size=d.batch_size, num_workers=d.num_workers,
+        spatial_multiple=spatial_multiple, batch_size=d.batch_size, val_batch_size=d.val_batch_size,
+        num_workers=d.num_workers,
         val_limit=d.val_limit,
     )
+
+
+def latent_cache_dir(cfg: DictConfig) -> str | None:
+    """A cache folder per (VAE weights, dataset, resolution, mask-latent convention)."""
+    if not cfg.cache_latents or not cfg.latent_cache_dir:
+        return None
+    from rvosflow.latents import file_identity, fingerprint
+
+    key = fingerprint(file_identity(Path(cfg.model.path) / "vae"), str(Path(cfg.data.root).resolve()),
+                      cfg.data.height, cfg.data.max_width, cfg.model.dtype)
+    return str(Path(cfg.latent_cache_dir) / key)
 
 
 def build_module(cfg: DictConfig, bundle):
@@ -81,7 +93,8 @@ def build_module(cfg: DictConfig, bundle):
         bundle, build_paradigm(cfg.paradigm.name, flow_settings(cfg)), weight_init=cfg.wi.enabled,
         optim=OptimSettings(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay),
         text_max_length=cfg.model.text_max_length, normalize_mask_latent=cfg.flow.normalize_mask_latent,
-        window_frames=cfg.window_frames, cache_latents=cfg.cache_latents, num_overlays=cfg.num_overlays,
+        window_frames=cfg.window_frames, cache_latents=cfg.cache_latents, latent_cache_dir=latent_cache_dir(cfg),
+        num_overlays=cfg.num_overlays,
         seed=cfg.seed, run_config=OmegaConf.to_container(cfg, resolve=True),
     )
 

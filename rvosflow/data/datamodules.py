@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader
 
-from rvosflow.data.datasets import ClipDataset, VideoDataset, single_item
+from rvosflow.data.datasets import ClipDataset, VideoDataset, as_list
 from rvosflow.data.transforms import model_size
 
 
@@ -30,6 +30,7 @@ class ReferringDataModule(L.LightningDataModule):
         max_width: int = 832,
         spatial_multiple: int = 16,
         batch_size: int = 1,
+        val_batch_size: int = 1,
         num_workers: int = 0,
         val_limit: int | None = None,
     ):
@@ -38,7 +39,8 @@ class ReferringDataModule(L.LightningDataModule):
         self.train_split, self.val_split = train_split, val_split
         self.num_frames, self.frame_sampler = num_frames, frame_sampler
         self.size_fn = partial(model_size, target_height=height, max_width=max_width, multiple=spatial_multiple)
-        self.batch_size, self.num_workers, self.val_limit = batch_size, num_workers, val_limit
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.num_workers, self.val_limit = num_workers, val_limit
         self._sources: dict[str, object] = {}
 
     def make_source(self, split: str):
@@ -60,10 +62,11 @@ class ReferringDataModule(L.LightningDataModule):
         return self._loader(ds, shuffle=True, batch_size=self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(VideoDataset(self.source(self.val_split), self.size_fn, self.val_limit), False, single_item)
+        ds = VideoDataset(self.source(self.val_split), self.size_fn, self.val_limit)
+        return self._loader(ds, False, as_list, self.val_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(VideoDataset(self.source(self.val_split), self.size_fn), False, single_item)
+        return self._loader(VideoDataset(self.source(self.val_split), self.size_fn), False, as_list, self.val_batch_size)
 
 
 class MevisDataModule(ReferringDataModule):

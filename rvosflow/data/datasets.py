@@ -3,7 +3,7 @@
 Training sample (fixed shapes, default-collatable):
     frames uint8 [T, h, w, 3] at model resolution, mask bool [T, h, w], caption (normalised),
     video_id, exp_id, frame_indices long [T].
-Evaluation sample (whole video, batch of one):
+Evaluation sample (whole video; batches are lists of these):
     the same keys over all frames, plus orig_size (H, W), frame_names, and ``target`` bool
     [T, H, W] at the original resolution (None when the split has no masks).
 """
@@ -83,7 +83,7 @@ class VideoDataset(Dataset):
         }
 
 
-def single_item(batch: list[dict]) -> dict:
-    """Collate for whole-video evaluation (batch size 1: videos differ in length and size)."""
-    (item,) = batch
-    return item
+def as_list(batch: list[dict]) -> list[dict]:
+    """Collate for whole-video evaluation: videos differ in length and size, so a batch stays a
+    list (the module runs equally shaped ones together)."""
+    return batch

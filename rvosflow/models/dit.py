@@ -48,4 +48,4 @@ def build_dit(
         model = model.to(dtype=pretrained.dtype)
     widen_patch_embedding(model, in_channels)
     model.requires_grad_(True)
-    return model
+    return model.train()  # the bundle is loaded in eval mode
