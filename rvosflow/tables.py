@@ -1,0 +1,180 @@
+"""Result tables from sweep trials: pure functions from records to pandas DataFrames and text.
+
+A *record* is one trial as a plain dict::
+
+    {"row": "e", "seed": 1, "state": "COMPLETE", "JF": 57.1, "J": 53.0, "F": 61.2, "number": 7}
+
+(scores in percent; ``state`` an Optuna trial state name). A *row spec* describes one table line::
+
+    {"id": "e", "label": "+ BBS p=0.5", "paper": {"JF": 57.9, "J": 53.8, "F": 62.1},
+     "settings": {"bbs_p": 0.5, "spa": False, "dvi": False, "wi": True}}
+
+:func:`summarize` aggregates the completed trials of each row over seeds (mean and sample std);
+:func:`display_table` formats that as ``mean ± std`` strings, and :func:`to_markdown`,
+:func:`to_csv`, :func:`to_latex` write it out. :func:`search_table` lists a search's trials.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import pandas as pd
+
+METRICS = ("JF", "J", "F")
+METRIC_NAMES = {"JF": "J&F", "J": "J", "F": "F"}
+SETTING_COLUMNS = {"bbs_p": "BBS p", "spa": "SPA", "dvi": "DVI", "wi": "WI"}
+
+
+def summarize(records: Iterable[Mapping], rows: Sequence[Mapping]) -> pd.DataFrame:
+    """One line per row spec (in their order): settings, seeds done, mean/std of J&F, J, F, paper.
+
+    Only ``COMPLETE`` records count towards the scores; ``failed`` counts ``FAIL`` records of the
+    row that no later attempt with the same seed completed. Rows without a completed trial have
+    NaN scores. ``std`` is the sample standard deviation (NaN with a single seed).
+    """
+    recs = pd.DataFrame(list(records), columns=["row", "seed", "state", *METRICS])
+    lines = []
+    for spec in rows:
+        mine = recs[recs["row"] == spec["id"]]
+        done = mine[mine["state"] == "COMPLETE"]
+        failed_seeds = set(mine.loc[mine["state"] == "FAIL", "seed"]) - set(done["seed"])
+        line = {"id": spec["id"], "configuration": spec.get("label", spec["id"])}
+        for key in SETTING_COLUMNS:
+            line[key] = (spec.get("settings") or {}).get(key)
+        line["seeds"] = int(done["seed"].nunique())
+        line["failed"] = len(failed_seeds)
+        for m in METRICS:
+            values = done[m].astype(float)
+            line[f"{m}_mean"] = values.mean() if len(values) else math.nan
+            line[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        paper = spec.get("paper") or {}
+        for m in METRICS:
+            line[f"paper_{m}"] = paper.get(m, math.nan)
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def mean_pm_std(mean: float, std: float, digits: int = 1, pm: str = "±") -> str:
+    """``"57.9 ± 1.2"``; ``"57.9"`` when there is no std (one seed); ``"–"`` when there is no mean."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} {pm} {std:.{digits}f}"
+
+
+def _setting(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "✓" if value else "✗"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def display_table(summary: pd.DataFrame, digits: int = 1, pm: str = "±") -> pd.DataFrame:
+    """The human table: ID, configuration, BBS p, SPA, DVI, WI, J&F, J, F (mean ± std over seeds),
+    the paper's J&F beside ours, and the seeds done (``2/3`` style when some failed)."""
+    out = pd.DataFrame({"ID": summary["id"], "Configuration": summary["configuration"]})
+    for key, name in SETTING_COLUMNS.items():
+        out[name] = [_setting(v) for v in summary[key]]
+    for m in METRICS:
+        out[METRIC_NAMES[m]] = [mean_pm_std(a, b, digits, pm) for a, b in zip(summary[f"{m}_mean"], summary[f"{m}_std"])]
+    out["Paper J&F"] = [mean_pm_std(v, math.nan, digits) for v in summary["paper_JF"]]
+    out["Seeds"] = [f"{s}" + (f" ({f} failed)" if f else "") for s, f in zip(summary["seeds"], summary["failed"])]
+    return out
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    return table.to_markdown(index=False) + "\n"
+
+
+def to_csv(summary: pd.DataFrame) -> str:
+    """Machine-readable: the numeric summary (means and stds in separate columns)."""
+    return summary.to_csv(index=False, float_format="%.4f")
+
+
+def _latex_escape(text: str) -> str:
+    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+            "±": r"$\pm$", "✓": r"\checkmark", "✗": r"--", "–": "--", "−": "$-$"}
+    return "".join(repl.get(ch, ch) for ch in str(text))
+
+
+def to_latex(table: pd.DataFrame, caption: str | None = None, label: str | None = None) -> str:
+    """A booktabs ``tabular`` (in a ``table`` float when a caption is given); needs no jinja2."""
+    cols = list(table.columns)
+    align = "".join("l" if c in ("ID", "Configuration") else "c" for c in cols)
+    lines = [r"\begin{tabular}{" + align + "}", r"\toprule",
+             " & ".join(_latex_escape(c) for c in cols) + r" \\", r"\midrule"]
+    for _, r in table.iterrows():
+        lines.append(" & ".join(_latex_escape(r[c]) for c in cols) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    body = "\n".join(lines)
+    if caption is None:
+        return body + "\n"
+    head = [r"\begin{table}[t]", r"\centering", r"\caption{" + _latex_escape(caption) + "}"]
+    if label:
+        head.append(r"\label{" + label + "}")
+    return "\n".join([*head, body, r"\end{table}"]) + "\n"
+
+
+def search_table(records: Iterable[Mapping], params: Sequence[str], digits: int = 1) -> pd.DataFrame:
+    """A search's trials, best first: trial number, state, the searched parameters, J&F, J, F."""
+    recs = list(records)
+    out = pd.DataFrame({
+        "Trial": [r.get("number") for r in recs],
+        "State": [r.get("state") for r in recs],
+        **{p: [(r.get("params") or {}).get(p) for r in recs] for p in params},
+        **{METRIC_NAMES[m]: [r.get(m, math.nan) for r in recs] for m in METRICS},
+    })
+    for m in METRICS:
+        out[METRIC_NAMES[m]] = out[METRIC_NAMES[m]].astype(float).round(digits)
+    return out.sort_values(["J&F", "Trial"], ascending=[False, True], na_position="last").reset_index(drop=True)
+
+
+def plot_rows(summary: pd.DataFrame, title: str | None = None):
+    """A matplotlib Figure: J&F per row (ours: mean with std error bars) beside the paper's."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.arange(len(summary))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(summary) + 2), 4.0))
+    width = 0.38
+    ours = summary["JF_mean"].astype(float).to_numpy()
+    err = np.nan_to_num(summary["JF_std"].astype(float).to_numpy())
+    ax.bar(x - width / 2, np.nan_to_num(ours), width, yerr=err, capsize=3, label="ours (mean ± std over seeds)")
+    ax.bar(x + width / 2, summary["paper_JF"].astype(float).to_numpy(), width, label="paper", alpha=0.6)
+    ax.set_xticks(x, [str(i) for i in summary["id"]])
+    ax.set_ylabel("J&F (%)")
+    ax.set_xlabel("row")
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_search(table: pd.DataFrame, params: Sequence[str], title: str | None = None):
+    """A matplotlib Figure: J&F against each searched parameter (completed trials)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    done = table[table["State"] == "COMPLETE"]
+    fig, axes = plt.subplots(1, max(1, len(params)), figsize=(4.0 * max(1, len(params)), 3.5), squeeze=False)
+    for ax, p in zip(axes[0], params):
+        ax.scatter(done[p].astype(float), done["J&F"].astype(float))
+        ax.set_xlabel(p)
+        ax.set_ylabel("J&F (%)")
+        if p.endswith("lr"):
+            ax.set_xscale("log")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

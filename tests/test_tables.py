@@ -1,0 +1,103 @@
+"""rvosflow.tables: records -> summary -> md/csv/tex, pure and fast."""
+
+import io
+import math
+
+import pandas as pd
+import pytest
+
+from rvosflow import tables
+
+ROWS = [
+    {"id": "a", "label": "noise2mask", "paper": {"JF": 32.3, "J": 29.6, "F": 35.0},
+     "settings": {"bbs_p": 0.0, "spa": False, "dvi": False, "wi": True}},
+    {"id": "h", "label": "+ DVI (final model)", "paper": {"JF": 60.6, "J": 55.9, "F": 65.2},
+     "settings": {"bbs_p": 0.5, "spa": True, "dvi": True, "wi": True}},
+    {"id": "i", "label": "- WI", "paper": {"JF": 21.1, "J": 20.3, "F": 21.9},
+     "settings": {"bbs_p": 0.5, "spa": True, "dvi": True, "wi": False}},
+]
+
+
+def rec(row, seed, state="COMPLETE", J=None, F=None):
+    if state != "COMPLETE":
+        return {"row": row, "seed": seed, "state": state, "JF": None, "J": None, "F": None}
+    return {"row": row, "seed": seed, "state": state, "JF": (J + F) / 2, "J": J, "F": F}
+
+
+RECORDS = [
+    rec("a", 0, J=10.0, F=20.0), rec("a", 1, J=20.0, F=30.0),
+    rec("h", 0, J=50.0, F=60.0), rec("h", 1, "FAIL"), rec("h", 2, "PRUNED"),
+    rec("i", 0, "FAIL"), rec("i", 0, J=1.0, F=3.0),  # a retried seed that then completed
+    rec("zz", 0, J=99.0, F=99.0),  # a row the table does not list is ignored
+]
+
+
+def test_summary_means_stds_seeds_and_failures():
+    s = tables.summarize(RECORDS, ROWS)
+    assert list(s["id"]) == ["a", "h", "i"]
+    a, h, i = (s.iloc[k] for k in range(3))
+    assert a["JF_mean"] == pytest.approx(20.0) and a["JF_std"] == pytest.approx(math.sqrt(50.0))
+    assert a["J_mean"] == pytest.approx(15.0) and a["F_mean"] == pytest.approx(25.0)
+    assert a["seeds"] == 2 and a["failed"] == 0
+    assert h["seeds"] == 1 and h["failed"] == 1 and math.isnan(h["JF_std"])
+    assert i["seeds"] == 1 and i["failed"] == 0 and i["JF_mean"] == pytest.approx(2.0)
+    assert h["paper_JF"] == 60.6 and h["bbs_p"] == 0.5 and bool(h["spa"]) and not bool(s.iloc[2]["wi"])
+
+
+def test_rows_without_results_have_nan_and_dash():
+    s = tables.summarize([], ROWS)
+    assert s["seeds"].tolist() == [0, 0, 0] and s["JF_mean"].isna().all()
+    t = tables.display_table(s)
+    assert t["J&F"].tolist() == ["–"] * 3 and t["Paper J&F"].tolist() == ["32.3", "60.6", "21.1"]
+
+
+def test_display_table_columns_and_formatting():
+    t = tables.display_table(tables.summarize(RECORDS, ROWS))
+    assert list(t.columns) == ["ID", "Configuration", "BBS p", "SPA", "DVI", "WI", "J&F", "J", "F", "Paper J&F", "Seeds"]
+    assert t.loc[0, "J&F"] == f"20.0 ± {math.sqrt(50):.1f}"
+    assert t.loc[1, "J&F"] == "55.0" and t.loc[1, "Seeds"] == "1 (1 failed)"
+    assert t.loc[1, "BBS p"] == "0.5" and t.loc[1, "SPA"] == "✓" and t.loc[2, "WI"] == "✗"
+
+
+def test_mean_pm_std():
+    assert tables.mean_pm_std(57.94, 1.26) == "57.9 ± 1.3"
+    assert tables.mean_pm_std(57.94, math.nan) == "57.9"
+    assert tables.mean_pm_std(math.nan, math.nan) == "–"
+
+
+def test_markdown_csv_latex():
+    s = tables.summarize(RECORDS, ROWS)
+    t = tables.display_table(s)
+    md = tables.to_markdown(t)
+    assert md.splitlines()[0].startswith("| ID") and "60.6" in md and "±" in md
+    back = pd.read_csv(io.StringIO(tables.to_csv(s)))
+    assert list(back["id"]) == ["a", "h", "i"] and back.loc[0, "JF_mean"] == pytest.approx(20.0)
+    assert {"JF_std", "J_mean", "F_std", "paper_JF", "seeds"} <= set(back.columns)
+    tex = tables.to_latex(t, caption="Table 2 & co", label="tab:t2")
+    assert r"\begin{tabular}{llccccccccc}" in tex and r"\toprule" in tex and r"\bottomrule" in tex
+    assert r"$\pm$" in tex and r"J\&F" in tex and r"\label{tab:t2}" in tex and r"Table 2 \& co" in tex
+    assert tex.count(r"\\") == 1 + len(t)
+
+
+def test_search_table_sorts_best_first():
+    recs = [
+        {"number": 0, "state": "COMPLETE", "params": {"bbs.p": 0.1, "optim.lr": 1e-4}, "JF": 30.0, "J": 28.0, "F": 32.0},
+        {"number": 1, "state": "PRUNED", "params": {"bbs.p": 0.8, "optim.lr": 1e-3}},
+        {"number": 2, "state": "COMPLETE", "params": {"bbs.p": 0.5, "optim.lr": 3e-4}, "JF": 41.04, "J": 40.0, "F": 42.08},
+    ]
+    t = tables.search_table(recs, ["bbs.p", "optim.lr"])
+    assert t["Trial"].tolist() == [2, 0, 1] and t.loc[0, "J&F"] == pytest.approx(41.0)
+    assert list(t.columns) == ["Trial", "State", "bbs.p", "optim.lr", "J&F", "J", "F"]
+
+
+def test_plots_are_figures(tmp_path):
+    import matplotlib.pyplot as plt
+
+    fig = tables.plot_rows(tables.summarize(RECORDS, ROWS), title="t")
+    fig.savefig(tmp_path / "rows.png")
+    plt.close(fig)
+    recs = [{"number": 0, "state": "COMPLETE", "params": {"bbs.p": 0.1, "optim.lr": 1e-4}, "JF": 30.0, "J": 28.0, "F": 32.0}]
+    fig = tables.plot_search(tables.search_table(recs, ["bbs.p", "optim.lr"]), ["bbs.p", "optim.lr"])
+    fig.savefig(tmp_path / "search.png")
+    plt.close(fig)
+    assert (tmp_path / "rows.png").stat().st_size > 1000 and (tmp_path / "search.png").stat().st_size > 1000
