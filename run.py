@@ -21,6 +21,12 @@ def main(cfg: DictConfig) -> float:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    if "predictions" in results:
+        print(f"{results['expressions']} expressions -> {results['predictions']}  (MLflow run {results['mlflow_run_id']})")
+        return 0.0
+    if results["JF"] is None:  # a server-scored validation split: no local score
+        print(f"trained -> {results['checkpoint']}  (MLflow run {results['mlflow_run_id']})")
+        return 0.0
     print(f"J&F {results['JF']:.1f}  J {results['J']:.1f}  F {results['F']:.1f}  (MLflow run {results['mlflow_run_id']})")
     return results["JF"]
 

@@ -16,7 +16,7 @@ from rvosflow.paths import PROJECT_ROOT
 if not OmegaConf.has_resolver("root"):
     OmegaConf.register_new_resolver("root", lambda: str(PROJECT_ROOT))
 
-MODES = ("train", "validate")
+MODES = ("train", "validate", "predict")
 DTYPES = ("float32", "bfloat16", "float16")
 
 

@@ -62,16 +62,25 @@ def ensure_data(cfg: DictConfig) -> None:
 
 
 def build_datamodule(cfg: DictConfig, spatial_multiple: int):
-    from rvosflow.data.datamodules import DATAMODULES
+    """``DATAMODULES[data.format]`` from the ``data.*`` keys it takes (``from_config``)."""
+    from rvosflow.data.datamodules import from_config
 
-    d = cfg.data
-    return DATAMODULES[d.format](
-        root=d.root, train_split=d.train_split, val_split=d.val_split, num_frames=d.num_frames,
-        frame_sampler=d.frame_sampler, height=d.height, max_width=d.max_width,
-        spatial_multiple=spatial_multiple, batch_size=d.batch_size, val_batch_size=d.val_batch_size,
-        num_workers=d.num_workers,
-        val_limit=d.val_limit,
-    )
+    return from_config(cfg.data, spatial_multiple, seed=cfg.seed)
+
+
+def init_transformer_from(module, path: str | Path) -> None:
+    """``init_from``: load the DiT weights (``transformer.*``) of a Lightning checkpoint before fit
+    (e.g. the RefCOCO pre-training stage before Ref-YTVOS fine-tuning). Optimizer state and step
+    are not taken; every DiT weight must match (same paradigm/DVI)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own Lightning checkpoint
+    state = {k[len("transformer."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("transformer.")}
+    if not state:
+        raise ValueError(f"init_from: {path} holds no transformer.* weights")
+    try:
+        module.transformer.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"init_from: {path} does not fit this DiT (paradigm/DVI/model differ?): {e}") from e
+    log.info("DiT initialised from %s (%d tensors)", path, len(state))
 
 
 def latent_cache_dir(cfg: DictConfig) -> str | None:
@@ -124,29 +133,62 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     bundle = load_wan_bundle(cfg.model.path, dtype=cfg.model.dtype)
     module = build_module(cfg, bundle)
     datamodule = build_datamodule(cfg, encoding.spatial_multiple(bundle.vae, bundle.transformer))
+    if cfg.get("init_from") and cfg.mode == "train":
+        init_transformer_from(module, cfg.init_from)
 
     logger = make_logger(cfg, tags)
     logger.log_hyperparams(run_config.flat_params(cfg))
-    trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True), logger=logger, default_root_dir=str(run_dir),
-        callbacks=[OverlayLogger(), ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
-                   *(callbacks or [])],
-    )
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    callbacks = [OverlayLogger(), ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
+                 *(callbacks or [])]
+    if cfg.mode == "predict":
+        return _predict(cfg, run_dir, module, datamodule, logger, trainer_args, callbacks)
+    # Server-scored splits (real Ref-YTVOS / MeViS `valid`) have no masks: no validation then.
+    scored = datamodule.source(datamodule.val_split).has_masks
+    if not scored:
+        log.warning("data.val_split=%s has no masks: validation off (score it with mode=predict)", datamodule.val_split)
+        trainer_args["limit_val_batches"] = 0
+    trainer = L.Trainer(**trainer_args, logger=logger, default_root_dir=str(run_dir), callbacks=callbacks)
     if cfg.mode == "train":
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         ckpt = None  # score the weights in memory
     else:
         ckpt = cfg.ckpt_path
     datamodule.val_limit = None  # the reported score covers the whole validation split
-    scores = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt)[0]
-
+    if scored:
+        scores = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt)[0]
+        measures = {"J": 100 * scores["val/J"], "F": 100 * scores["val/F"], "JF": 100 * scores["val/JF"]}
+    else:
+        measures = {"J": None, "F": None, "JF": None}
     results = {
-        "J": 100 * scores["val/J"], "F": 100 * scores["val/F"], "JF": 100 * scores["val/JF"],
+        **measures, "checkpoint": str(run_dir / "checkpoints" / "last.ckpt") if cfg.mode == "train" else cfg.ckpt_path,
         "mlflow_run_id": logger.run_id, "config": OmegaConf.to_container(cfg, resolve=True),
     }
     out = run_dir / "results.json"
     out.write_text(json.dumps(results, indent=2))
     logger.experiment.log_artifact(logger.run_id, str(out))
     logger.experiment.log_text(logger.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-    log.info("J&F %.1f  J %.1f  F %.1f  -> %s", results["JF"], results["J"], results["F"], out)
+    if scored:
+        log.info("J&F %.1f  J %.1f  F %.1f  -> %s", results["JF"], results["J"], results["F"], out)
+    return results
+
+
+def _predict(cfg, run_dir: Path, module, datamodule, logger, trainer_args, callbacks) -> dict:
+    """mode=predict: masks of every expression of ``data.predict_split`` as
+    ``<predict.out_dir>/<video>/<exp_id>/<frame>.png`` (0/255, original resolution)."""
+    from rvosflow.predict import MaskWriter
+
+    out_dir = Path(cfg.predict.out_dir) if cfg.predict.out_dir else run_dir / "predictions"
+    if not cfg.ckpt_path:
+        log.warning("mode=predict without ckpt_path: predicting with the untrained DiT")
+    writer = MaskWriter(out_dir)
+    trainer = L.Trainer(**trainer_args, logger=logger, default_root_dir=str(run_dir), callbacks=[*callbacks, writer])
+    trainer.predict(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, return_predictions=False)
+    results = {
+        "predictions": str(out_dir), "split": datamodule.predict_split, "expressions": writer.expressions,
+        "frames": writer.frames, "checkpoint": cfg.ckpt_path, "mlflow_run_id": logger.run_id,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    log.info("%d expressions (%d frames) -> %s", writer.expressions, writer.frames, out_dir)
     return results

@@ -3,11 +3,15 @@ open a split (its reader)."""
 
 from __future__ import annotations
 
+import inspect
+import math
 from functools import partial
 from pathlib import Path
+from typing import Sequence
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from rvosflow.data.datasets import ClipDataset, VideoDataset, as_list
 from rvosflow.data.transforms import model_size
@@ -33,10 +37,12 @@ class ReferringDataModule(L.LightningDataModule):
         val_batch_size: int = 1,
         num_workers: int = 0,
         val_limit: int | None = None,
+        predict_split: str | None = None,
     ):
         super().__init__()
         self.root = Path(root)
         self.train_split, self.val_split = train_split, val_split
+        self.predict_split = predict_split or val_split
         self.num_frames, self.frame_sampler = num_frames, frame_sampler
         self.size_fn = partial(model_size, target_height=height, max_width=max_width, multiple=spatial_multiple)
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
@@ -66,7 +72,9 @@ class ReferringDataModule(L.LightningDataModule):
         return self._loader(ds, False, as_list, self.val_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(VideoDataset(self.source(self.val_split), self.size_fn), False, as_list, self.val_batch_size)
+        """Whole videos of ``predict_split`` (any split, with or without masks)."""
+        ds = VideoDataset(self.source(self.predict_split), self.size_fn, with_target=False)
+        return self._loader(ds, False, as_list, self.val_batch_size)
 
 
 class MevisDataModule(ReferringDataModule):
@@ -78,5 +86,179 @@ class MevisDataModule(ReferringDataModule):
         return MevisSource(self.root / split)
 
 
+class RefYTVOSDataModule(ReferringDataModule):
+    """Ref-YouTube-VOS: ``<root>/{train,valid}/...`` and ``<root>/meta_expressions/<split>/``.
+    The real ``valid`` split has no masks (server-scored): train with validation off and score it
+    with ``mode=predict`` + ``python -m rvosflow.evaluate --benchmark ref_ytvos``."""
+
+    def make_source(self, split: str):
+        from rvosflow.data.formats.ytvos import RefYTVOSSource
+
+        return RefYTVOSSource(self.root, split)
+
+
+class RefDAVISDataModule(ReferringDataModule):
+    """Ref-DAVIS17 in the Ref-YTVOS layout (zero-shot: ``valid`` only). ``annotators`` keeps some
+    of the four annotator sets (0 annot1 first-frame, 1 annot1 full-video, 2 annot2 first-frame,
+    3 annot2 full-video); in-training validation averages J&F over the kept expressions, the
+    official per-set DAVIS scores come from ``python -m rvosflow.evaluate --benchmark ref_davis``."""
+
+    def __init__(self, root, annotators: Sequence[int] = (0, 1, 2, 3), **kwargs):
+        super().__init__(root, **kwargs)
+        self.annotators = tuple(int(a) for a in annotators)
+        if not self.annotators or any(a not in (0, 1, 2, 3) for a in self.annotators):
+            raise ValueError(f"data.annotators: expected a non-empty subset of [0, 1, 2, 3], got {list(annotators)}")
+
+    def make_source(self, split: str):
+        from rvosflow.data.formats.davis import RefDAVISSource
+
+        src = RefDAVISSource(self.root, split)
+        if set(self.annotators) != {0, 1, 2, 3}:
+            src.expressions = [e for e in src.expressions if e.annotator in self.annotators]
+        return src
+
+
+def refcoco_source(root, datasets: Sequence[str], split: str, images=None):
+    """RefCOCO/+/g (one or several, concatenated): every image a one-frame clip. ``exp_id`` is
+    ``<dataset>-<sent_id>`` (sentence ids overlap between the three datasets)."""
+    from rvosflow.data.formats.concat import ConcatSource
+    from rvosflow.data.formats.refcoco import RefCOCOSource
+
+    if isinstance(datasets, str):
+        datasets = [datasets]
+    if not datasets:
+        raise ValueError("data.datasets: name at least one of refcoco, refcoco+, refcocog")
+    return ConcatSource([(d, RefCOCOSource(root, d, split, images)) for d in datasets])
+
+
+class RefCOCODataModule(ReferringDataModule):
+    """RefCOCO, RefCOCO+ and RefCOCOg alone or together (``datasets``), polygons or RLE; each image
+    is a one-frame clip (``num_frames: 1``; a larger ``num_frames`` replicates the image into a
+    static clip). ``images`` is the COCO ``train2014`` folder (default ``<root>/images/train2014``)."""
+
+    def __init__(self, root, datasets: Sequence[str] = ("refcoco",), images: str | None = None, **kwargs):
+        kwargs.setdefault("train_split", "train")
+        kwargs.setdefault("val_split", "val")
+        kwargs.setdefault("num_frames", 1)
+        super().__init__(root, **kwargs)
+        self.datasets = [datasets] if isinstance(datasets, str) else list(datasets)
+        self.images = images
+
+    def make_source(self, split: str):
+        return refcoco_source(self.root, self.datasets, split, self.images)
+
+
+class MixedBatchSampler(Sampler[list[int]]):
+    """Batch-level image/video mixing over ``ConcatDataset([images, videos])``: every batch is all
+    images (with probability ``image_ratio``) or all video clips, so shapes inside a batch agree
+    (a 1-frame image clip and a 17-frame video clip cannot be stacked, and the Wan VAE encodes
+    them to 1 and 5 latent frames). Items of each part are drawn without replacement from a fresh
+    permutation per pass. ``len`` = video batches per epoch / (1 - ratio) (image batches when the
+    ratio is 1). Deterministic for a given seed, epoch and rank; under DDP every rank draws its
+    own stream (set ``trainer.use_distributed_sampler=false``)."""
+
+    def __init__(self, num_images: int, num_videos: int, batch_size: int, image_ratio: float, seed: int = 0):
+        if not 0 <= image_ratio <= 1:
+            raise ValueError(f"data.image_ratio: expected a number in [0, 1], got {image_ratio}")
+        if (image_ratio > 0 and num_images < batch_size) or (image_ratio < 1 and num_videos < batch_size):
+            raise ValueError(f"mixed data: need at least batch_size={batch_size} images and video clips, "
+                             f"got {num_images} and {num_videos}")
+        self.n_img, self.n_vid, self.bs, self.ratio, self.seed = num_images, num_videos, batch_size, image_ratio, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.ratio >= 1:
+            return self.n_img // self.bs
+        return max(1, math.ceil((self.n_vid // self.bs) / (1 - self.ratio)))
+
+    def __iter__(self):
+        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 7919 + rank)
+        self.epoch += 1
+        pools = {True: [], False: []}
+
+        def take(image: bool) -> list[int]:
+            pool = pools[image]
+            if len(pool) < self.bs:
+                n = self.n_img if image else self.n_vid
+                pool.extend(torch.randperm(n, generator=g).tolist())
+            batch, pools[image] = pool[: self.bs], pool[self.bs:]
+            return [i if image else self.n_img + i for i in batch]
+
+        for _ in range(len(self)):
+            yield take(bool(torch.rand((), generator=g) < self.ratio))
+
+
+class MixedDataModule(ReferringDataModule):
+    """Joint image/video training: RefCOCO/+/g images (``image_root``, ``image_datasets``) mixed
+    into the clips of a video benchmark (``video_format`` at ``root``) at the batch level with
+    ``image_ratio`` (see :class:`MixedBatchSampler`). Images become ``image_frames``-frame clips
+    (1 = one latent frame; 1 + 4k replicates the image). Validation and prediction use the video
+    benchmark's splits. ``image_batch_size`` (default ``batch_size``) lets image batches be larger,
+    as they are ~num_frames times cheaper."""
+
+    def __init__(self, root, video_format: str = "mevis", image_root: str | None = None,
+                 image_datasets: Sequence[str] = ("refcoco",), image_split: str = "train", images: str | None = None,
+                 image_ratio: float = 0.5, image_frames: int = 1, seed: int = 0, **kwargs):
+        super().__init__(root, **kwargs)
+        if video_format not in DATAMODULES or video_format == "mixed" or video_format == "refcoco":
+            raise ValueError(f"data.video_format: expected a video benchmark, got {video_format!r}")
+        if image_root is None:
+            raise ValueError("data.image_root: the RefCOCO root is required for mixed training")
+        self.video = DATAMODULES[video_format](root, **kwargs)
+        self.image_root, self.image_datasets, self.image_split = Path(image_root), image_datasets, image_split
+        self.images, self.image_ratio, self.image_frames, self.seed = images, image_ratio, image_frames, seed
+
+    def make_source(self, split: str):
+        return self.video.make_source(split)
+
+    def image_source(self):
+        from rvosflow.data.formats.concat import ConcatSource
+
+        if "__images__" not in self._sources:
+            # Video ids prefixed too, so image ids never collide with the video benchmark's.
+            inner = refcoco_source(self.image_root, self.image_datasets, self.image_split, self.images)
+            self._sources["__images__"] = ConcatSource([("coco", inner)], prefix_videos=True)
+        return self._sources["__images__"]
+
+    def train_dataloader(self) -> DataLoader:
+        images = ClipDataset(self.image_source(), self.image_frames, "first", self.size_fn)
+        videos = ClipDataset(self.source(self.train_split), self.num_frames, self.frame_sampler, self.size_fn)
+        sampler = MixedBatchSampler(len(images), len(videos), self.batch_size, self.image_ratio, self.seed)
+        return DataLoader(ConcatDataset([images, videos]), batch_sampler=sampler, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+
 # data.format -> DataModule class (the reader behind it opens the real on-disk layout).
-DATAMODULES: dict[str, type[ReferringDataModule]] = {"mevis": MevisDataModule}
+DATAMODULES: dict[str, type[ReferringDataModule]] = {
+    "mevis": MevisDataModule,
+    "ref_ytvos": RefYTVOSDataModule,
+    "ref_davis": RefDAVISDataModule,
+    "refcoco": RefCOCODataModule,
+    "mixed": MixedDataModule,
+}
+
+
+def datamodule_options(cls: type[ReferringDataModule]) -> set[str]:
+    """Constructor arguments of ``cls`` and its bases (the ``data.*`` keys it takes)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass) and issubclass(klass, ReferringDataModule):
+            names |= {p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "kwargs")}
+    return names
+
+
+def from_config(data_cfg, spatial_multiple: int, **extra) -> ReferringDataModule:
+    """The DataModule of ``data.format`` built from the ``data.*`` keys it accepts (others, like
+    ``format`` and ``generate_if_missing``, are ignored)."""
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(data_cfg, resolve=True) if not isinstance(data_cfg, dict) else dict(data_cfg)
+    cls = DATAMODULES[d["format"]]
+    allowed = datamodule_options(cls)
+    kwargs = {k: v for k, v in d.items() if k in allowed}
+    kwargs.update(spatial_multiple=spatial_multiple, **{k: v for k, v in extra.items() if k in allowed})
+    return cls(**kwargs)

@@ -55,9 +55,10 @@ class ClipDataset(Dataset):
 class VideoDataset(Dataset):
     """One item per expression: its whole video, scored at the original resolution."""
 
-    def __init__(self, source, size_fn: SizeFn, limit: int | None = None):
+    def __init__(self, source, size_fn: SizeFn, limit: int | None = None, with_target: bool = True):
         self.source = source
         self.size_fn = size_fn
+        self.with_target = with_target and source.has_masks
         self.expressions = source.expressions
         if limit is not None and limit < len(self.expressions):
             # An evenly spread, deterministic subset (for quick in-training validation).
@@ -73,7 +74,7 @@ class VideoDataset(Dataset):
         orig_size = tuple(frames.shape[1:3])
         return {
             "frames": resize_frames(frames, self.size_fn(*orig_size)),
-            "target": torch.as_tensor(self.source.load_target(expr)) if self.source.has_masks else None,
+            "target": torch.as_tensor(self.source.load_target(expr)) if self.with_target else None,
             "caption": normalize_caption(expr.text),
             "video_id": expr.video_id,
             "exp_id": expr.exp_id,

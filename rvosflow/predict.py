@@ -1,0 +1,48 @@
+"""mode=predict: write every expression's masks as ``<out>/<video>/<exp_id>/<frame>.png``.
+
+PNGs are 8-bit grayscale, 0 (background) / 255 (object), at the video's original resolution --
+the layout the MeViS and Ref-YouTube-VOS evaluation scripts and servers read, and what
+``python -m rvosflow.evaluate`` scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from PIL import Image
+
+
+def write_masks(out_dir: str | Path, video_id: str, exp_id: str, frame_names, masks) -> None:
+    """bool [T, H, W] -> ``<out_dir>/<video_id>/<exp_id>/<frame>.png`` (0/255)."""
+    masks = masks.cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
+    if masks.ndim != 3 or len(masks) != len(frame_names):
+        raise ValueError(f"{video_id}/{exp_id}: {len(frame_names)} frame names for masks of shape {masks.shape}")
+    d = Path(out_dir) / str(video_id) / str(exp_id)
+    d.mkdir(parents=True, exist_ok=True)
+    for name, m in zip(frame_names, masks):
+        Image.fromarray(np.where(m, 255, 0).astype(np.uint8), mode="L").save(d / f"{name}.png")
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A prediction PNG as bool [H, W] (non-zero = object, as the official scripts read it)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L") if im.mode not in ("L", "P", "1") else im) != 0
+
+
+class MaskWriter(BasePredictionWriter):
+    """Writes the outputs of ``FlowRVSModule.predict_step`` batch by batch (nothing is kept)."""
+
+    def __init__(self, out_dir: str | Path):
+        super().__init__(write_interval="batch")
+        self.out_dir = Path(out_dir)
+        self.expressions = 0
+        self.frames = 0
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        for p in prediction:
+            write_masks(self.out_dir, p["video_id"], p["exp_id"], p["frame_names"], p["pred"])
+            self.expressions += 1
+            self.frames += len(p["frame_names"])
