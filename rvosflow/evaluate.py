@@ -1,0 +1,293 @@
+"""Score prediction PNGs locally as the official scripts do, and write server submissions.
+
+    python -m rvosflow.evaluate --benchmark {mevis,ref_ytvos,ref_davis} --root DIR --split NAME \\
+        --predictions DIR --out FILE.json [--zip FILE.zip] [--davis-task unsupervised|semi-supervised]
+
+Predictions are ``<predictions>/<video>/<exp_id>/<frame>.png`` (non-zero = object), as written by
+``python run.py mode=predict``. Measures are in percent.
+
+* **MeViS** (``train``/``valid_u``, any split with ``mask_dict.json``) and **Ref-YouTube-VOS**
+  (splits with ``Annotations``), as MeViS's ``eval_mevis.py``: per expression, the ground truth is
+  the union of its objects, J and F are the means over *all* frames of the video (DAVIS
+  ``db_eval_iou`` / ``db_eval_boundary`` semantics, :func:`rvosflow.metrics.functional.jaccard_and_boundary_f`);
+  J and F are the means over expressions and J&F = (J + F) / 2. An expression whose video folder
+  (the official script's check) or any frame PNG is missing scores J = F = 0 and is listed under
+  ``missing``.
+* **Ref-DAVIS17**, as ReferFormer (``inference_davis.py`` + ``eval_davis.py``, i.e. the
+  ``davis2017-evaluation`` package run per annotator set): for each of the four annotator sets the
+  video's expressions of that set (one per object, in object order) are merged into one label map
+  per frame (label k = k-th object; where masks overlap the first object wins, as ReferFormer's
+  argmax over binary scores), then scored with DAVIS's ``--task unsupervised`` (ReferFormer's
+  default): ground-truth objects are ids 1..max of the first annotation frame of the layout's
+  ``Annotations`` (255 = void, excluded), predicted objects 1..max label (zero-padded up to the ground-truth count), matched
+  one-to-one by the Hungarian algorithm on (mean J + mean F) / 2 over all frames; per matched
+  object, M = mean over frames, R (recall) = fraction of frames > 0.5, D (decay) = mean of the
+  first quarter minus the last (``db_statistics``); J-Mean and F-Mean are means over all objects of
+  all videos, J&F-Mean = (J-Mean + F-Mean) / 2. ``--davis-task semi-supervised`` instead drops the
+  first and last frames and pairs objects by id (DAVIS 2017 semi-supervised). Reported: each set
+  and the mean of the four. A missing expression leaves its object's label absent (an empty mask,
+  as the official script would read it) and is listed under ``missing``.
+* ``--split valid`` of MeViS / Ref-YouTube-VOS (server-scored) also writes the submission zip:
+  ``Annotations/<video>/<exp_id>/<frame>.png`` for every expression of the split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from rvosflow.data.formats.base import read_index_png
+from rvosflow.metrics.functional import jaccard_and_boundary_f
+from rvosflow.predict import read_mask
+
+BENCHMARKS = ("mevis", "ref_ytvos", "ref_davis")
+DAVIS_TASKS = ("unsupervised", "semi-supervised")
+
+
+def open_source(benchmark: str, root: str | Path, split: str):
+    from rvosflow.data.formats import MevisSource, RefDAVISSource, RefYTVOSSource
+
+    root = Path(root)
+    if benchmark == "mevis":
+        return MevisSource(root / split)
+    if benchmark == "ref_ytvos":
+        return RefYTVOSSource(root, split)
+    if benchmark == "ref_davis":
+        return RefDAVISSource(root, split)
+    raise ValueError(f"--benchmark: unknown {benchmark!r}; allowed: {', '.join(BENCHMARKS)}")
+
+
+def load_prediction(pred_dir: Path, video_id: str, exp_id: str, frame_names) -> tuple[np.ndarray | None, list[str]]:
+    """bool [T, H, W] or None, and the missing frame names (all of them when the folder is absent)."""
+    d = Path(pred_dir) / video_id / exp_id
+    if not d.is_dir():
+        return None, list(frame_names)
+    missing = [n for n in frame_names if not (d / f"{n}.png").is_file()]
+    if missing:
+        return None, missing
+    return np.stack([read_mask(d / f"{n}.png") for n in frame_names]), []
+
+
+def _jf(pred: np.ndarray, gt: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    if pred.shape != gt.shape:
+        raise ValueError(f"{where}: prediction of shape {pred.shape[1:]} for ground truth {gt.shape[1:]} "
+                         "(predictions must be at the original resolution)")
+    j, f = jaccard_and_boundary_f(pred, gt)
+    return j.double().numpy(), f.double().numpy()
+
+
+# ----------------------------------------------------------------------------- MeViS / Ref-YTVOS
+
+
+def score_expressions(source, pred_dir: Path) -> dict:
+    """MeViS protocol: per expression mean J and F over all frames; means over expressions."""
+    per_expression, missing = {}, []
+    for e in source.expressions:
+        key = f"{e.video_id}/{e.exp_id}"
+        pred, absent = load_prediction(pred_dir, e.video_id, e.exp_id, e.frame_names)
+        if pred is None:
+            j = f = 0.0
+            missing.append({"video": e.video_id, "exp_id": e.exp_id, "missing_frames": len(absent),
+                            "frames": len(e.frame_names)})
+        else:
+            jj, ff = _jf(pred, source.load_target(e), f"{pred_dir / e.video_id / e.exp_id}")
+            j, f = float(jj.mean()), float(ff.mean())
+        per_expression[key] = {"J": 100 * j, "F": 100 * f, "JF": 100 * (j + f) / 2}
+    n = len(per_expression)
+    J = sum(v["J"] for v in per_expression.values()) / n if n else 0.0
+    F = sum(v["F"] for v in per_expression.values()) / n if n else 0.0
+    return {"J": J, "F": F, "JF": (J + F) / 2, "expressions": n, "missing": missing, "per_expression": per_expression}
+
+
+def write_submission(source, pred_dir: Path, zip_path: Path) -> dict:
+    """``Annotations/<video>/<exp_id>/<frame>.png`` for every expression; missing ones reported."""
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    missing, written = [], 0
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as z:
+        for e in source.expressions:
+            d = Path(pred_dir) / e.video_id / e.exp_id
+            absent = [n for n in e.frame_names if not (d / f"{n}.png").is_file()]
+            if absent:
+                missing.append({"video": e.video_id, "exp_id": e.exp_id, "missing_frames": len(absent),
+                                "frames": len(e.frame_names)})
+            for n in e.frame_names:
+                if (d / f"{n}.png").is_file():
+                    z.write(d / f"{n}.png", f"Annotations/{e.video_id}/{e.exp_id}/{n}.png")
+                    written += 1
+    return {"zip": str(zip_path), "pngs": written, "missing": missing}
+
+
+# ----------------------------------------------------------------------------- Ref-DAVIS17
+
+
+def db_statistics(per_frame: np.ndarray) -> tuple[float, float, float]:
+    """davis2017-evaluation ``utils.db_statistics``: mean, recall (> 0.5) and decay (4 bins)."""
+    per_frame = np.asarray(per_frame, dtype=np.float64)
+    M = float(np.nanmean(per_frame))
+    R = float(np.nanmean(per_frame > 0.5))
+    ids = (np.round(np.linspace(1, len(per_frame), 5) + 1e-10) - 1).astype(int)
+    bins = [per_frame[ids[i]: ids[i + 1] + 1] for i in range(4)]
+    with np.errstate(all="ignore"):
+        D = float(np.nanmean(bins[0]) - np.nanmean(bins[3])) if len(bins[0]) and len(bins[3]) else float("nan")
+    return M, R, D
+
+
+def merged_labels(masks: list[np.ndarray | None], shape) -> np.ndarray:
+    """ReferFormer's per-annotator label map: label k for the k-th object's mask, first wins."""
+    out = np.zeros(shape, dtype=np.uint8)
+    for k in range(len(masks), 0, -1):
+        if masks[k - 1] is not None:
+            out[masks[k - 1]] = k
+    return out
+
+
+def _pairwise_jf(gt: np.ndarray, res: np.ndarray, void: np.ndarray):
+    """gt [G, T, H, W], res [R, T, H, W] (void zeroed in both, as db_eval_* do) -> J, F [R, G, T]."""
+    G, T = gt.shape[:2]
+    R = res.shape[0]
+    gt, res = gt & ~void[None], res & ~void[None]
+    p = np.repeat(res[:, None], G, axis=1).reshape(R * G * T, *gt.shape[2:])
+    g = np.repeat(gt[None], R, axis=0).reshape(R * G * T, *gt.shape[2:])
+    j, f = jaccard_and_boundary_f(p, g)
+    return j.double().numpy().reshape(R, G, T), f.double().numpy().reshape(R, G, T)
+
+
+def score_davis_video(gt_ids: np.ndarray, labels: np.ndarray, task: str, where: str):
+    """Per ground-truth object (J, F) per-frame arrays for one video, DAVIS 2017 style."""
+    from scipy.optimize import linear_sum_assignment
+
+    gt_ids = gt_ids.copy()
+    void = gt_ids == 255
+    gt_ids[void] = 0
+    if task == "semi-supervised":
+        gt_ids, labels, void = gt_ids[1:-1], labels[1:-1], void[1:-1]
+        if len(gt_ids) == 0:
+            raise ValueError(f"{where}: semi-supervised scoring needs more than two frames")
+    # davis2017 DAVIS.get_all_masks: objects 1..max of the first annotation frame (of the frames kept).
+    n_gt = int(gt_ids[0].max())
+    n_res = int(labels.max())
+    gt = np.stack([gt_ids == k for k in range(1, n_gt + 1)]) if n_gt else np.zeros((0, *gt_ids.shape), bool)
+    res = np.stack([labels == k for k in range(1, n_res + 1)]) if n_res else np.zeros((0, *labels.shape), bool)
+    if n_res < n_gt:  # the official zero padding
+        res = np.concatenate([res, np.zeros((n_gt - n_res, *labels.shape), bool)])
+    if n_gt == 0:
+        return []
+    if task == "semi-supervised":
+        if n_res > n_gt:
+            raise ValueError(f"{where}: predicted label {n_res} exceeds the {n_gt} objects of the first frame")
+        j, f = _pairwise_jf(gt, res, void)  # [R, G, T]; pairs by id on the diagonal
+        return [(j[i, i], f[i, i]) for i in range(n_gt)]
+    if res.shape[0] > 20:
+        raise ValueError(f"{where}: more than 20 predicted objects (the official limit)")
+    j, f = _pairwise_jf(gt, res, void)
+    rows, cols = linear_sum_assignment(-(j.mean(axis=2) + f.mean(axis=2)) / 2)
+    return [(j[r, c], f[r, c]) for r, c in zip(rows, cols)]
+
+
+def score_ref_davis(source, pred_dir: Path, task: str = "unsupervised") -> dict:
+    from rvosflow.data.formats.davis import ANNOTATOR_SETS
+
+    if task not in DAVIS_TASKS:
+        raise ValueError(f"--davis-task: unknown {task!r}; allowed: {', '.join(DAVIS_TASKS)}")
+    ann_dir = source.root / source.split / "Annotations"
+    sets, missing = {}, []
+    gt_cache: dict[str, np.ndarray] = {}
+    for a, set_name in enumerate(ANNOTATOR_SETS):
+        stats = {k: [] for k in ("JM", "JR", "JD", "FM", "FR", "FD")}
+        per_object = {}
+        for vid in source.video_ids():
+            exprs = [e for e in source.expressions if e.video_id == vid and e.annotator == a]
+            if not exprs:
+                continue
+            names = list(exprs[0].frame_names)
+            if vid not in gt_cache:
+                gt_cache[vid] = np.stack([read_index_png(ann_dir / vid / f"{n}.png") for n in names])
+            gt_ids = gt_cache[vid]
+            masks = []
+            for e in exprs:
+                pred, absent = load_prediction(pred_dir, vid, e.exp_id, names)
+                if pred is None:
+                    missing.append({"set": set_name, "video": vid, "exp_id": e.exp_id, "missing_frames": len(absent),
+                                    "frames": len(names)})
+                elif pred.shape != gt_ids.shape:
+                    raise ValueError(f"{pred_dir / vid / e.exp_id}: prediction of shape {pred.shape[1:]} for "
+                                     f"ground truth {gt_ids.shape[1:]} (predictions must be at the original resolution)")
+                masks.append(pred)
+            labels = merged_labels(masks, gt_ids.shape)
+            for i, (j, f) in enumerate(score_davis_video(gt_ids, labels, task, f"{pred_dir / vid} ({set_name})")):
+                jm, jr, jd = db_statistics(j)
+                fm, fr, fd = db_statistics(f)
+                for k, v in zip(("JM", "JR", "JD", "FM", "FR", "FD"), (jm, jr, jd, fm, fr, fd)):
+                    stats[k].append(v)
+                per_object[f"{vid}_{i + 1}"] = {"J": 100 * jm, "F": 100 * fm}
+        mean = {k: 100 * float(np.mean(v)) if v else 0.0 for k, v in stats.items()}
+        sets[set_name] = {
+            "JF": (mean["JM"] + mean["FM"]) / 2, "J": mean["JM"], "F": mean["FM"],
+            "J_recall": mean["JR"], "J_decay": mean["JD"], "F_recall": mean["FR"], "F_decay": mean["FD"],
+            "objects": len(stats["JM"]), "per_object": per_object,
+        }
+    J = float(np.mean([s["J"] for s in sets.values()]))
+    F = float(np.mean([s["F"] for s in sets.values()]))
+    return {"J": J, "F": F, "JF": (J + F) / 2, "task": task, "sets": sets, "missing": missing}
+
+
+# ----------------------------------------------------------------------------- entry
+
+
+def evaluate(benchmark: str, root, split: str, predictions, out=None, zip_path=None,
+             davis_task: str = "unsupervised") -> dict:
+    """Score (where the split has masks) and/or zip (``valid`` of MeViS / Ref-YTVOS); write ``out``."""
+    source = open_source(benchmark, root, split)
+    pred_dir = Path(predictions)
+    if not pred_dir.is_dir():
+        raise FileNotFoundError(f"--predictions: {pred_dir} is not a directory")
+    result: dict = {"benchmark": benchmark, "root": str(root), "split": split, "predictions": str(pred_dir)}
+    if benchmark == "ref_davis":
+        result.update(score_ref_davis(source, pred_dir, davis_task))
+    else:
+        if source.has_masks:
+            result.update(score_expressions(source, pred_dir))
+        if split == "valid" or not source.has_masks:
+            if zip_path is None:
+                zip_path = Path(out).with_suffix(".zip") if out else pred_dir.parent / f"{benchmark}_{split}_submission.zip"
+            result["submission"] = write_submission(source, pred_dir, Path(zip_path))
+            result.setdefault("missing", result["submission"]["missing"])
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rvosflow.evaluate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    ap.add_argument("--root", required=True, help="the benchmark root (MeViS: the folder holding the splits)")
+    ap.add_argument("--split", required=True, help="e.g. valid_u, train, valid")
+    ap.add_argument("--predictions", required=True, help="<video>/<exp_id>/<frame>.png folder")
+    ap.add_argument("--out", required=True, help="JSON file for the scores")
+    ap.add_argument("--zip", default=None, help="submission zip (valid splits; default: --out with .zip)")
+    ap.add_argument("--davis-task", default="unsupervised", choices=DAVIS_TASKS,
+                    help="Ref-DAVIS: ReferFormer's default 'unsupervised' (Hungarian-matched, all frames)")
+    args = ap.parse_args(argv)
+    r = evaluate(args.benchmark, args.root, args.split, args.predictions, args.out, args.zip, args.davis_task)
+    if "JF" in r:
+        print(f"{args.benchmark}/{args.split}: J&F {r['JF']:.2f}  J {r['J']:.2f}  F {r['F']:.2f}")
+    for name, s in r.get("sets", {}).items():
+        print(f"  {name:20s} J&F {s['JF']:.2f}  J {s['J']:.2f}  F {s['F']:.2f}  ({s['objects']} objects)")
+    if "submission" in r:
+        print(f"submission: {r['submission']['zip']} ({r['submission']['pngs']} PNGs)")
+    if r.get("missing"):
+        print(f"WARNING: {len(r['missing'])} expressions without (complete) predictions, scored 0: "
+              + ", ".join(f"{m['video']}/{m['exp_id']}" for m in r["missing"][:10])
+              + (" ..." if len(r["missing"]) > 10 else ""), file=sys.stderr)
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""rvosflow.evaluate: the official MeViS / Ref-YTVOS (per expression) and Ref-DAVIS17 (DAVIS per
+object, per annotator set) aggregations, missing predictions scored 0 and reported, zips."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from rvosflow.evaluate import db_statistics, evaluate, main, merged_labels, open_source, score_davis_video
+from rvosflow.metrics import JandF
+from rvosflow.predict import write_masks
+
+
+def write_gt_predictions(source, out, corrupt=None):
+    for e in source.expressions:
+        m = source.load_target(e)
+        if corrupt is not None:
+            m = corrupt(e, m)
+        write_masks(out, e.video_id, e.exp_id, e.frame_names, m)
+
+
+def shift(e, m):
+    return np.roll(m, 2, axis=2)  # a wrong-but-overlapping prediction
+
+
+def test_mevis_perfect_predictions_score_100(tiny_benchmark, tmp_path):
+    src = open_source("mevis", tiny_benchmark / "mevis", "valid_u")
+    write_gt_predictions(src, tmp_path / "p")
+    r = evaluate("mevis", tiny_benchmark / "mevis", "valid_u", tmp_path / "p", tmp_path / "s.json")
+    assert r["JF"] == pytest.approx(100) and r["J"] == pytest.approx(100) and not r["missing"]
+    assert r["expressions"] == len(src) and json.loads((tmp_path / "s.json").read_text())["JF"] == pytest.approx(100)
+    assert "submission" not in r  # valid_u is scored locally, not zipped
+
+
+def test_mevis_aggregation_matches_per_expression_means_and_missing_scores_zero(tiny_benchmark, tmp_path):
+    src = open_source("mevis", tiny_benchmark / "mevis", "valid_u")
+    write_gt_predictions(src, tmp_path / "p", shift)
+    metric = JandF()
+    for e in src.expressions:
+        gt = src.load_target(e)
+        metric.update(torch.as_tensor(np.roll(gt, 2, axis=2)), torch.as_tensor(gt))
+    ref = {k: 100 * float(v) for k, v in metric.compute().items()}
+    r = evaluate("mevis", tiny_benchmark / "mevis", "valid_u", tmp_path / "p")
+    assert r["J"] == pytest.approx(ref["J"]) and r["F"] == pytest.approx(ref["F"]) and r["JF"] == pytest.approx(ref["JF"])
+    assert 0 < r["JF"] < 100
+    # Remove one expression and one frame of another: both score 0 and are reported.
+    e0, e1 = src.expressions[0], src.expressions[1]
+    shutil.rmtree(tmp_path / "p" / e0.video_id / e0.exp_id)
+    (tmp_path / "p" / e1.video_id / e1.exp_id / f"{e1.frame_names[3]}.png").unlink()
+    r2 = evaluate("mevis", tiny_benchmark / "mevis", "valid_u", tmp_path / "p")
+    assert {(m["video"], m["exp_id"]) for m in r2["missing"]} == {(e0.video_id, e0.exp_id), (e1.video_id, e1.exp_id)}
+    assert r2["per_expression"][f"{e0.video_id}/{e0.exp_id}"]["JF"] == 0
+    n = len(src)
+    expect = (r["JF"] * n - r["per_expression"][f"{e0.video_id}/{e0.exp_id}"]["JF"]
+              - r["per_expression"][f"{e1.video_id}/{e1.exp_id}"]["JF"]) / n
+    assert r2["JF"] == pytest.approx(expect)
+
+
+def test_wrong_resolution_is_refused(tiny_benchmark, tmp_path):
+    src = open_source("mevis", tiny_benchmark / "mevis", "valid_u")
+    e = src.expressions[0]
+    write_masks(tmp_path / "p", e.video_id, e.exp_id, e.frame_names, np.zeros((len(e.frame_names), 8, 8), bool))
+    with pytest.raises(ValueError, match="original resolution"):
+        evaluate("mevis", tiny_benchmark / "mevis", "valid_u", tmp_path / "p")
+
+
+def test_ref_ytvos_valid_is_zipped_in_the_server_layout(tiny_benchmark, tmp_path):
+    src = open_source("ref_ytvos", tiny_benchmark / "ref_ytvos", "valid")
+    write_gt_predictions(src, tmp_path / "p")
+    e = src.expressions[-1]
+    shutil.rmtree(tmp_path / "p" / e.video_id / e.exp_id)
+    rc = main(["--benchmark", "ref_ytvos", "--root", str(tiny_benchmark / "ref_ytvos"), "--split", "valid",
+               "--predictions", str(tmp_path / "p"), "--out", str(tmp_path / "ytvos.json")])
+    assert rc == 0
+    r = json.loads((tmp_path / "ytvos.json").read_text())
+    z = zipfile.ZipFile(r["submission"]["zip"])
+    names = z.namelist()
+    first = src.expressions[0]
+    assert f"Annotations/{first.video_id}/{first.exp_id}/{first.frame_names[0]}.png" in names
+    assert all(n.startswith("Annotations/") and n.count("/") == 3 for n in names)
+    assert len(names) == sum(len(x.frame_names) for x in src.expressions[:-1])
+    assert r["submission"]["missing"][0]["exp_id"] == e.exp_id
+    # The synthetic valid split has masks, so it is also scored locally (the missing one at 0).
+    assert r["JF"] == pytest.approx(100 * (len(src) - 1) / len(src))
+
+
+def test_ref_davis_perfect_and_per_set(tiny_benchmark, tmp_path):
+    src = open_source("ref_davis", tiny_benchmark / "ref_davis", "valid")
+    write_gt_predictions(src, tmp_path / "p")
+    for task in ("unsupervised", "semi-supervised"):
+        r = evaluate("ref_davis", tiny_benchmark / "ref_davis", "valid", tmp_path / "p", davis_task=task)
+        assert set(r["sets"]) == {"annot1_first_frame", "annot1_full_video", "annot2_first_frame", "annot2_full_video"}
+        for s in r["sets"].values():
+            assert s["JF"] == pytest.approx(100) and s["objects"] > 0
+        assert r["JF"] == pytest.approx(100) and not r["missing"]
+
+
+def test_ref_davis_missing_expression_is_reported_and_the_mean_is_over_sets(tiny_benchmark, tmp_path):
+    src = open_source("ref_davis", tiny_benchmark / "ref_davis", "valid")
+    write_gt_predictions(src, tmp_path / "p", shift)
+    e = [x for x in src.expressions if x.annotator == 2][0]
+    shutil.rmtree(tmp_path / "p" / e.video_id / e.exp_id)
+    r = evaluate("ref_davis", tiny_benchmark / "ref_davis", "valid", tmp_path / "p")
+    assert r["missing"] == [{"set": "annot2_first_frame", "video": e.video_id, "exp_id": e.exp_id,
+                             "missing_frames": len(e.frame_names), "frames": len(e.frame_names)}]
+    sets = r["sets"]
+    assert r["J"] == pytest.approx(np.mean([s["J"] for s in sets.values()]))
+    assert r["JF"] == pytest.approx((r["J"] + r["F"]) / 2)
+    assert sets["annot2_first_frame"]["JF"] < sets["annot1_first_frame"]["JF"]
+
+
+def test_davis_video_scoring_matches_by_hungarian_or_by_id():
+    gt = np.zeros((4, 16, 16), np.uint8)
+    gt[:, 2:6, 2:6] = 1
+    gt[:, 9:14, 9:14] = 2
+    swapped = np.where(gt == 1, 2, np.where(gt == 2, 1, 0)).astype(np.uint8)
+    un = score_davis_video(gt, swapped, "unsupervised", "x")
+    assert all(j.mean() == 1 and f.mean() == 1 for j, f in un)  # matching ignores label ids
+    semi = score_davis_video(gt, swapped, "semi-supervised", "x")
+    assert len(semi) == 2 and len(semi[0][0]) == 2  # first and last frames dropped
+    assert all(j.mean() == 0 for j, _ in semi)
+    one = score_davis_video(gt, (gt == 1).astype(np.uint8), "unsupervised", "x")
+    assert sorted(j.mean() for j, _ in one) == [0.0, 1.0]  # a missing object is zero-padded
+    void = gt.copy()
+    void[:, 0, :] = 255
+    assert all(j.mean() == 1 for j, _ in score_davis_video(void, gt.copy(), "unsupervised", "x"))
+
+
+def test_merged_labels_first_object_wins_and_db_statistics():
+    a = np.zeros((1, 4, 4), bool)
+    a[0, :2] = True
+    b = np.zeros((1, 4, 4), bool)
+    b[0, 1:3] = True
+    lab = merged_labels([a, b, None], (1, 4, 4))
+    assert lab[0, 0, 0] == 1 and lab[0, 1, 0] == 1 and lab[0, 2, 0] == 2 and lab[0, 3, 0] == 0
+    M, R, D = db_statistics(np.array([1.0, 0.9, 0.8, 0.4, 0.3, 0.2, 0.1, 0.0]))
+    assert M == pytest.approx(0.4625) and R == pytest.approx(0.375)
+    # 8 frames: ids = round(linspace(1, 8, 5)) - 1 = [0, 2, 3, 5, 7]: first bin [0:3], last [5:8]
+    assert D == pytest.approx(np.mean([1.0, 0.9, 0.8]) - np.mean([0.2, 0.1, 0.0]))
