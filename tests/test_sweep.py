@@ -1,0 +1,262 @@
+"""rvosflow.sweep on the tiny benchmark: grids complete with mean ± std tables, resume after a
+SIGKILL, failing trials, two workers on one study, a pruned TPE search; and the shipped sweep
+files compose for every row and profile."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from rvosflow import sweep
+from rvosflow.paths import PROJECT_ROOT
+
+TABLE2 = PROJECT_ROOT / "sweeps" / "table2.yaml"
+BBS_P = PROJECT_ROOT / "sweeps" / "bbs_p.yaml"
+
+
+def tiny(tiny_benchmark, bundle_dir, max_steps=2):
+    return [
+        f"data.root={tiny_benchmark / 'mevis'}", "data.height=32", "data.max_width=32", "data.num_frames=9",
+        "data.batch_size=2", "data.val_limit=3", "data.val_batch_size=3", f"model.path={bundle_dir}",
+        "model.text_max_length=16", f"trainer.max_steps={max_steps}", "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "num_overlays=1", "latent_cache_dir=null",
+    ]
+
+
+ROWS = [
+    {"id": "base", "label": "base flow", "overrides": ["+paradigm=video2mask"], "paper": {"JF": 47.9, "J": 42.9, "F": 52.9}},
+    {"id": "h", "label": "final", "overrides": ["+paradigm=video2mask", "bbs.p=0.5", "spa.enabled=true", "dvi.enabled=true"],
+     "paper": {"JF": 60.6, "J": 55.9, "F": 65.2}},
+]
+
+
+def write_sweep(path: Path, overrides, rows=ROWS, seeds=(0, 1), **top) -> Path:
+    spec = {"kind": "grid", "name": "t", "title": "test table", "rows": rows,
+            "profiles": {"test": {"seeds": list(seeds), "overrides": list(overrides)}},
+            "heartbeat_interval": 1, "grace_period": 4, "max_retry": 2, **top}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture
+def env(tmp_path):
+    return {"storage": f"sqlite:///{tmp_path / 'sweeps.db'}", "uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "out": tmp_path / "results", "runs": tmp_path / "runs"}
+
+
+def cli(sweep_file, env, *more):
+    return ["--profile", "test", "--storage", env["storage"], "--tracking-uri", env["uri"], "--out", str(env["out"]),
+            "--runs-dir", str(env["runs"]), "--threads", "1", str(sweep_file), *more]
+
+
+def study_trials(env, name="t-test"):
+    return optuna.load_study(study_name=name, storage=env["storage"]).get_trials(deepcopy=False)
+
+
+def children(env, name="t-test"):
+    client = mlflow.MlflowClient(env["uri"])
+    exp = client.get_experiment_by_name("rvosflow")
+    parents = client.search_runs([exp.experiment_id], f"tags.`{sweep.STUDY_TAG}` = '{name}' and tags.`{sweep.PARENT_TAG}` != ''")
+    assert len(parents) == 1, "exactly one parent run per study"
+    kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    return parents[0], kids
+
+
+def completed_points(trials):
+    return [(t.params["row"], t.params["seed"]) for t in trials if t.state.name == "COMPLETE"]
+
+
+# ------------------------------------------------------------------------------ fast checks
+
+def test_shipped_sweep_files_compose_for_every_profile():
+    for profile in ("default", "smoke", "gpu"):
+        spec = sweep.load_spec(TABLE2, profile)
+        assert [r.id for r in spec.rows] == ["a", "b", "c", "base", "d", "e", "f", "g", "h", "i"]
+        sweep.compose_rows(spec, [])
+        s = {r.id: r.settings for r in spec.rows}
+        assert s["a"]["paradigm"] == "noise2mask" and s["c"]["paradigm"] == "onestep_velocity"
+        assert s["base"]["bbs_p"] == 0.0 and s["e"]["bbs_p"] == 0.5 and not s["e"]["spa"]
+        assert s["g"]["spa"] and not s["g"]["dvi"] and s["h"]["dvi"] and s["h"]["wi"] and not s["i"]["wi"]
+        assert spec.row("h").paper == {"JF": 60.6, "J": 55.9, "F": 65.2}
+    assert len(sweep.load_spec(TABLE2, "default").seeds) == 3
+    gpu = sweep.load_spec(TABLE2, "gpu")
+    assert "model=wan2.1_t2v_1.3b" in gpu.overrides and "data=mevis" in gpu.overrides
+    search = sweep.load_spec(BBS_P, "smoke")
+    assert search.kind == "search" and set(search.params) == {"bbs.p", "optim.lr"}
+    sweep.compose_rows(search, [])
+
+
+def test_bad_sweep_files_are_refused(tmp_path):
+    with pytest.raises(sweep.SpecError, match="no profile 'nope'"):
+        sweep.load_spec(TABLE2, "nope")
+    bad = write_sweep(tmp_path / "bad.yaml", [], rows=[{"id": "x", "overrides": ["bbs.p=1.5"]}])
+    with pytest.raises(sweep.SpecError, match="row x.*bbs.p"):
+        sweep.compose_rows(sweep.load_spec(bad, "test"), [])
+
+
+def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test_bundle_dir, tmp_path, env, capsys):
+    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir))
+    assert sweep.main(cli(f, env)) == 0
+    trials = study_trials(env)
+    assert sorted(completed_points(trials)) == [("base", 0), ("base", 1), ("h", 0), ("h", 1)]
+    assert len(trials) == 4
+    table = pd.read_csv(env["out"] / "t-test.csv")
+    assert list(table["id"]) == ["base", "h"] and (table["seeds"] == 2).all()
+    assert table["JF_std"].notna().all() and table["paper_JF"].tolist() == [47.9, 60.6]
+    md = (env["out"] / "t-test.md").read_text()
+    assert "±" in md and "Paper J&F" in md
+    for ext in ("tex", "png"):
+        assert (env["out"] / f"t-test.{ext}").stat().st_size > 0
+    out = capsys.readouterr().out
+    assert "[4/4]" in out and "J&F" in out and "row h (final) seed 1" in out
+    parent, kids = children(env)
+    assert parent.info.status == "FINISHED" and len(kids) == 4
+    assert {(k.data.tags["row"], k.data.tags["seed"]) for k in kids} == {("base", "0"), ("base", "1"), ("h", "0"), ("h", "1")}
+    assert all(k.info.status == "FINISHED" for k in kids)
+    client = mlflow.MlflowClient(env["uri"])
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "results")}
+    assert arts == {f"results/t-test.{e}" for e in ("md", "csv", "tex", "png")}
+    # Re-running a finished study runs nothing and reuses the parent run.
+    assert sweep.main(cli(f, env)) == 0
+    assert len(study_trials(env)) == 4
+    parent2, kids2 = children(env)
+    assert parent2.info.run_id == parent.info.run_id and len(kids2) == 4
+    # Changing what a row means under an existing study is refused.
+    f2 = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir, max_steps=4))
+    with pytest.raises(sweep.SpecError, match="other settings"):
+        sweep.main(cli(f2, env))
+
+
+def test_failing_trial_is_failed_in_optuna_and_mlflow_and_the_study_goes_on(tiny_benchmark, test_bundle_dir, tmp_path, env):
+    rows = [ROWS[0], {"id": "nan", "label": "diverges", "overrides": ["+paradigm=video2mask", "optim.lr=1e30"]}]
+    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir), rows=rows, seeds=[0])
+    assert sweep.main(cli(f, env)) == 0
+    states = {t.params["row"]: t.state.name for t in study_trials(env)}
+    assert states == {"base": "COMPLETE", "nan": "FAIL"}
+    fail = next(t for t in study_trials(env) if t.params["row"] == "nan")
+    assert "FloatingPointError" in fail.user_attrs["error"]
+    _, kids = children(env)
+    by_row = {k.data.tags["row"]: k for k in kids}
+    assert by_row["nan"].info.status == "FAILED" and "FloatingPointError" in by_row["nan"].data.tags["rvosflow.error"]
+    assert by_row["base"].info.status == "FINISHED"
+    table = pd.read_csv(env["out"] / "t-test.csv")
+    assert table.set_index("id").loc["nan", "failed"] == 1 and pd.isna(table.set_index("id").loc["nan", "JF_mean"])
+    # A re-run does not repeat the failure; --retry-failed does.
+    assert sweep.main(cli(f, env)) == 0
+    assert len(study_trials(env)) == 2
+    assert sweep.main(cli(f, env, "--retry-failed")) == 0
+    assert [t.state.name for t in study_trials(env) if t.params["row"] == "nan"] == ["FAIL", "FAIL"]
+
+
+def test_tpe_search_with_pruning(tiny_benchmark, test_bundle_dir, tmp_path, env):
+    spec = {"kind": "search", "name": "s", "base": ["+paradigm=video2mask"], "monitor": "val/JF",
+            "params": {"bbs.p": {"type": "float", "low": 0.0, "high": 0.9},
+                       "optim.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}},
+            "sampler": {"type": "tpe", "n_startup_trials": 2, "seed": 0},
+            # prune everything after the first trial below the best: shows the pruner acts
+            "pruner": {"type": "percentile", "percentile": 99.0, "n_startup_trials": 1, "n_warmup_steps": 0},
+            "profiles": {"test": {"n_trials": 4, "seeds": [0], "overrides": tiny(tiny_benchmark, test_bundle_dir, 4)}}}
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    assert sweep.main(cli(f, env)) == 0
+    trials = study_trials(env, "s-test")
+    assert len(trials) == 4 and all(set(t.params) == {"bbs.p", "optim.lr"} for t in trials)
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") >= 1 and "PRUNED" in states, states
+    pruned = next(t for t in trials if t.state.name == "PRUNED")
+    assert pruned.intermediate_values and set(pruned.intermediate_values) <= {2, 4}
+    _, kids = children(env, "s-test")
+    status = {int(k.data.tags["optuna.trial"]): k.info.status for k in kids}
+    assert status[pruned.number] == "KILLED" and len(status) == 4
+    table = pd.read_csv(env["out"] / "s-test.csv")
+    assert len(table) == 4 and {"bbs.p", "optim.lr", "J&F"} <= set(table.columns)
+
+
+# ------------------------------------------------------------------------- processes
+
+def driver(sweep_file, env, *more, **kw):
+    return subprocess.Popen([sys.executable, "-m", "rvosflow.sweep", *cli(sweep_file, env, *more)],
+                            cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def wait_for(cond, timeout=120, proc=None):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            if cond():
+                return
+        except Exception:  # the study may not exist yet
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"driver exited early:\n{proc.stdout.read()}")
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_sigkill_mid_trial_then_rerun_retries_it_and_keeps_finished_ones(tiny_benchmark, test_bundle_dir, tmp_path, env):
+    # Long enough trials that the kill lands mid-training.
+    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir, max_steps=6))
+    proc = driver(f, env)
+    # Let one trial finish, then kill while the next one runs.
+    wait_for(lambda: any(t.state.name == "COMPLETE" for t in study_trials(env)), proc=proc)
+    wait_for(lambda: any(t.state.name == "RUNNING" for t in study_trials(env)), proc=proc)
+    time.sleep(1.5)  # inside run(): the MLflow child run exists
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = study_trials(env)
+    finished = {t.number: (t.params["row"], t.params["seed"]) for t in before if t.state.name == "COMPLETE"}
+    killed = [t for t in before if t.state.name == "RUNNING"]
+    assert len(killed) == 1 and finished
+    killed_point = (killed[0].params["row"], killed[0].params["seed"])
+
+    rerun = driver(f, env)
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    after = study_trials(env)
+    # Finished trials are neither lost nor rerun; the killed one was retried; the table is complete.
+    assert {t.number: (t.params["row"], t.params["seed"]) for t in after if t.number in finished} == finished
+    assert all(after[n].state.name == "COMPLETE" for n in finished)
+    points = completed_points(after)
+    assert sorted(points) == [("base", 0), ("base", 1), ("h", 0), ("h", 1)] and len(points) == 4
+    assert after[killed[0].number].state.name == "FAIL"
+    retry = [t for t in after if t.system_attrs.get("failed_trial") == killed[0].number]
+    assert len(retry) == 1 and (retry[0].params["row"], retry[0].params["seed"]) == killed_point
+    _, kids = children(env)
+    by_trial = {int(k.data.tags["optuna.trial"]): k.info.status for k in kids}
+    assert by_trial[killed[0].number] == "KILLED"
+    assert sum(s == "FINISHED" for s in by_trial.values()) == 4
+    assert (pd.read_csv(env["out"] / "t-test.csv")["seeds"] == 2).all()
+
+
+def test_two_workers_finish_a_grid_without_duplicates(tiny_benchmark, test_bundle_dir, tmp_path, env):
+    rows = [*ROWS, {"id": "c", "label": "onestep_velocity", "overrides": ["+paradigm=onestep_velocity"]}]
+    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir), rows=rows)
+    # Two independent drivers on one study (the many-machines setting) ...
+    a, b = driver(f, env), driver(f, env)
+    out_a, _ = a.communicate(timeout=400)
+    out_b, _ = b.communicate(timeout=400)
+    assert a.returncode == 0 and b.returncode == 0, out_a + out_b
+    trials = study_trials(env)
+    points = completed_points(trials)
+    assert len(points) == len(set(points)) == 6, trials
+    assert "done trial" in out_a and "done trial" in out_b  # both worked
+    _, kids = children(env)
+    assert sum(k.info.status == "FINISHED" for k in kids) == 6
+    # ... and --workers 2 on one machine, on a fresh study.
+    env2 = {**env, "storage": f"sqlite:///{tmp_path / 'sweeps2.db'}"}
+    p = driver(f, env2, "--workers", "2")
+    out, _ = p.communicate(timeout=400)
+    assert p.returncode == 0, out
+    points = completed_points(study_trials(env2))
+    assert len(points) == len(set(points)) == 6
+    assert "w0" in out and "w1" in out
