@@ -82,6 +82,9 @@ class MevisSource(ReferringSource):
                 exps = rec["expressions"]
             except (KeyError, TypeError) as e:
                 raise DatasetFormatError(f"{meta_path}: video {vid!r} lacks 'frames' or 'expressions'") from e
+            if not frames and exps:
+                raise DatasetFormatError(
+                    f"{meta_path}: video {vid!r} lists no frames for its expressions {list(exps)[:5]}")
             self._frames[vid] = frames
             for exp_id, e in exps.items():
                 try:
