@@ -58,15 +58,18 @@ class PretrainConfig:
     seed: int = 0
     force: bool = False
     # VAE stage
-    vae_minutes: float = 5.0
+    vae_minutes: float = 6.5
     vae_max_steps: int | None = None
-    vae_batch: int = 4  # video sub-clips per step (plus as many mask sub-clips)
+    vae_batch: int = 3  # video sub-clips per step
+    vae_mask_batch: int = 5  # mask sub-clips per step (mask reconstruction is what the ablations need)
     vae_clip_frames: int = 5  # 1 + 4k
-    vae_lr: float = 1e-3
+    vae_crop: int | None = 32  # random square crops for training (the VAE is convolutional); None: full frames
+    vae_lr: float = 3e-3
     vae_kl_weight: float = 1e-4  # on the per-element mean KL
     vae_mask_weight: float = 2.0
+    vae_init_logvar: float | None = -6.0  # initial posterior log-variance (quant_conv bias); None: as built
     # T2V stage
-    t2v_minutes: float = 5.5
+    t2v_minutes: float = 4.5
     t2v_max_steps: int | None = None
     t2v_batch: int = 8
     t2v_lr: float = 5e-4
@@ -81,6 +84,7 @@ class PretrainConfig:
     sample_captions: int = 2
     train_max_videos: int | None = None  # for tests
     progress: bool = True
+    threads: int | None = None  # torch intra-op threads; None: auto (cores not already busy, >= 1)
 
     @property
     def mevis_root(self) -> Path:
@@ -163,11 +167,45 @@ def _cosine(base: float, frac: float, floor: float = 0.05) -> float:
     return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def _subclip(arr: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    t = arr.shape[0]
+def _subclip(arr: np.ndarray, n: int, rng: np.random.Generator, crop: int | None = None) -> np.ndarray:
+    t, h, w = arr.shape[:3]
     n = min(n, E.valid_num_frames(t))
     s = int(rng.integers(0, t - n + 1))
-    return arr[s: s + n]
+    arr = arr[s: s + n]
+    if crop and crop < h and crop < w:
+        y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+        if arr.dtype == bool and arr.any():  # masks: a crop that holds a random foreground pixel
+            _, fy, fx = np.nonzero(arr)
+            k = int(rng.integers(0, len(fy)))
+            y = int(rng.integers(max(0, fy[k] - crop + 1), min(fy[k], h - crop) + 1))
+            x = int(rng.integers(max(0, fx[k] - crop + 1), min(fx[k], w - crop) + 1))
+        arr = arr[:, y: y + crop, x: x + crop]
+    return arr
+
+
+def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
+    """``AutoencoderKLWan.decode`` without its final clamp to [-1, 1], for training.
+
+    The clamp has zero gradient outside [-1, 1]: a decoder that overshoots (e.g. to -1.3 on a
+    mask's foreground) would never be corrected. Same causal frame-by-frame loop as diffusers'
+    ``_decode``; falls back to ``vae.decode`` if its internals differ.
+    """
+    if not all(hasattr(vae, a) for a in ("clear_cache", "post_quant_conv", "decoder", "_feat_map")):
+        return vae.decode(z).sample
+    vae.clear_cache()
+    x = vae.post_quant_conv(z)
+    outs = []
+    for i in range(x.shape[2]):
+        vae._conv_idx = [0]
+        outs.append(vae.decoder(x[:, :, i: i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                first_chunk=(i == 0)))
+    out = torch.cat(outs, 2)
+    if getattr(vae.config, "patch_size", None) is not None:
+        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+        out = unpatchify(out, patch_size=vae.config.patch_size)
+    vae.clear_cache()
+    return out
 
 
 def _pbar(total, desc, enabled):
@@ -178,6 +216,10 @@ def _pbar(total, desc, enabled):
 def train_vae(vae, clips: list[Clip], cfg: PretrainConfig, rng: np.random.Generator) -> dict:
     """Autoencode video and mask sub-clips; returns a summary (steps, final losses, seconds)."""
     masks = [m for c in clips for m in c.masks]
+    if cfg.vae_init_logvar is not None:  # start nearly deterministic: posterior std exp(-3) instead of ~1
+        with torch.no_grad():
+            z = vae.config.z_dim
+            vae.quant_conv.bias[z:] = cfg.vae_init_logvar
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
     budget = _Budget(cfg.vae_minutes, cfg.vae_max_steps)
@@ -188,16 +230,16 @@ def train_vae(vae, clips: list[Clip], cfg: PretrainConfig, rng: np.random.Genera
         for g in opt.param_groups:
             g["lr"] = _cosine(cfg.vae_lr, budget.frac(step))
         vid = [clips[i].frames for i in rng.integers(0, len(clips), cfg.vae_batch)]
-        x_v = E.frames_to_pixels(np.stack([_subclip(v, cfg.vae_clip_frames, rng) for v in vid]))
+        x_v = E.frames_to_pixels(np.stack([_subclip(v, cfg.vae_clip_frames, rng, cfg.vae_crop) for v in vid]))
         parts = [x_v]
         if masks:
-            ms = [masks[i] for i in rng.integers(0, len(masks), cfg.vae_batch)]
-            parts.append(E.mask_to_pixels(np.stack([_subclip(m, cfg.vae_clip_frames, rng) for m in ms])))
+            ms = [masks[i] for i in rng.integers(0, len(masks), cfg.vae_mask_batch)]
+            parts.append(E.mask_to_pixels(np.stack([_subclip(m, cfg.vae_clip_frames, rng, cfg.vae_crop) for m in ms])))
         x = torch.cat(parts)
         if rng.random() < 0.5:  # horizontal flip: appearance only, no caption involved here
             x = x.flip(-1)
         dist = vae.encode(x).latent_dist
-        rec = vae.decode(dist.sample()).sample
+        rec = decode_unclamped(vae, dist.sample())
         err = (rec - x).abs() + (rec - x).pow(2)
         n_v = x_v.shape[0]
         loss_v = err[:n_v].mean()
@@ -393,6 +435,20 @@ def _swap_in(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def auto_threads() -> int:
+    """CPU cores minus the current 1-minute load (at least 1).
+
+    On a shared CPU, two processes each spinning 2 OpenMP threads on 2 cores run ~8x slower than
+    with 1 thread each (measured), so the pretraining only takes the cores that are free.
+    """
+    n = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return max(1, min(n, n - int(round(load))))
+
+
 def pretrain(cfg: PretrainConfig) -> Path:
     """Run both stages and write the bundle to ``cfg.out``; returns the bundle path (cached unless force)."""
     out = Path(cfg.out)
@@ -400,6 +456,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
         print(f"[pretrain] {out} already holds a complete bundle; use --force to retrain", file=sys.stderr)
         return out
     t_start = time.perf_counter()
+    threads = cfg.threads or auto_threads()
+    torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -474,6 +532,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
             "seconds": {"load_data": round(t_load, 1), "vae_train": vae_log["seconds"], "latents": round(t_lat, 1),
                         "vae_eval": round(t_eval, 1), "t2v_train": t2v_log["seconds"], "sample": round(t_sample, 1)},
             "torch": torch.__version__,
+            "threads": threads,
         }
         report["seconds"]["total"] = round(time.perf_counter() - t_start, 1)
         report["bundle_bytes"] = _dir_size(tmp)
@@ -502,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--t2v-steps", type=int, default=None, help="cap on T2V steps")
     p.add_argument("--arch", default=d.arch, choices=["tiny", "test"])
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: free cores)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     vae_m, t2v_m = a.vae_minutes, a.t2v_minutes
@@ -510,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         vae_m, t2v_m = a.minutes * share, a.minutes * (1 - share)
     cfg = PretrainConfig(data=a.data, out=a.out, force=a.force, arch=a.arch, seed=a.seed, vae_minutes=vae_m,
                          t2v_minutes=t2v_m, vae_max_steps=a.vae_steps, t2v_max_steps=a.t2v_steps,
-                         progress=not a.no_progress)
+                         progress=not a.no_progress, threads=a.threads)
     pretrain(cfg)
     return 0
 
