@@ -208,7 +208,7 @@ def make_pruner(spec: Spec):
     p = dict(spec.pruner)
     kind = p.pop("type", "median")
     table = {"median": optuna.pruners.MedianPruner, "percentile": optuna.pruners.PercentilePruner,
-             "hyperband": optuna.pruners.HyperbandPruner, "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+             "threshold": optuna.pruners.ThresholdPruner, "hyperband": optuna.pruners.HyperbandPruner, "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
              "none": optuna.pruners.NopPruner}
     if kind not in table:
         raise SpecError(f"pruner.type: unknown value {kind!r}; allowed: {', '.join(table)}")
@@ -310,14 +310,14 @@ class Tracking:
         return self._search(flt)
 
     def close_trial(self, parent_id: str, trial_number: int, status: str, tags: dict, note: str = "",
-                    params: dict | None = None) -> str:
+                    params: dict | None = None, run_name: str | None = None) -> str:
         """Terminate the trial's child run with ``status``; create one when the trial failed before
         its run existed, so that every trial has a child run."""
         runs = self.child_runs(parent_id, trial_number)
         if runs:
             run_id = runs[0].info.run_id
         else:
-            run_id = self.client.create_run(self.experiment_id(), run_name=tags.get("mlflow.runName"), tags=tags).info.run_id
+            run_id = self.client.create_run(self.experiment_id(), run_name=run_name, tags=tags).info.run_id
             for k, v in (params or {}).items():
                 self.client.log_param(run_id, k, str(v)[:6000])
         if note:
@@ -459,7 +459,7 @@ def make_objective(ctx: Context, study):
             callbacks = [pruning_callback(trial, spec.monitor)]
         overrides += [*ctx.extra, f"seed={seed}", f"logger.run_name={run_name}",
                       f"logger.tracking_uri={ctx.tracking_uri}", f"logger.experiment_name={ctx.experiment_name}"]
-        tags = {"mlflow.parentRunId": ctx.parent_id, "mlflow.runName": run_name, "row": row_id, "seed": str(seed),
+        tags = {"mlflow.parentRunId": ctx.parent_id, "row": row_id, "seed": str(seed),
                 "optuna.trial": str(trial.number), "optuna.study": ctx.study_name, STUDY_TAG: ctx.study_name,
                 UID_TAG: ctx.uid}
         done, total = (grid_progress(study, spec) if spec.kind == "grid" else (counts(study).get("COMPLETE", 0), spec.size))
@@ -473,7 +473,8 @@ def make_objective(ctx: Context, study):
                     cb.check_pruned()
         except optuna.TrialPruned as exc:
             if "duplicate" not in str(exc):
-                ctx_tracking(ctx).close_trial(ctx.parent_id, trial.number, "KILLED", tags, note=f"pruned: {exc}")
+                ctx_tracking(ctx).close_trial(ctx.parent_id, trial.number, "KILLED", tags, note=f"pruned: {exc}",
+                                              run_name=run_name)
                 _say(ctx, f"pruned trial #{trial.number}: {what}: {exc}  ({time.monotonic() - t0:.0f} s)")
             raise
         except BaseException as exc:
@@ -481,7 +482,8 @@ def make_objective(ctx: Context, study):
             note = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             params = run_config.flat_params(cfg) if cfg is not None else {"overrides": " ".join(overrides)}
             try:
-                ctx_tracking(ctx).close_trial(ctx.parent_id, trial.number, status, tags, note=note, params=params)
+                ctx_tracking(ctx).close_trial(ctx.parent_id, trial.number, status, tags, note=note, params=params,
+                                              run_name=run_name)
             except Exception:  # never hide the trial's own error
                 log.exception("could not mark the MLflow run of trial %d %s", trial.number, status)
             trial.set_user_attr("error", note[:1000])

@@ -138,24 +138,24 @@ def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test
 
 
 def test_failing_trial_is_failed_in_optuna_and_mlflow_and_the_study_goes_on(tiny_benchmark, test_bundle_dir, tmp_path, env):
-    rows = [ROWS[0], {"id": "nan", "label": "diverges", "overrides": ["+paradigm=video2mask", "optim.lr=1e30"]}]
+    rows = [ROWS[0], {"id": "div", "label": "diverges", "overrides": ["+paradigm=video2mask", "optim.lr=1e30"]}]
     f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir), rows=rows, seeds=[0])
     assert sweep.main(cli(f, env)) == 0
     states = {t.params["row"]: t.state.name for t in study_trials(env)}
-    assert states == {"base": "COMPLETE", "nan": "FAIL"}
-    fail = next(t for t in study_trials(env) if t.params["row"] == "nan")
+    assert states == {"base": "COMPLETE", "div": "FAIL"}
+    fail = next(t for t in study_trials(env) if t.params["row"] == "div")
     assert "FloatingPointError" in fail.user_attrs["error"]
     _, kids = children(env)
     by_row = {k.data.tags["row"]: k for k in kids}
-    assert by_row["nan"].info.status == "FAILED" and "FloatingPointError" in by_row["nan"].data.tags["rvosflow.error"]
+    assert by_row["div"].info.status == "FAILED" and "FloatingPointError" in by_row["div"].data.tags["rvosflow.error"]
     assert by_row["base"].info.status == "FINISHED"
     table = pd.read_csv(env["out"] / "t-test.csv")
-    assert table.set_index("id").loc["nan", "failed"] == 1 and pd.isna(table.set_index("id").loc["nan", "JF_mean"])
+    assert table.set_index("id").loc["div", "failed"] == 1 and pd.isna(table.set_index("id").loc["div", "JF_mean"])
     # A re-run does not repeat the failure; --retry-failed does.
     assert sweep.main(cli(f, env)) == 0
     assert len(study_trials(env)) == 2
     assert sweep.main(cli(f, env, "--retry-failed")) == 0
-    assert [t.state.name for t in study_trials(env) if t.params["row"] == "nan"] == ["FAIL", "FAIL"]
+    assert [t.state.name for t in study_trials(env) if t.params["row"] == "div"] == ["FAIL", "FAIL"]
 
 
 def test_tpe_search_with_pruning(tiny_benchmark, test_bundle_dir, tmp_path, env):
@@ -163,23 +163,24 @@ def test_tpe_search_with_pruning(tiny_benchmark, test_bundle_dir, tmp_path, env)
             "params": {"bbs.p": {"type": "float", "low": 0.0, "high": 0.9},
                        "optim.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}},
             "sampler": {"type": "tpe", "n_startup_trials": 2, "seed": 0},
-            # prune everything after the first trial below the best: shows the pruner acts
-            "pruner": {"type": "percentile", "percentile": 99.0, "n_startup_trials": 1, "n_warmup_steps": 0},
-            "profiles": {"test": {"n_trials": 4, "seeds": [0], "overrides": tiny(tiny_benchmark, test_bundle_dir, 4)}}}
+            # val/JF is a fraction: a threshold above 1 prunes every trial at its first report
+            # (deterministic; the shipped bbs_p.yaml uses the median pruner)
+            "pruner": {"type": "threshold", "lower": 1.5, "n_warmup_steps": 0},
+            "profiles": {"test": {"n_trials": 3, "seeds": [0], "overrides": tiny(tiny_benchmark, test_bundle_dir, 4)}}}
     f = tmp_path / "s.yaml"
     f.write_text(yaml.safe_dump(spec))
     assert sweep.main(cli(f, env)) == 0
     trials = study_trials(env, "s-test")
-    assert len(trials) == 4 and all(set(t.params) == {"bbs.p", "optim.lr"} for t in trials)
-    states = [t.state.name for t in trials]
-    assert states.count("COMPLETE") >= 1 and "PRUNED" in states, states
-    pruned = next(t for t in trials if t.state.name == "PRUNED")
-    assert pruned.intermediate_values and set(pruned.intermediate_values) <= {2, 4}
+    assert len(trials) == 3 and all(set(t.params) == {"bbs.p", "optim.lr"} for t in trials)
+    assert [t.state.name for t in trials] == ["PRUNED"] * 3
+    # reported at the first in-training validation (global step 2), pruned there: never reached step 4
+    assert all(list(t.intermediate_values) == [2] for t in trials)
+    assert len({t.params["bbs.p"] for t in trials}) == 3
     _, kids = children(env, "s-test")
-    status = {int(k.data.tags["optuna.trial"]): k.info.status for k in kids}
-    assert status[pruned.number] == "KILLED" and len(status) == 4
+    assert sorted(k.info.status for k in kids) == ["KILLED"] * 3
+    assert all("pruned at step 2" in k.data.tags["rvosflow.error"] for k in kids)
     table = pd.read_csv(env["out"] / "s-test.csv")
-    assert len(table) == 4 and {"bbs.p", "optim.lr", "J&F"} <= set(table.columns)
+    assert len(table) == 3 and {"bbs.p", "optim.lr", "J&F"} <= set(table.columns)
 
 
 # ------------------------------------------------------------------------- processes
