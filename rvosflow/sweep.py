@@ -166,7 +166,24 @@ def settings_fingerprint(spec: Spec, extra: list[str]) -> str:
 
 # ------------------------------------------------------------------------------ Optuna objects
 
+def retrying(fn, *args, tries: int = 6, **kw):
+    """``fn(*args, **kw)``, retried on errors: several workers creating a fresh SQLite database at
+    once race on its schema (Optuna's alembic table, MLflow's tables)."""
+    for i in range(tries):
+        try:
+            return fn(*args, **kw)
+        except Exception as exc:  # noqa: BLE001
+            if i == tries - 1:
+                raise
+            log.info("retrying %s after %s", getattr(fn, "__name__", fn), exc)
+            time.sleep(0.5 + i)
+
+
 def make_storage(url: str, spec: Spec):
+    return retrying(_make_storage, url, spec)
+
+
+def _make_storage(url: str, spec: Spec):
     import optuna
 
     retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
@@ -637,8 +654,8 @@ def setup(spec: Spec, storage_url: str, extra: list[str], study_name: str | None
             print(f"deleted study {study_name!r}", flush=True)
         except KeyError:
             pass
-    study = optuna.create_study(study_name=study_name, storage=storage, sampler=make_sampler(spec),
-                                pruner=make_pruner(spec), direction=spec.direction, load_if_exists=True)
+    study = retrying(optuna.create_study, study_name=study_name, storage=storage, sampler=make_sampler(spec),
+                     pruner=make_pruner(spec), direction=spec.direction, load_if_exists=True)
     fp = settings_fingerprint(spec, extra)
     attrs = study.user_attrs
     if "uid" not in attrs:
@@ -653,7 +670,8 @@ def setup(spec: Spec, storage_url: str, extra: list[str], study_name: str | None
             f"profile {spec.profile!r} now gives (rows, profile overrides or --set changed). "
             f"Use --study NAME for a new study, or --reset to delete this one.")
     uid = attrs["uid"]
-    tracking = Tracking(uri, experiment)
+    tracking = retrying(Tracking, uri, experiment)
+    retrying(tracking.experiment_id)
     params = {"sweep.file": spec.path, "sweep.profile": spec.profile, "sweep.kind": spec.kind,
               "sweep.seeds": spec.seeds, "sweep.overrides": " ".join(spec.overrides), "sweep.extra": " ".join(extra),
               "optuna.study": study_name, "optuna.storage": _redact(storage_url)}
