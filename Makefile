@@ -6,9 +6,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DATA_DIR ?= data/synthetic
 BUNDLE_DIR ?= data/tiny-wan
+# Sweeps: `make ablation-table2 PROFILE=smoke`, `make sweep SWEEP=sweeps/bbs_p.yaml WORKERS=2`,
+# STORAGE=postgresql://... to share one Optuna study between machines.
+PROFILE ?= default
+WORKERS ?= 1
+SWEEP ?= sweeps/table2.yaml
+STORAGE ?=
+SWEEP_ARGS = --profile $(PROFILE) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE),) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data tiny-wan train test test-slow bench clean protocol-ytvos protocol-mevis bench-dataloading
+.PHONY: help venv data tiny-wan train ablation-table2 sweep mlflow-ui test test-slow bench clean protocol-ytvos protocol-mevis bench-dataloading
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -32,6 +39,15 @@ tiny-wan: data  ## pretrain the tiny Wan bundle on the synthetic train split (ca
 train: data  ## train and score one configuration (the paper's final model) on the embedded default
 	$(PY) run.py $(ARGS)
 
+ablation-table2: tiny-wan  ## every row of Table 2 x seeds as one Optuna study -> results/table2.{md,csv,tex} (PROFILE=smoke: minutes)
+	$(PY) -m rvosflow.sweep sweeps/table2.yaml $(SWEEP_ARGS)
+
+sweep: tiny-wan  ## run a sweep file: SWEEP=sweeps/bbs_p.yaml PROFILE=default WORKERS=1 STORAGE=<db url>
+	$(PY) -m rvosflow.sweep $(SWEEP) $(SWEEP_ARGS)
+
+mlflow-ui: $(STAMP)  ## browse runs, sweeps (parent/child runs), metrics and overlays at http://127.0.0.1:5000
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1
+
 protocol-ytvos: data  ## RefCOCO pretrain -> Ref-YTVOS finetune -> Ref-DAVIS zero-shot (synthetic; REAL=1 for Table 4)
 	$(PY) -m experiments.ytvos_protocol $(if $(REAL),--real,) $(ARGS)
 
@@ -48,4 +64,4 @@ test-slow: $(STAMP)  ## long tests only (end-to-end training and pretraining)
 	$(PY) -m pytest -q -m slow
 
 clean:  ## remove generated data, runs and the virtualenv (keeps the shipped tiny bundle)
-	rm -rf $(VENV) $(DATA_DIR) outputs multirun results mlflow.db mlartifacts
+	rm -rf $(VENV) $(DATA_DIR) outputs multirun results mlflow.db mlartifacts sweeps.db
