@@ -495,7 +495,8 @@ def make_objective(ctx: Context, study):
                 _say(ctx, f"pruned trial #{trial.number}: {what}: {exc}  ({time.monotonic() - t0:.0f} s)")
             raise
         except BaseException as exc:
-            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))  # Lightning turns Ctrl-C into SystemExit
+            status = "KILLED" if interrupted else "FAILED"
             note = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             params = run_config.flat_params(cfg) if cfg is not None else {"overrides": " ".join(overrides)}
             try:
@@ -504,7 +505,13 @@ def make_objective(ctx: Context, study):
             except Exception:  # never hide the trial's own error
                 log.exception("could not mark the MLflow run of trial %d %s", trial.number, status)
             trial.set_user_attr("error", note[:1000])
-            _say(ctx, f"FAILED trial #{trial.number}: {what}: {note}")
+            if interrupted:  # not the trial's fault: queue it again for the re-run
+                if isinstance(exc, SystemExit):  # Optuna only records Exception/KeyboardInterrupt
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                study.enqueue_trial(dict(trial.params), user_attrs={"interrupted_trial": trial.number})
+                _say(ctx, f"interrupted trial #{trial.number}: {what}; re-queued for the next run")
+            else:
+                _say(ctx, f"FAILED trial #{trial.number}: {what}: {note}")
             raise
         for k in ("J", "F", "JF"):
             trial.set_user_attr(k, float(results[k]))
@@ -840,7 +847,9 @@ def main(argv=None) -> int:
             bad = [p.name for p in procs if p.exitcode != 0]
             if bad:
                 print(f"worker(s) exited abnormally: {', '.join(bad)}; re-run the same command to finish", flush=True)
-    except KeyboardInterrupt:
+                report(ctx, out_dir, finished=False)
+                return 1
+    except (KeyboardInterrupt, SystemExit):
         print("interrupted; re-run the same command to resume", flush=True)
         report(ctx, out_dir, finished=False)
         return 130

@@ -263,3 +263,22 @@ def test_workers_2_spawns_two_processes_without_duplicates(tiny_benchmark, test_
     points = completed_points(study_trials(env))
     assert len(points) == len(set(points)) == 4, out
     assert " w0 " in out and " w1 " in out and "[4/4]" in out
+
+
+@pytest.mark.slow  # ~40 s: two driver processes
+def test_ctrl_c_mid_trial_requeues_it_for_the_rerun(tiny_benchmark, test_bundle_dir, tmp_path, env):
+    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir, max_steps=6), seeds=[0],
+                    grace_period=600)  # the re-run must not depend on heartbeats
+    proc = driver(f, env)
+    wait_for(lambda: any(t.state.name == "RUNNING" and "row" in t.params for t in study_trials(env)), proc=proc)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert "interrupted" in out, out
+    trials = study_trials(env)
+    assert [t.state.name for t in trials][:1] == ["FAIL"] and any(t.state.name == "WAITING" for t in trials), out
+    rerun = driver(f, env)
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    points = completed_points(study_trials(env))
+    assert sorted(points) == [("base", 0), ("h", 0)]
