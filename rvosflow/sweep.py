@@ -508,7 +508,7 @@ def make_objective(ctx: Context, study):
             if interrupted:  # not the trial's fault: queue it again for the re-run
                 if isinstance(exc, SystemExit):  # Optuna only records Exception/KeyboardInterrupt
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                study.enqueue_trial(dict(trial.params), user_attrs={"interrupted_trial": trial.number})
+                requeue(study, study._storage.get_trial(trial._trial_id), interrupted_trial=trial.number)
                 _say(ctx, f"interrupted trial #{trial.number}: {what}; re-queued for the next run")
             else:
                 _say(ctx, f"FAILED trial #{trial.number}: {what}: {note}")
@@ -756,6 +756,18 @@ def report(ctx: Context, out_dir: Path, finished: bool) -> dict[str, Path]:
     return paths
 
 
+def requeue(study, frozen, **user_attrs) -> None:
+    """Queue another attempt of a trial (WAITING, same params; popped atomically by one worker).
+    Its system attrs (GridSampler's grid_id and search_space) come along, as in Optuna's
+    RetryHeartbeatStaleTrialCallback."""
+    import optuna
+
+    system_attrs = {k: v for k, v in frozen.system_attrs.items() if k != "fixed_params"}
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.WAITING, params=dict(frozen.params), distributions=dict(frozen.distributions),
+        user_attrs=user_attrs, system_attrs=system_attrs))
+
+
 def retry_failed(ctx: Context) -> int:
     """Queue a new attempt for every grid point whose trials all FAILed (search: no-op)."""
     import optuna
@@ -771,7 +783,8 @@ def retry_failed(ctx: Context) -> int:
     n = 0
     for point, states in by_point.items():
         if point is not None and states and all(s == TrialState.FAIL for s in states):
-            study.enqueue_trial({"row": point[0], "seed": point[1]})
+            last = max((t for t in study.get_trials(deepcopy=False) if grid_point(t) == point), key=lambda t: t.number)
+            requeue(study, last, retry_of=last.number)
             n += 1
     return n
 
