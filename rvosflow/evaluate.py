@@ -240,13 +240,17 @@ def score_ref_davis(source, pred_dir: Path, task: str = "unsupervised") -> dict:
 
 
 def evaluate(benchmark: str, root, split: str, predictions, out=None, zip_path=None,
-             davis_task: str = "unsupervised") -> dict:
-    """Score (where the split has masks) and/or zip (``valid`` of MeViS / Ref-YTVOS); write ``out``."""
-    source = open_source(benchmark, root, split)
+             davis_task: str = "unsupervised", videos: int | None = None) -> dict:
+    """Score (where the split has masks) and/or zip (``valid`` of MeViS / Ref-YTVOS); write ``out``.
+    ``videos``: only the split's first N videos (as ``data.eval_videos``); None = the whole split."""
+    from rvosflow.data.datamodules import first_videos
+
+    source = first_videos(open_source(benchmark, root, split), videos)
     pred_dir = Path(predictions)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"--predictions: {pred_dir} is not a directory")
-    result: dict = {"benchmark": benchmark, "root": str(root), "split": split, "predictions": str(pred_dir)}
+    result: dict = {"benchmark": benchmark, "root": str(root), "split": split, "predictions": str(pred_dir),
+                     "videos": len(source.video_ids()), "subset": videos is not None}
     if benchmark == "ref_davis":
         result.update(score_ref_davis(source, pred_dir, davis_task))
     else:
@@ -271,10 +275,12 @@ def main(argv=None) -> int:
     ap.add_argument("--predictions", required=True, help="<video>/<exp_id>/<frame>.png folder")
     ap.add_argument("--out", required=True, help="JSON file for the scores")
     ap.add_argument("--zip", default=None, help="submission zip (valid splits; default: --out with .zip)")
+    ap.add_argument("--videos", type=int, default=None, help="score only the split's first N videos (quick runs)")
     ap.add_argument("--davis-task", default="unsupervised", choices=DAVIS_TASKS,
                     help="Ref-DAVIS: ReferFormer's default 'unsupervised' (Hungarian-matched, all frames)")
     args = ap.parse_args(argv)
-    r = evaluate(args.benchmark, args.root, args.split, args.predictions, args.out, args.zip, args.davis_task)
+    r = evaluate(args.benchmark, args.root, args.split, args.predictions, args.out, args.zip, args.davis_task,
+                 args.videos)
     if "JF" in r:
         print(f"{args.benchmark}/{args.split}: J&F {r['JF']:.2f}  J {r['J']:.2f}  F {r['F']:.2f}")
     for name, s in r.get("sets", {}).items():

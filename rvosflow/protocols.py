@@ -115,7 +115,8 @@ def run_protocol(name: str, out_dir: str | Path, real: bool = False, overrides: 
             entry.update(J=res["J"], F=res["F"], JF=res["JF"])
         if st.evaluate:
             bench, split = st.evaluate
-            scores = evaluate(bench, cfg.data.root, split, res["predictions"], run_dir / f"{bench}_{split}.json")
+            scores = evaluate(bench, cfg.data.root, split, res["predictions"], run_dir / f"{bench}_{split}.json",
+                              videos=cfg.data.get("eval_videos"))
             entry["evaluation"] = {k: v for k, v in scores.items() if k not in ("per_expression",)}
             if "sets" in scores:
                 entry["evaluation"]["sets"] = {k: {m: v for m, v in s.items() if m != "per_object"}

@@ -144,7 +144,7 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     if cfg.mode == "predict":
         return _predict(cfg, run_dir, module, datamodule, logger, trainer_args, callbacks)
     # Server-scored splits (real Ref-YTVOS / MeViS `valid`) have no masks: no validation then.
-    scored = datamodule.source(datamodule.val_split).has_masks
+    scored = datamodule.eval_source(datamodule.val_split).has_masks
     if not scored:
         log.warning("data.val_split=%s has no masks: validation off (score it with mode=predict)", datamodule.val_split)
         trainer_args["limit_val_batches"] = 0

@@ -131,3 +131,12 @@ def test_mixed_batch_sampler_ratio_and_determinism():
     assert list(MixedBatchSampler(40, 60, 4, 0.0, seed=0)) and all(i >= 40 for b in MixedBatchSampler(40, 60, 4, 0.0) for i in b)
     with pytest.raises(ValueError, match="image_ratio"):
         MixedBatchSampler(40, 60, 4, 1.5)
+
+
+def test_eval_videos_keeps_the_first_videos_of_the_scored_split(tiny_benchmark):
+    dm = from_config(data_cfg("synthetic", tiny_benchmark / "mevis", eval_videos=2), 16)
+    full = dm.source("valid_u")
+    sub = dm.eval_source("valid_u")
+    assert sub.video_ids() == full.video_ids()[:2] and len(full) > len(sub) > 0
+    assert {s["video_id"] for b in dm.predict_dataloader() for s in b} == set(full.video_ids()[:2])
+    assert len(dm.source("train")) == len(from_config(data_cfg("synthetic", tiny_benchmark / "mevis"), 16).source("train"))

@@ -142,3 +142,14 @@ def test_merged_labels_first_object_wins_and_db_statistics():
     assert M == pytest.approx(0.4625) and R == pytest.approx(0.375)
     # 8 frames: ids = round(linspace(1, 8, 5)) - 1 = [0, 2, 3, 5, 7]: first bin [0:3], last [5:8]
     assert D == pytest.approx(np.mean([1.0, 0.9, 0.8]) - np.mean([0.2, 0.1, 0.0]))
+
+
+def test_videos_subset_scores_only_the_first_videos(tiny_benchmark, tmp_path):
+    src = open_source("ref_davis", tiny_benchmark / "ref_davis", "valid")
+    first = src.video_ids()[0]
+    for e in src.expressions:
+        if e.video_id == first:
+            write_masks(tmp_path / "p", e.video_id, e.exp_id, e.frame_names, src.load_target(e))
+    r = evaluate("ref_davis", tiny_benchmark / "ref_davis", "valid", tmp_path / "p", videos=1)
+    assert r["videos"] == 1 and r["subset"] and not r["missing"] and r["JF"] == pytest.approx(100)
+    assert evaluate("ref_davis", tiny_benchmark / "ref_davis", "valid", tmp_path / "p")["missing"]

@@ -3,6 +3,7 @@ open a split (its reader)."""
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from functools import partial
@@ -15,6 +16,18 @@ from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from rvosflow.data.datasets import ClipDataset, VideoDataset, as_list
 from rvosflow.data.transforms import model_size
+
+
+def first_videos(source, n: int | None):
+    """A view of ``source`` keeping the expressions of its first ``n`` videos (None: ``source``)."""
+    if n is None or n >= len(source.video_ids()):
+        return source
+    if n < 1:
+        raise ValueError(f"data.eval_videos: expected a positive number of videos or null, got {n}")
+    keep = set(source.video_ids()[:n])
+    view = copy.copy(source)
+    view.expressions = [e for e in source.expressions if e.video_id in keep]
+    return view
 
 
 class ReferringDataModule(L.LightningDataModule):
@@ -38,11 +51,13 @@ class ReferringDataModule(L.LightningDataModule):
         num_workers: int = 0,
         val_limit: int | None = None,
         predict_split: str | None = None,
+        eval_videos: int | None = None,
     ):
         super().__init__()
         self.root = Path(root)
         self.train_split, self.val_split = train_split, val_split
         self.predict_split = predict_split or val_split
+        self.eval_videos = eval_videos
         self.num_frames, self.frame_sampler = num_frames, frame_sampler
         self.size_fn = partial(model_size, target_height=height, max_width=max_width, multiple=spatial_multiple)
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
@@ -57,6 +72,11 @@ class ReferringDataModule(L.LightningDataModule):
             self._sources[split] = self.make_source(split)
         return self._sources[split]
 
+    def eval_source(self, split: str):
+        """The split scored/predicted: all of it, or its first ``eval_videos`` videos (quick runs;
+        ``rvosflow.evaluate --videos N`` scores the same subset)."""
+        return first_videos(self.source(split), self.eval_videos)
+
     def _loader(self, dataset, shuffle: bool, collate=None, batch_size: int = 1) -> DataLoader:
         return DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
@@ -68,12 +88,12 @@ class ReferringDataModule(L.LightningDataModule):
         return self._loader(ds, shuffle=True, batch_size=self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        ds = VideoDataset(self.source(self.val_split), self.size_fn, self.val_limit)
+        ds = VideoDataset(self.eval_source(self.val_split), self.size_fn, self.val_limit)
         return self._loader(ds, False, as_list, self.val_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
         """Whole videos of ``predict_split`` (any split, with or without masks)."""
-        ds = VideoDataset(self.source(self.predict_split), self.size_fn, with_target=False)
+        ds = VideoDataset(self.eval_source(self.predict_split), self.size_fn, with_target=False)
         return self._loader(ds, False, as_list, self.val_batch_size)
 
 
