@@ -86,7 +86,7 @@ def display_table(summary: pd.DataFrame, digits: int = 1, pm: str = "±") -> pd.
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    return table.to_markdown(index=False) + "\n"
+    return table.to_markdown(index=False, disable_numparse=True) + "\n"  # keep "3.0", "0.50"
 
 
 def to_csv(summary: pd.DataFrame) -> str:
