@@ -79,6 +79,24 @@ class ReferringSource:
 # ------------------------------------------------------------------------------- helpers
 
 
+def iter_meta_videos(meta, meta_path: Path):
+    """``(video_id, frame names, {exp_id: entry})`` for each video of a MeViS/Ref-YTVOS-style
+    ``meta_expressions.json``, with the shared structure checked."""
+    try:
+        items = list(meta["videos"].items())
+    except (KeyError, TypeError, AttributeError) as e:
+        raise DatasetFormatError(f"{meta_path}: expected {{'videos': {{...}}}}") from e
+    for vid, rec in items:
+        try:
+            frames = [str(f) for f in rec["frames"]]
+            exps = rec["expressions"]
+        except (KeyError, TypeError) as e:
+            raise DatasetFormatError(f"{meta_path}: video {vid!r} lacks 'frames' or 'expressions'") from e
+        if not frames and exps:
+            raise DatasetFormatError(f"{meta_path}: video {vid!r} lists no frames for its expressions {list(exps)[:5]}")
+        yield vid, frames, exps
+
+
 def require(path: Path, what: str = "file") -> Path:
     if not path.exists():
         raise DatasetFormatError(f"{path}: {what} not found")

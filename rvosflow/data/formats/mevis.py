@@ -17,6 +17,7 @@ from rvosflow.data.formats.base import (
     DatasetFormatError,
     ExpressionRef,
     ReferringSource,
+    iter_meta_videos,
     image_size,
     read_json,
     require,
@@ -68,23 +69,10 @@ class MevisSource(ReferringSource):
         self._mask_dict = read_json(mask_path) if self.has_masks else None
         if self.has_masks and not isinstance(self._mask_dict, dict):
             raise DatasetFormatError(f"{mask_path}: expected an object mapping anno_id to RLE lists")
-        try:
-            videos = meta["videos"]
-            items = list(videos.items())
-        except (KeyError, TypeError, AttributeError) as e:
-            raise DatasetFormatError(f"{meta_path}: expected {{'videos': {{...}}}}") from e
         self._frames: dict[str, list[str]] = {}
         self._annos: dict[tuple[str, str], tuple[str, ...]] = {}
         self.expressions = []
-        for vid, rec in items:
-            try:
-                frames = [str(f) for f in rec["frames"]]
-                exps = rec["expressions"]
-            except (KeyError, TypeError) as e:
-                raise DatasetFormatError(f"{meta_path}: video {vid!r} lacks 'frames' or 'expressions'") from e
-            if not frames and exps:
-                raise DatasetFormatError(
-                    f"{meta_path}: video {vid!r} lists no frames for its expressions {list(exps)[:5]}")
+        for vid, frames, exps in iter_meta_videos(meta, meta_path):
             self._frames[vid] = frames
             for exp_id, e in exps.items():
                 try:

@@ -16,6 +16,7 @@ from rvosflow.data.formats.base import (
     DatasetFormatError,
     ExpressionRef,
     ReferringSource,
+    iter_meta_videos,
     id_map,
     read_index_png,
     read_json,
@@ -71,21 +72,9 @@ class RefYTVOSSource(ReferringSource):
         self.has_masks = (self.root / split / "Annotations").is_dir()
         objects_path = self.root / split / "meta.json"
         self._objects = read_json(objects_path)["videos"] if objects_path.exists() else None
-        try:
-            items = list(meta["videos"].items())
-        except (KeyError, TypeError, AttributeError) as e:
-            raise DatasetFormatError(f"{meta_path}: expected {{'videos': {{...}}}}") from e
         self._frames: dict[str, list[str]] = {}
         self.expressions = []
-        for vid, rec in items:
-            try:
-                frames = [str(f) for f in rec["frames"]]
-                exps = rec["expressions"]
-            except (KeyError, TypeError) as e:
-                raise DatasetFormatError(f"{meta_path}: video {vid!r} lacks 'frames' or 'expressions'") from e
-            if not frames and exps:
-                raise DatasetFormatError(
-                    f"{meta_path}: video {vid!r} lists no frames for its expressions {list(exps)[:5]}")
+        for vid, frames, exps in iter_meta_videos(meta, meta_path):
             self._frames[vid] = frames
             for pos, (exp_id, e) in enumerate(exps.items()):
                 try:
