@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from pathlib import Path
 
 import lightning as L
@@ -72,7 +73,10 @@ def init_transformer_from(module, path: str | Path) -> None:
     """``init_from``: load the DiT weights (``transformer.*``) of a Lightning checkpoint before fit
     (e.g. the RefCOCO pre-training stage before Ref-YTVOS fine-tuning). Optimizer state and step
     are not taken; every DiT weight must match (same paradigm/DVI)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own Lightning checkpoint
+    try:  # plain tensors and containers only: a checkpoint carrying code is refused, never run
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"init_from: {path} is not a plain-data checkpoint ({e})") from e
     state = {k[len("transformer."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("transformer.")}
     if not state:
         raise ValueError(f"init_from: {path} holds no transformer.* weights")

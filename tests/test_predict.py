@@ -25,6 +25,11 @@ def overrides(bench, bundle, tmp, data="synthetic_ytvos", sub="ref_ytvos", *extr
     ]
 
 
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_benchmark, test_bundle_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pred")
@@ -63,7 +68,22 @@ def test_init_from_loads_the_dit_of_a_checkpoint(tiny_benchmark, test_bundle_dir
     assert not torch.equal(module.state_dict()[key], saved[key])
     init_transformer_from(module, res["checkpoint"])
     assert all(torch.equal(v, saved[k]) for k, v in module.state_dict().items() if k.startswith("transformer."))
+    evil = tmp / "evil.ckpt"
+    torch.save({"state_dict": {}, "x": _Evil()}, evil)
+    with pytest.raises(ValueError, match="not a plain-data checkpoint"):
+        init_transformer_from(module, evil)
     bad = tmp / "bad.ckpt"
     torch.save({"state_dict": {"other.weight": torch.zeros(1)}}, bad)
     with pytest.raises(ValueError, match="no transformer"):
         init_transformer_from(module, bad)
+
+
+def test_a_split_without_masks_trains_without_validation(tiny_benchmark, test_bundle_dir, tmp_path):
+    """Real Ref-YTVOS / MeViS `valid` are server-scored: training runs, nothing is scored."""
+    import shutil
+
+    root = shutil.copytree(tiny_benchmark / "ref_ytvos", tmp_path / "ytvos")
+    shutil.rmtree(root / "valid" / "Annotations")
+    cfg = compose(overrides(tmp_path, test_bundle_dir, tmp_path, "synthetic_ytvos", "ytvos"))
+    r = run(cfg, tmp_path / "run")
+    assert r["JF"] is None and (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
