@@ -27,18 +27,20 @@ def overlay(frame: np.ndarray, pred: np.ndarray, target: np.ndarray | None) -> n
 
 
 def overlay_figure(items: list[dict], frames_per_row: int = 6):
-    """One row per expression: evenly spaced frames with overlays, the caption as title."""
-    fig, axes = plt.subplots(len(items), frames_per_row, figsize=(1.6 * frames_per_row, 1.9 * len(items)), squeeze=False)
+    """One row per expression: evenly spaced frames with overlays, the expression above them."""
+    fig, axes = plt.subplots(len(items), frames_per_row, figsize=(2.0 * frames_per_row, 2.3 * len(items)),
+                             squeeze=False)
     for row, item in zip(axes, items):
         pred = item["pred"].numpy()
         frames = resize_frames(item["frames"], pred.shape[1:]).numpy()
         target = item["target"].numpy() if item.get("target") is not None else None
         for ax, t in zip(row, np.linspace(0, len(pred) - 1, frames_per_row).round().astype(int)):
-            ax.imshow(overlay(frames[t], pred[t], None if target is None else target[t]))
-            ax.set_axis_off()
-            ax.set_title(f"t={t}", fontsize=7)
-        row[0].text(0, -0.35, f"{item['video_id']}/{item['exp_id']}: {item['caption']}", transform=row[0].transAxes, fontsize=8)
-    fig.tight_layout()
+            ax.imshow(overlay(frames[t], pred[t], None if target is None else target[t]), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(f"frame {t}", fontsize=7)
+        row[0].set_title(f"{item['video_id']}/{item['exp_id']}: {item['caption']}", fontsize=8, loc="left")
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.95, bottom=0.03, wspace=0.05, hspace=0.35)
     return fig
 
 
