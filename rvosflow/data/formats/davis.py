@@ -20,8 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from rvosflow.data.formats.base import DatasetFormatError, write_json
-from rvosflow.data.formats.ytvos import RefYTVOSSource, objects_meta, write_video_files
+from rvosflow.data.formats.base import DatasetFormatError
+from rvosflow.data.formats.ytvos import RefYTVOSSource, write_ytvos_layout
 from rvosflow.data.schema import Video
 
 ANNOTATOR_SETS = ("annot1_first_frame", "annot1_full_video", "annot2_first_frame", "annot2_full_video")
@@ -30,8 +30,7 @@ ANNOTATOR_SETS = ("annot1_first_frame", "annot1_full_video", "annot2_first_frame
 def write_davis(root: Path, videos: Iterable[tuple[Video, dict[int, list[str]]]], split: str = "valid",
                 with_annotations: bool = True) -> None:
     """``videos``: (video, {obj_id: [4 texts in ANNOTATOR_SETS order]}) covering every object."""
-    root = Path(root)
-    meta, objects = {}, {}
+    entries = []
     for v, per_obj in videos:
         if sorted(per_obj) != sorted(v.masks) or any(len(t) != 4 for t in per_obj.values()):
             raise ValueError(f"video {v.video_id}: Ref-DAVIS needs four expressions for every object")
@@ -39,11 +38,8 @@ def write_davis(root: Path, videos: Iterable[tuple[Video, dict[int, list[str]]]]
         for obj_id in sorted(per_obj):  # increasing obj_id, four consecutive ids each
             for text in per_obj[obj_id]:
                 exps[str(len(exps))] = {"exp": text, "obj_id": str(obj_id)}
-        write_video_files(root / split, v, with_annotations)
-        meta[v.video_id] = {"expressions": exps, "frames": list(v.frame_names)}
-        objects[v.video_id] = {"objects": objects_meta(v)}
-    write_json(root / "meta_expressions" / split / "meta_expressions.json", {"videos": meta})
-    write_json(root / split / "meta.json", {"videos": objects})
+        entries.append((v, exps))
+    write_ytvos_layout(root, split, entries, with_annotations)
 
 
 class RefDAVISSource(RefYTVOSSource):

@@ -46,12 +46,20 @@ def objects_meta(v: Video) -> dict:
 
 def write_ytvos(root: Path, split: str, videos: Iterable[Video], with_annotations: bool = True) -> None:
     """Single-object expressions only (Ref-YTVOS has one object per expression)."""
-    root = Path(root)
-    meta, objects = {}, {}
+    entries = []
     for v in videos:
         exps = {e.exp_id: {"exp": e.text, "obj_id": str(e.obj_ids[0])} for e in v.expressions if len(e.obj_ids) == 1}
-        if not exps:
-            continue
+        if exps:
+            entries.append((v, exps))
+    write_ytvos_layout(root, split, entries, with_annotations)
+
+
+def write_ytvos_layout(root: Path, split: str, entries: Iterable[tuple[Video, dict]], with_annotations: bool) -> None:
+    """The Ref-YTVOS layout (also Ref-DAVIS's): frames, palette annotations and the meta files for
+    ``(video, {exp_id: {"exp", "obj_id"}})`` pairs."""
+    root = Path(root)
+    meta, objects = {}, {}
+    for v, exps in entries:
         write_video_files(root / split, v, with_annotations)
         meta[v.video_id] = {"expressions": exps, "frames": list(v.frame_names)}
         objects[v.video_id] = {"objects": objects_meta(v)}
