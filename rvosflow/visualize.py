@@ -44,10 +44,4 @@ def overlay_figure(items: list[dict], frames_per_row: int = 6):
     return fig
 
 
-def save_overlay_png(items: list[dict], path) -> None:
-    fig = overlay_figure(items)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-__all__ = ["overlay", "overlay_figure", "save_overlay_png"]
+__all__ = ["overlay", "overlay_figure"]
