@@ -120,14 +120,22 @@ def test_motion_expressions_match_trajectories(train_videos):
 
 def test_centroids_agree_with_tracks(train_videos):
     """Where an object is fully visible, its mask centroid follows the simulated track."""
+    checked = 0
     for v in train_videos[:8]:
         w = world_of(v)
+        H, W = v.frames.shape[1:3]
+        yy, xx = np.mgrid[0:H, 0:W]
         for k, m in v.masks.items():
-            area = m.sum((1, 2))
-            for t in np.flatnonzero(area == area.max())[:3]:
+            o = w.objects[k]
+            for t in range(len(m)):
+                cx, cy = w.centre(k)[t]
+                if not np.array_equal(m[t], shape_mask(o["shape"], cx, cy, o["radius"], yy, xx)):
+                    continue  # occluded or clipped by the frame border
                 ys, xs = np.nonzero(m[t])
-                assert abs(xs.mean() + 0.5 - w.centre(k)[t, 0]) < 1.5
-                assert abs(ys.mean() + 0.5 - w.centre(k)[t, 1]) < 2.5
+                assert abs(xs.mean() + 0.5 - cx) < 1.5
+                assert abs(ys.mean() + 0.5 - cy) < 1.0 + 0.25 * o["radius"]  # a triangle's centroid sits 0.22 r low
+                checked += 1
+    assert checked > 50
 
 
 def test_mostly_not_single_frame_resolvable():

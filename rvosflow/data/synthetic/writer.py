@@ -27,7 +27,9 @@ from rvosflow.data.schema import Video
 from rvosflow.data.synthetic.language import World, candidates
 from rvosflow.data.synthetic.world import SPLITS, SyntheticConfig
 
-FORMAT_VERSION = 1
+# Bump when the generator's output changes for the same config (part of the cache key).
+# 2: bigger objects (radius 0.13 / 0.2 of the frame side instead of 0.085 / 0.14).
+FORMAT_VERSION = 2
 FORMAT_DIRS = ("mevis/train", "mevis/valid_u", "mevis/valid", "ref_ytvos", "ref_davis", "refcoco")
 REFCOCO_SPLITS = ("train",) * 16 + ("val",) * 2 + ("testA", "testB")
 
