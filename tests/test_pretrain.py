@@ -42,8 +42,8 @@ def test_missing_data_fails_clearly(tmp_path):
 @pytest.mark.slow
 def test_few_step_pretrain_makes_loadable_bundle(pretrain_data, tmp_path):
     out = tmp_path / "wan"
-    cfg = PretrainConfig(data=str(pretrain_data), out=str(out), arch="test", vae_minutes=0, vae_max_steps=2,
-                         vae_batch=1, vae_mask_batch=2, t2v_minutes=0, t2v_max_steps=3, t2v_batch=2, max_text_length=16, log_every=1,
+    cfg = PretrainConfig(data=str(pretrain_data), out=str(out), arch="test", vae_steps=2,
+                         vae_batch=1, vae_mask_batch=2, t2v_steps=3, t2v_batch=2, max_text_length=16, log_every=1,
                          eval_max_expressions=2, eval_max_videos=1, sample_steps=2, train_max_videos=2,
                          progress=False)
     assert pretrain(cfg) == out
