@@ -55,7 +55,7 @@ protocol-mevis: data  ## MeViS from scratch -> valid_u scored -> valid zipped (s
 	$(PY) -m experiments.mevis_protocol $(if $(REAL),--real,) $(ARGS)
 
 bench-dataloading: $(STAMP)  ## clips/s per DataLoader worker, 17x480x832 clips from 720p JPEG (MeViS layout)
-	$(PY) scripts/bench_dataloading.py --compare-pil $(ARGS)
+	$(PY) scripts/bench_dataloading.py --compare-torch $(ARGS)
 
 test: $(STAMP)  ## fast test suite
 	$(PY) -m pytest -q
