@@ -7,8 +7,9 @@ Reads the synthetic ``train`` split from disk through the real MeViS reader
 
 a. the VAE (``AutoencoderKLWan``) as an autoencoder of video clips (frames in [-1, 1]) and of
    binary masks (3 channels in {-1, 1}): L1 + MSE reconstruction + a small KL, on random spatial
-   crops of whole clips (every causal chunk position the 17-frame clips have). Then the per-channel ``latents_mean`` / ``latents_std`` of the video posterior
-   means on train are stored in the VAE config, as Wan does;
+   crops of whole clips (so every causal chunk position of a 17-frame clip is trained). Then the
+   per-channel ``latents_mean`` / ``latents_std`` of the video posterior means on train are stored
+   in the VAE config, as Wan does;
 b. the UMT5 text encoder and the DiT jointly as a text-to-video flow-matching model with Wan's
    conventions: ``x_s = (1 - s) x0 + s noise`` with ``s`` the noise level, timestep ``1000 s``
    (1000 = noise end), rectified-flow target ``noise - x0``, ``s`` logit-normal (or uniform),
