@@ -207,7 +207,7 @@ def wait_for(cond, timeout=120, proc=None):
 @pytest.mark.slow  # ~60 s: two driver processes and a heartbeat grace period
 def test_sigkill_mid_trial_then_rerun_retries_it_and_keeps_finished_ones(tiny_benchmark, test_bundle_dir, tmp_path, env):
     # Long enough trials that the kill lands mid-training.
-    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir, max_steps=6))
+    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir, max_steps=40))
     proc = driver(f, env)
     # Let one trial finish, then kill while the next one runs.
     wait_for(lambda: any(t.state.name == "COMPLETE" for t in study_trials(env)), proc=proc)
@@ -243,7 +243,8 @@ def test_sigkill_mid_trial_then_rerun_retries_it_and_keeps_finished_ones(tiny_be
 @pytest.mark.slow  # ~60 s: two driver processes
 def test_two_drivers_on_one_study_finish_the_grid_without_duplicates(tiny_benchmark, test_bundle_dir, tmp_path, env):
     # The many-machines setting: the same command twice against one storage, started together.
-    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir))
+    # Trials long enough (20 steps) that both drivers get work while the other one is training.
+    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir, max_steps=20))
     a, b = driver(f, env), driver(f, env)
     out_a, _ = a.communicate(timeout=400)
     out_b, _ = b.communicate(timeout=400)
@@ -256,7 +257,8 @@ def test_two_drivers_on_one_study_finish_the_grid_without_duplicates(tiny_benchm
 
 @pytest.mark.slow  # ~50 s: spawns two worker processes
 def test_workers_2_spawns_two_processes_without_duplicates(tiny_benchmark, test_bundle_dir, tmp_path, env):
-    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir))
+    # 20-step trials: with 2-step ones the first worker could finish the grid before the second starts.
+    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir, max_steps=20))
     p = driver(f, env, "--workers", "2")
     out, _ = p.communicate(timeout=400)
     assert p.returncode == 0, out
