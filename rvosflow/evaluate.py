@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rvosflow.data.formats.base import read_index_png
+from rvosflow.data.formats.base import first_videos, read_index_png
 from rvosflow.metrics.functional import jaccard_and_boundary_f
 from rvosflow.predict import read_mask
 
@@ -243,8 +243,6 @@ def evaluate(benchmark: str, root, split: str, predictions, out=None, zip_path=N
              davis_task: str = "unsupervised", videos: int | None = None) -> dict:
     """Score (where the split has masks) and/or zip (``valid`` of MeViS / Ref-YTVOS); write ``out``.
     ``videos``: only the split's first N videos (as ``data.eval_videos``); None = the whole split."""
-    from rvosflow.data.datamodules import first_videos
-
     source = first_videos(open_source(benchmark, root, split), videos)
     pred_dir = Path(predictions)
     if not pred_dir.is_dir():

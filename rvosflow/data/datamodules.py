@@ -3,7 +3,6 @@ open a split (its reader)."""
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 from functools import partial
@@ -15,19 +14,8 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from rvosflow.data.datasets import ClipDataset, VideoDataset, as_list
+from rvosflow.data.formats.base import first_videos
 from rvosflow.data.transforms import model_size
-
-
-def first_videos(source, n: int | None):
-    """A view of ``source`` keeping the expressions of its first ``n`` videos (None: ``source``)."""
-    if n is None or n >= len(source.video_ids()):
-        return source
-    if n < 1:
-        raise ValueError(f"data.eval_videos: expected a positive number of videos or null, got {n}")
-    keep = set(source.video_ids()[:n])
-    view = copy.copy(source)
-    view.expressions = [e for e in source.expressions if e.video_id in keep]
-    return view
 
 
 class ReferringDataModule(L.LightningDataModule):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,18 @@ class ReferringSource:
 
 
 # ------------------------------------------------------------------------------- helpers
+
+
+def first_videos(source, n: int | None):
+    """A view of ``source`` keeping the expressions of its first ``n`` videos (None: ``source``)."""
+    if n is None or n >= len(source.video_ids()):
+        return source
+    if n < 1:
+        raise ValueError(f"data.eval_videos: expected a positive number of videos or null, got {n}")
+    keep = set(source.video_ids()[:n])
+    view = copy.copy(source)
+    view.expressions = [e for e in source.expressions if e.video_id in keep]
+    return view
 
 
 def iter_meta_videos(meta, meta_path: Path):
