@@ -58,3 +58,23 @@ def test_few_step_pretrain_makes_loadable_bundle(pretrain_data, tmp_path):
     # a second run is cached; --force retrains into the same place
     before = (out / REPORT_NAME).stat().st_mtime_ns
     assert pretrain(cfg) == out and (out / REPORT_NAME).stat().st_mtime_ns == before
+
+
+def test_auto_threads_counts_a_busy_core_now():
+    """The free-core count reads current CPU use, not the minute-lagging load average."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from rvosflow.models.pretrain import auto_threads, busy_cores
+
+    n = os.cpu_count() or 1
+    assert 1 <= auto_threads() <= n
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert busy_cores(0.5) >= 0.8  # the spinner alone keeps one core busy
+    finally:
+        spinner.kill()
+        spinner.wait()

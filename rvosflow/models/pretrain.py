@@ -414,18 +414,39 @@ def _swap_in(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def busy_cores(window: float = 0.5) -> float:
+    """Cores busy right now, from two reads of ``/proc/stat`` ``window`` s apart.
+
+    Not the load average: it lags by a minute, so right after ``make data`` it still counted that
+    job and the pretraining ran on 1 of 2 free cores (seen). Falls back to it where there is no
+    ``/proc/stat``.
+    """
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + (v[4] if len(v) > 4 else 0)  # total, idle + iowait
+
+    n = os.cpu_count() or 1
+    try:
+        t0, i0 = read()
+        time.sleep(window)
+        t1, i1 = read()
+        return n * (1.0 - (i1 - i0) / max(1, t1 - t0))
+    except (OSError, ValueError, IndexError):
+        try:
+            return float(os.getloadavg()[0])
+        except (AttributeError, OSError):
+            return 0.0
+
+
 def auto_threads() -> int:
-    """CPU cores minus the current 1-minute load (at least 1).
+    """CPU cores minus the cores busy now (at least 1).
 
     On a shared CPU, two processes each spinning 2 OpenMP threads on 2 cores run ~8x slower than
     with 1 thread each (measured), so the pretraining only takes the cores that are free.
     """
     n = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        load = 0.0
-    return max(1, min(n, n - int(round(load))))
+    return max(1, min(n, n - int(round(busy_cores()))))
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
