@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 
 from rvosflow.models.loader import load_wan_bundle
-from rvosflow.models.pretrain import REPORT_NAME, SAMPLE_NAME, PretrainConfig, main, pretrain
+from rvosflow.models.pretrain import REPORT_NAME, SAMPLE_NAME, PretrainConfig, auto_threads, busy_cores, main, pretrain
 
 
 @pytest.fixture(scope="session")
@@ -62,13 +66,6 @@ def test_few_step_pretrain_makes_loadable_bundle(pretrain_data, tmp_path):
 
 def test_auto_threads_counts_a_busy_core_now():
     """The free-core count reads current CPU use, not the minute-lagging load average."""
-    import os
-    import subprocess
-    import sys
-    import time
-
-    from rvosflow.models.pretrain import auto_threads, busy_cores
-
     n = os.cpu_count() or 1
     assert 1 <= auto_threads() <= n
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])

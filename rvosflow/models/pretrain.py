@@ -206,9 +206,9 @@ def train_vae(vae, clips: list[Clip], cfg: PretrainConfig, rng: np.random.Genera
     hist = []
     bar = _pbar(cfg.vae_steps, "VAE", cfg.progress)
     ema = None
-    for step in range(cfg.vae_steps):
+    for step in range(1, cfg.vae_steps + 1):
         for g in opt.param_groups:
-            g["lr"] = _cosine(cfg.vae_lr, step / cfg.vae_steps)
+            g["lr"] = _cosine(cfg.vae_lr, (step - 1) / cfg.vae_steps)
         vid = [clips[i].frames for i in rng.integers(0, len(clips), cfg.vae_batch)]
         x_v = E.frames_to_pixels(np.stack([_subclip(v, cfg.vae_clip_frames, rng, cfg.vae_crop) for v in vid]))
         parts = [x_v]
@@ -232,8 +232,8 @@ def train_vae(vae, clips: list[Clip], cfg: PretrainConfig, rng: np.random.Genera
         opt.step()
         vals = (loss_v.item(), loss_m.item(), kl.item())
         ema = vals if ema is None else tuple(0.95 * a + 0.05 * b for a, b in zip(ema, vals))
-        if (step + 1) % cfg.log_every == 0:
-            hist.append({"step": step + 1, "video": ema[0], "mask": ema[1], "kl": ema[2]})
+        if step % cfg.log_every == 0:
+            hist.append({"step": step, "video": ema[0], "mask": ema[1], "kl": ema[2]})
         bar.update(1)
         bar.set_postfix(video=f"{ema[0]:.3f}", mask=f"{ema[1]:.3f}", kl=f"{ema[2]:.2f}")
     bar.close()
@@ -417,9 +417,9 @@ def _swap_in(tmp: Path, out: Path) -> None:
 def busy_cores(window: float = 0.5) -> float:
     """Cores busy right now, from two reads of ``/proc/stat`` ``window`` s apart.
 
-    Not the load average: it lags by a minute, so right after ``make data`` it still counted that
-    job and the pretraining ran on 1 of 2 free cores (seen). Falls back to it where there is no
-    ``/proc/stat``.
+    Not the load average: it lags by a minute, so right after another job had finished it still
+    counted that job and the pretraining ran on 1 of 2 idle cores (seen). Falls back to it where
+    there is no ``/proc/stat``.
     """
     def read() -> tuple[int, int]:
         with open("/proc/stat") as f:

@@ -29,8 +29,8 @@ COLOURS = {
     "purple": (175, 65, 215),
     "orange": (250, 145, 35),
 }
-# radius as a fraction of min(H, W): objects ~17 and ~26 px across at 64x64 (a tiny 4x-downsampling
-# VAE and 8-pixel DiT patches resolve these; at 11/18 px, one pixel of boundary error cost ~30% J)
+# radius as a fraction of min(H, W): objects ~17 and ~26 px across at 64x64 (the tiny 4x-downsampling
+# VAE reconstructs their masks at J&F ~98; at 11/18 px, one pixel of boundary error cost ~30% J)
 SIZES = {"small": 0.13, "big": 0.2}
 TEXTURES = ("plain", "striped", "dotted")
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
