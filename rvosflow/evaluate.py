@@ -243,7 +243,7 @@ def evaluate(benchmark: str, root, split: str, predictions, out=None, zip_path=N
              davis_task: str = "unsupervised", videos: int | None = None) -> dict:
     """Score (where the split has masks) and/or zip (``valid`` of MeViS / Ref-YTVOS); write ``out``.
     ``videos``: only the split's first N videos (as ``data.eval_videos``); None = the whole split."""
-    source = first_videos(open_source(benchmark, root, split), videos)
+    source = first_videos(open_source(benchmark, root, split), videos, setting="--videos")
     pred_dir = Path(predictions)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"--predictions: {pred_dir} is not a directory")

@@ -153,3 +153,5 @@ def test_videos_subset_scores_only_the_first_videos(tiny_benchmark, tmp_path):
     r = evaluate("ref_davis", tiny_benchmark / "ref_davis", "valid", tmp_path / "p", videos=1)
     assert r["videos"] == 1 and r["subset"] and not r["missing"] and r["JF"] == pytest.approx(100)
     assert evaluate("ref_davis", tiny_benchmark / "ref_davis", "valid", tmp_path / "p")["missing"]
+    with pytest.raises(ValueError, match="--videos: expected a positive number"):
+        evaluate("ref_davis", tiny_benchmark / "ref_davis", "valid", tmp_path / "p", videos=0)

@@ -80,12 +80,14 @@ class ReferringSource:
 # ------------------------------------------------------------------------------- helpers
 
 
-def first_videos(source, n: int | None):
-    """A view of ``source`` keeping the expressions of its first ``n`` videos (None: ``source``)."""
+def first_videos(source, n: int | None, setting: str = "data.eval_videos"):
+    """A view of ``source`` keeping the expressions of its first ``n`` videos (None: ``source``).
+
+    ``setting`` names where ``n`` came from, for the error message."""
     if n is None or n >= len(source.video_ids()):
         return source
     if n < 1:
-        raise ValueError(f"data.eval_videos: expected a positive number of videos or null, got {n}")
+        raise ValueError(f"{setting}: expected a positive number of videos or null, got {n}")
     keep = set(source.video_ids()[:n])
     view = copy.copy(source)
     view.expressions = [e for e in source.expressions if e.video_id in keep]
