@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DATA_DIR ?= data/synthetic
+HARD_DATA_DIR ?= data/synthetic_hard
 BUNDLE_DIR ?= data/tiny-wan
 # Sweeps: `make ablation-table2 PROFILE=smoke`, `make sweep SWEEP=sweeps/bbs_p.yaml WORKERS=2`,
 # STORAGE=postgresql://... to share one Optuna study between machines.
@@ -30,8 +31,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)  ## create the virtualenv and install rvosflow into it
 
-data: $(STAMP)  ## generate the synthetic referring-video benchmark in all four real formats (cached)
+data: $(STAMP)  ## generate both synthetic tiers (default, hard) in all four real formats (cached)
 	$(PY) -m rvosflow.data.synthetic --out $(DATA_DIR)
+	$(PY) -m rvosflow.data.synthetic --tier hard --out $(HARD_DATA_DIR)
 
 tiny-wan: data  ## pretrain the tiny Wan bundle on the synthetic train split (cached; FORCE=1 retrains)
 	$(PY) -m rvosflow.models.pretrain --data $(DATA_DIR) --out $(BUNDLE_DIR) $(if $(FORCE),--force,)
@@ -64,4 +66,4 @@ test-slow: $(STAMP)  ## long tests only (end-to-end training and pretraining)
 	$(PY) -m pytest -q -m slow
 
 clean:  ## remove generated data, runs and the virtualenv (keeps the shipped tiny bundle)
-	rm -rf $(VENV) $(DATA_DIR) outputs multirun results mlflow.db mlartifacts sweeps.db
+	rm -rf $(VENV) $(DATA_DIR) $(HARD_DATA_DIR) outputs multirun results mlflow.db mlartifacts sweeps.db

@@ -56,6 +56,8 @@ def validate(cfg: DictConfig) -> None:
     """Raise ConfigError on the first bad setting."""
     from rvosflow.data.datamodules import DATAMODULES
     from rvosflow.data.sampling import FRAME_SAMPLERS
+    from rvosflow.data.synthetic.world import TIERS
+    from rvosflow.module import LR_SCHEDULES
     from rvosflow.paradigms import PARADIGMS
 
     name = _choice(cfg, "paradigm.name", sorted(PARADIGMS))
@@ -85,6 +87,9 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "model.dtype", DTYPES)
     _number(cfg, "optim.lr", 0)
     _number(cfg, "optim.weight_decay", 0)
+    _choice(cfg, "optim.schedule", LR_SCHEDULES)
+    if "tier" in cfg.data:
+        _choice(cfg, "data.tier", TIERS)
     _check_trainer(cfg)
 
 

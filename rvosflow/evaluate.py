@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from rvosflow.data.formats.base import first_videos, read_index_png
+from rvosflow.data.schema import EXPRESSION_KINDS
 from rvosflow.metrics.functional import jaccard_and_boundary_f
 from rvosflow.predict import read_mask
 
@@ -86,7 +87,7 @@ def _jf(pred: np.ndarray, gt: np.ndarray, where: str) -> tuple[np.ndarray, np.nd
 
 def score_expressions(source, pred_dir: Path) -> dict:
     """MeViS protocol: per expression mean J and F over all frames; means over expressions."""
-    per_expression, missing = {}, []
+    per_expression, missing, kinds = {}, [], {}
     for e in source.expressions:
         key = f"{e.video_id}/{e.exp_id}"
         pred, absent = load_prediction(pred_dir, e.video_id, e.exp_id, e.frame_names)
@@ -98,10 +99,19 @@ def score_expressions(source, pred_dir: Path) -> dict:
             jj, ff = _jf(pred, source.load_target(e), f"{pred_dir / e.video_id / e.exp_id}")
             j, f = float(jj.mean()), float(ff.mean())
         per_expression[key] = {"J": 100 * j, "F": 100 * f, "JF": 100 * (j + f) / 2}
+        if e.kind:
+            per_expression[key]["kind"] = e.kind
+            kinds.setdefault(e.kind, []).append(per_expression[key])
     n = len(per_expression)
     J = sum(v["J"] for v in per_expression.values()) / n if n else 0.0
     F = sum(v["F"] for v in per_expression.values()) / n if n else 0.0
-    return {"J": J, "F": F, "JF": (J + F) / 2, "expressions": n, "missing": missing, "per_expression": per_expression}
+    per_kind = {}
+    for kind in (k for k in EXPRESSION_KINDS if k in kinds):
+        kj = sum(v["J"] for v in kinds[kind]) / len(kinds[kind])
+        kf = sum(v["F"] for v in kinds[kind]) / len(kinds[kind])
+        per_kind[kind] = {"J": kj, "F": kf, "JF": (kj + kf) / 2, "n": len(kinds[kind])}
+    return {"J": J, "F": F, "JF": (J + F) / 2, "expressions": n, "per_kind": per_kind, "missing": missing,
+            "per_expression": per_expression}
 
 
 def write_submission(source, pred_dir: Path, zip_path: Path) -> dict:
@@ -281,6 +291,8 @@ def main(argv=None) -> int:
                  args.videos)
     if "JF" in r:
         print(f"{args.benchmark}/{args.split}: J&F {r['JF']:.2f}  J {r['J']:.2f}  F {r['F']:.2f}")
+    for kind, s in r.get("per_kind", {}).items():
+        print(f"  {kind:20s} J&F {s['JF']:.2f}  J {s['J']:.2f}  F {s['F']:.2f}  ({s['n']} expressions)")
     for name, s in r.get("sets", {}).items():
         print(f"  {name:20s} J&F {s['JF']:.2f}  J {s['J']:.2f}  F {s['F']:.2f}  ({s['objects']} objects)")
     if "submission" in r:

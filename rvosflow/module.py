@@ -16,10 +16,13 @@ import torch.nn.functional as F
 
 from rvosflow.data.transforms import pad_frames, resize_masks, padded_frame_count, windows
 from rvosflow.latents import LatentCache
-from rvosflow.metrics import JandF
+from rvosflow.metrics import JandF, by_kind
 from rvosflow.models import encoding
 from rvosflow.models.dit import build_dit
 from rvosflow.paradigms import Paradigm
+
+
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class OptimSettings:
     lr: float = 6e-5
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 5e-4
+    schedule: str = "constant"  # the paper's Table 4: no schedule, no warm-up; cosine decays to 0
 
 
 def start_point(vae, mean: torch.Tensor, std: torch.Tensor | None, augment: bool,
@@ -86,6 +90,7 @@ class FlowRVSModule(L.LightningModule):
         self.seed = seed
         self.val_metric = JandF()
         self.overlays: list[dict] = []  # filled during validation, read by the logging callback
+        self.scores_by_kind: dict[str, dict] = {}  # last validation's {kind: {J, F, JF (percent), n}}
 
     # ----------------------------------------------------------------- frozen encoders
     @property
@@ -158,10 +163,16 @@ class FlowRVSModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
-        return torch.optim.AdamW(
+        optimizer = torch.optim.AdamW(
             [p for p in self.transformer.parameters() if p.requires_grad],
             lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
         )
+        if o.schedule == "constant":
+            return optimizer
+        # cosine: lr * (1 + cos(pi * step / total)) / 2 over the run's optimizer steps
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
     # ----------------------------------------------------------------- inference
     @torch.no_grad()
@@ -199,15 +210,17 @@ class FlowRVSModule(L.LightningModule):
         for sample, pred in zip(samples, self.predict_masks(samples)):
             if sample["target"] is None:
                 raise ValueError(f"validation split has no masks (video {sample['video_id']})")
-            self.val_metric.update(pred, sample["target"])
+            self.val_metric.update(pred, sample["target"], kinds=[sample.get("kind", "")])
             if len(self.overlays) < self.num_overlays:
                 keep = ("video_id", "exp_id", "caption", "target", "frames")
                 self.overlays.append({**{k: sample[k] for k in keep}, "pred": pred})
 
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metric.compute()
-        for name in ("J", "F", "JF"):
-            self.log(f"val/{name}", scores[name].float())
+        for name, value in scores.items():
+            if not name.startswith("n/"):  # val/J, val/F, val/JF and val/JF/<kind> etc.
+                self.log(f"val/{name}", value.float())
+        self.scores_by_kind = by_kind(scores)
         self.val_metric.reset()
 
     def predict_step(self, samples: list[dict], batch_idx: int) -> list[dict]:

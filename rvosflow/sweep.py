@@ -369,6 +369,7 @@ def trial_records(study, spec: Spec) -> list[dict]:
                "seed": t.params.get("seed", t.user_attrs.get("seed")), "params": dict(t.params),
                "JF": t.value if t.state.name == "COMPLETE" else None,
                "J": t.user_attrs.get("J"), "F": t.user_attrs.get("F"),
+               **{f"JF/{kind}": v["JF"] for kind, v in (t.user_attrs.get("per_kind") or {}).items()},
                "duplicate_of": t.user_attrs.get("duplicate_of")}
         out.append(rec)
     return out
@@ -515,6 +516,7 @@ def make_objective(ctx: Context, study):
             raise
         for k in ("J", "F", "JF"):
             trial.set_user_attr(k, float(results[k]))
+        trial.set_user_attr("per_kind", results.get("per_kind") or {})
         trial.set_user_attr("mlflow_run_id", results["mlflow_run_id"])
         trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
         done, total = (grid_progress(study, spec) if spec.kind == "grid" else (counts(study).get("COMPLETE", 0) + 1, spec.size))
@@ -727,6 +729,8 @@ def report(ctx: Context, out_dir: Path, finished: bool) -> dict[str, Path]:
         csv_text = table.to_csv(index=False)
         fig = tables.plot_search(table, list(spec.params), title=f"{spec.title} [{spec.profile}]")
     md = tables.to_markdown(table)
+    if spec.kind == "grid":
+        md += "\n" + tables.paper_agreement(summary) + "\n"
     paths["md"].write_text(md)
     paths["csv"].write_text(csv_text)
     paths["tex"].write_text(tables.to_latex(table, caption=f"{spec.title} ({spec.profile} profile)",

@@ -2,9 +2,10 @@
 
 A *record* is one trial as a plain dict::
 
-    {"row": "e", "seed": 1, "state": "COMPLETE", "JF": 57.1, "J": 53.0, "F": 61.2, "number": 7}
+    {"row": "e", "seed": 1, "state": "COMPLETE", "JF": 57.1, "J": 53.0, "F": 61.2, "number": 7,
+     "JF/colour": 60.2, "JF/multi-object": 41.0}
 
-(scores in percent; ``state`` an Optuna trial state name). A *row spec* describes one table line::
+(scores in percent; ``JF/<kind>`` only where the benchmark knows expression kinds; ``state`` an Optuna trial state name). A *row spec* describes one table line::
 
     {"id": "e", "label": "+ BBS p=0.5", "paper": {"JF": 57.9, "J": 53.8, "F": 62.1},
      "settings": {"bbs_p": 0.5, "spa": False, "dvi": False, "wi": True}}
@@ -26,14 +27,25 @@ METRIC_NAMES = {"JF": "J&F", "J": "J", "F": "F"}
 SETTING_COLUMNS = {"bbs_p": "BBS p", "spa": "SPA", "dvi": "DVI", "wi": "WI"}
 
 
+def kind_metrics(records: Iterable[Mapping]) -> list[str]:
+    """The per-kind J&F keys (``JF/<kind>``) present in any record, in EXPRESSION_KINDS order."""
+    from rvosflow.data.schema import EXPRESSION_KINDS
+
+    present = {k for r in records for k in r if k.startswith("JF/")}
+    return [f"JF/{kind}" for kind in EXPRESSION_KINDS if f"JF/{kind}" in present]
+
+
 def summarize(records: Iterable[Mapping], rows: Sequence[Mapping]) -> pd.DataFrame:
-    """One line per row spec (in their order): settings, seeds done, mean/std of J&F, J, F, paper.
+    """One line per row spec (in their order): settings, seeds done, mean/std of J&F, J, F (and
+    of J&F per expression kind, where the records have it), paper.
 
     Only ``COMPLETE`` records count towards the scores; ``failed`` counts ``FAIL`` records of the
     row that no later attempt with the same seed completed. Rows without a completed trial have
     NaN scores. ``std`` is the sample standard deviation (NaN with a single seed).
     """
-    recs = pd.DataFrame(list(records), columns=["row", "seed", "state", *METRICS])
+    records = list(records)
+    kinds = kind_metrics(records)
+    recs = pd.DataFrame(records, columns=["row", "seed", "state", *METRICS, *kinds])
     lines = []
     for spec in rows:
         mine = recs[recs["row"] == spec["id"]]
@@ -44,8 +56,8 @@ def summarize(records: Iterable[Mapping], rows: Sequence[Mapping]) -> pd.DataFra
             line[key] = (spec.get("settings") or {}).get(key)
         line["seeds"] = int(done["seed"].nunique())
         line["failed"] = len(failed_seeds)
-        for m in METRICS:
-            values = done[m].astype(float)
+        for m in (*METRICS, *kinds):
+            values = done[m].astype(float).dropna()
             line[f"{m}_mean"] = values.mean() if len(values) else math.nan
             line[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
         paper = spec.get("paper") or {}
@@ -74,15 +86,31 @@ def _setting(value) -> str:
 
 def display_table(summary: pd.DataFrame, digits: int = 1, pm: str = "±") -> pd.DataFrame:
     """The human table: ID, configuration, BBS p, SPA, DVI, WI, J&F, J, F (mean ± std over seeds),
-    the paper's J&F beside ours, and the seeds done (``2/3`` style when some failed)."""
+    J&F per expression kind where known, the paper's J&F beside ours, and the seeds done."""
     out = pd.DataFrame({"ID": summary["id"], "Configuration": summary["configuration"]})
     for key, name in SETTING_COLUMNS.items():
         out[name] = [_setting(v) for v in summary[key]]
     for m in METRICS:
         out[METRIC_NAMES[m]] = [mean_pm_std(a, b, digits, pm) for a, b in zip(summary[f"{m}_mean"], summary[f"{m}_std"])]
+    for col in summary.columns:
+        if col.startswith("JF/") and col.endswith("_mean"):
+            m = col[: -len("_mean")]
+            out[f"J&F {m[3:]}"] = [mean_pm_std(a, b, digits, pm) for a, b in zip(summary[col], summary[f"{m}_std"])]
     out["Paper J&F"] = [mean_pm_std(v, math.nan, digits) for v in summary["paper_JF"]]
     out["Seeds"] = [f"{s}" + (f" ({f} failed)" if f else "") for s, f in zip(summary["seeds"], summary["failed"])]
     return out
+
+
+def paper_agreement(summary: pd.DataFrame) -> str:
+    """A footer line: the Spearman rank correlation between our rows' mean J&F and the paper's
+    (over rows that have both), and the span of our row means."""
+    both = summary[["JF_mean", "paper_JF"]].astype(float).dropna()
+    if len(both) < 2:
+        return "Spearman ρ with the paper's J&F: – (fewer than two scored rows)"
+    rho = both["JF_mean"].rank().corr(both["paper_JF"].rank())  # Spearman = Pearson on ranks
+    span = both["JF_mean"].max() - both["JF_mean"].min()
+    return (f"Spearman ρ between our row means and the paper's J&F: {rho:.2f} over {len(both)} rows; "
+            f"our rows span {span:.1f} J&F points.")
 
 
 def to_markdown(table: pd.DataFrame) -> str:

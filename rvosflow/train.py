@@ -58,8 +58,9 @@ def ensure_data(cfg: DictConfig) -> None:
         raise FileNotFoundError(f"data.root: {root} does not exist (expected the {cfg.data.format} layout there)")
     from rvosflow.data.synthetic import SyntheticConfig, write_benchmark
 
-    log.info("synthetic benchmark missing at %s: generating it (once)", root)
-    write_benchmark(root.parent, SyntheticConfig())
+    tier = cfg.data.get("tier", "default")
+    log.info("synthetic benchmark (%s tier) missing at %s: generating it (once)", tier, root)
+    write_benchmark(root.parent, SyntheticConfig(tier=tier))
 
 
 def build_datamodule(cfg: DictConfig, spatial_multiple: int):
@@ -104,7 +105,8 @@ def build_module(cfg: DictConfig, bundle):
 
     return FlowRVSModule(
         bundle, build_paradigm(cfg.paradigm.name, flow_settings(cfg)), weight_init=cfg.wi.enabled,
-        optim=OptimSettings(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay),
+        optim=OptimSettings(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
+                            schedule=cfg.optim.get("schedule", "constant")),
         text_max_length=cfg.model.text_max_length, normalize_mask_latent=cfg.flow.normalize_mask_latent,
         window_frames=cfg.window_frames, cache_latents=cfg.cache_latents, latent_cache_dir=latent_cache_dir(cfg),
         num_overlays=cfg.num_overlays,
@@ -161,9 +163,10 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     datamodule.val_limit = None  # the reported score covers the whole validation split
     if scored:
         scores = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt)[0]
-        measures = {"J": 100 * scores["val/J"], "F": 100 * scores["val/F"], "JF": 100 * scores["val/JF"]}
+        measures = {"J": 100 * scores["val/J"], "F": 100 * scores["val/F"], "JF": 100 * scores["val/JF"],
+                    "per_kind": module.scores_by_kind}
     else:
-        measures = {"J": None, "F": None, "JF": None}
+        measures = {"J": None, "F": None, "JF": None, "per_kind": {}}
     results = {
         **measures, "checkpoint": str(run_dir / "checkpoints" / "last.ckpt") if cfg.mode == "train" else cfg.ckpt_path,
         "mlflow_run_id": logger.run_id, "config": OmegaConf.to_container(cfg, resolve=True),
@@ -173,7 +176,9 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     logger.experiment.log_artifact(logger.run_id, str(out))
     logger.experiment.log_text(logger.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
     if scored:
-        log.info("J&F %.1f  J %.1f  F %.1f  -> %s", results["JF"], results["J"], results["F"], out)
+        kinds = "  ".join(f"{k} {v['JF']:.1f} ({v['n']})" for k, v in results["per_kind"].items())
+        log.info("J&F %.1f  J %.1f  F %.1f%s  -> %s", results["JF"], results["J"], results["F"],
+                 f"  | J&F per kind: {kinds}" if kinds else "", out)
     return results
 
 

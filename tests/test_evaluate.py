@@ -155,3 +155,25 @@ def test_videos_subset_scores_only_the_first_videos(tiny_benchmark, tmp_path):
     assert evaluate("ref_davis", tiny_benchmark / "ref_davis", "valid", tmp_path / "p")["missing"]
     with pytest.raises(ValueError, match="--videos: expected a positive number"):
         evaluate("ref_davis", tiny_benchmark / "ref_davis", "valid", tmp_path / "p", videos=0)
+
+
+def test_per_kind_scores_agree_between_evaluate_and_the_metric(tiny_benchmark, tmp_path):
+    """Both report J&F per expression kind (expression_kinds.json), with the same values."""
+    src = open_source("mevis", tiny_benchmark / "mevis", "valid_u")
+    write_gt_predictions(src, tmp_path / "p", shift)
+    metric = JandF()
+    for e in src.expressions:
+        gt = src.load_target(e)
+        metric.update(torch.as_tensor(np.roll(gt, 2, axis=2)), torch.as_tensor(gt), kinds=[e.kind])
+    from rvosflow.metrics import by_kind
+
+    ref = by_kind(metric.compute())
+    r = evaluate("mevis", tiny_benchmark / "mevis", "valid_u", tmp_path / "p")
+    assert set(r["per_kind"]) == set(ref) == {e.kind for e in src.expressions}
+    for kind, scores in ref.items():
+        assert r["per_kind"][kind]["n"] == scores["n"] == sum(e.kind == kind for e in src.expressions)
+        for m in ("J", "F", "JF"):
+            assert r["per_kind"][kind][m] == pytest.approx(scores[m])
+    assert sum(s["n"] for s in r["per_kind"].values()) == r["expressions"]
+    with pytest.raises(ValueError, match="unknown expression kind"):
+        metric.update(torch.zeros(1, 2, 2, dtype=torch.bool), torch.zeros(1, 2, 2, dtype=torch.bool), kinds=["shape"])

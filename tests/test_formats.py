@@ -286,3 +286,27 @@ def test_davis_needs_four_per_object(tiny_benchmark, tmp_path):
     p.write_text(json.dumps(meta))
     with pytest.raises(DatasetFormatError, match="four per object"):
         RefDAVISSource(root)
+
+
+def test_expression_kinds_live_beside_the_real_files_and_every_reader_sees_them(tiny_benchmark, splits):
+    r = tiny_benchmark
+    for meta in ("mevis/valid_u/meta_expressions.json", "ref_ytvos/meta_expressions/train/meta_expressions.json",
+                 "ref_davis/meta_expressions/valid/meta_expressions.json"):
+        assert "kind" not in (r / meta).read_text()  # the real-format files stay exactly real
+        assert (r / meta).with_name("expression_kinds.json").exists()
+    mevis = MevisSource(r / "mevis" / "valid_u")
+    want = {(v.video_id, e.exp_id): e.kind for v in splits["valid_u"].values() for e in v.expressions}
+    assert {(e.video_id, e.exp_id): e.kind for e in mevis.expressions} == want
+    for source in (RefYTVOSSource(r / "ref_ytvos", "train"), RefDAVISSource(r / "ref_davis", "valid")):
+        assert source.expressions and all(e.kind in ("colour", "multi-object") for e in source.expressions)
+
+
+def test_a_kinds_sidecar_with_an_unknown_kind_is_refused(tiny_benchmark, tmp_path):
+    split = tmp_path / "valid_u"
+    shutil.copytree(tiny_benchmark / "mevis" / "valid_u", split)
+    kinds = json.loads((split / "expression_kinds.json").read_text())
+    vid = next(iter(kinds))
+    kinds[vid]["0"] = "colur"
+    (split / "expression_kinds.json").write_text(json.dumps(kinds))
+    with pytest.raises(DatasetFormatError, match="expression_kinds.json.*colur"):
+        MevisSource(split)

@@ -15,6 +15,12 @@ def tracking_uri(tmp_path_factory):
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
+def saved_expressions(tiny_benchmark) -> list:
+    from rvosflow.data.formats import MevisSource
+
+    return MevisSource(tiny_benchmark / "mevis" / "valid_u").expressions
+
+
 def tiny_overrides(tiny_benchmark, bundle_dir, uri, *extra):
     return [
         f"data.root={tiny_benchmark / 'mevis'}", "data.height=32", "data.max_width=32", "data.num_frames=9",
@@ -35,6 +41,11 @@ def test_every_paradigm_trains_and_scores(tiny_benchmark, test_bundle_dir, track
     assert 0 <= results["J"] <= 100 and 0 <= results["F"] <= 100
     assert results["JF"] == pytest.approx((results["J"] + results["F"]) / 2)
     assert saved["config"]["paradigm"]["name"] == (paradigm or "video2mask")
+    # per expression kind, from the benchmark's expression_kinds.json
+    assert set(saved["per_kind"]) <= {"colour", "multi-object"} and "colour" in saved["per_kind"]
+    assert sum(k["n"] for k in saved["per_kind"].values()) == len(saved_expressions(tiny_benchmark))
+    for k in saved["per_kind"].values():
+        assert k["JF"] == pytest.approx((k["J"] + k["F"]) / 2) and 0 <= k["JF"] <= 100
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
 
 
@@ -45,7 +56,7 @@ def test_mlflow_run_holds_params_metrics_overlays_and_results(tiny_benchmark, te
     r = client.get_run(results["mlflow_run_id"])
     assert r.data.params["paradigm.name"] == "video2mask" and r.data.params["bbs.p"] == "0.25"
     assert r.data.params["spa.enabled"] == "False" and r.data.params["wi.enabled"] == "True"
-    for key in ("train/loss", "val/J", "val/F", "val/JF"):
+    for key in ("train/loss", "val/J", "val/F", "val/JF", "val/JF/colour"):
         assert key in r.data.metrics, key
     assert r.data.metrics["val/JF"] == pytest.approx(results["JF"] / 100)
     artifacts = [a.path for a in client.list_artifacts(r.info.run_id)]

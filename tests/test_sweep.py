@@ -79,7 +79,7 @@ def completed_points(trials):
 # ------------------------------------------------------------------------------ fast checks
 
 def test_shipped_sweep_files_compose_for_every_profile():
-    for profile in ("default", "smoke", "gpu"):
+    for profile in ("default", "smoke", "hard", "gpu"):
         spec = sweep.load_spec(TABLE2, profile)
         assert [r.id for r in spec.rows] == ["a", "b", "c", "base", "d", "e", "f", "g", "h", "i"]
         sweep.compose_rows(spec, [])
@@ -89,6 +89,7 @@ def test_shipped_sweep_files_compose_for_every_profile():
         assert s["g"]["spa"] and not s["g"]["dvi"] and s["h"]["dvi"] and s["h"]["wi"] and not s["i"]["wi"]
         assert spec.row("h").paper == {"JF": 60.6, "J": 55.9, "F": 65.2}
     assert len(sweep.load_spec(TABLE2, "default").seeds) == 3
+    assert "data=synthetic_hard" in sweep.load_spec(TABLE2, "hard").overrides
     gpu = sweep.load_spec(TABLE2, "gpu")
     assert "model=wan2.1_t2v_1.3b" in gpu.overrides and "data=mevis" in gpu.overrides
     search = sweep.load_spec(BBS_P, "smoke")
@@ -115,6 +116,9 @@ def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test
     assert table["JF_std"].notna().all() and table["paper_JF"].tolist() == [47.9, 60.6]
     md = (env["out"] / "t-test.md").read_text()
     assert "±" in md and "Paper J&F" in md
+    # per expression kind: the tiny benchmark's default tier has colour expressions
+    assert "J&F colour" in md and table["JF/colour_mean"].notna().all()
+    assert "Spearman ρ between our row means and the paper's J&F" in md
     for ext in ("tex", "png"):
         assert (env["out"] / f"t-test.{ext}").stat().st_size > 0
     out = capsys.readouterr().out

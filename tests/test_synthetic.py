@@ -1,4 +1,5 @@
-"""The synthetic world: determinism, correct and unambiguous expressions, held-out combinations."""
+"""The synthetic world: determinism, correct and unambiguous expressions, held-out combinations;
+the two tiers (default: colour-led, hard: the full motion-centric world) and their kinds."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from rvosflow.data.synthetic import (
 from rvosflow.data.synthetic.language import motion_facts
 from rvosflow.data.synthetic.world import COLOURS, SHAPES, shape_mask
 
-SMALL = SyntheticConfig(train_videos=24, valid_u_videos=8, valid_videos=12)
+SMALL = SyntheticConfig(tier="hard", train_videos=24, valid_u_videos=8, valid_videos=12)
+DEFAULT_SMALL = SyntheticConfig(train_videos=60, valid_u_videos=20, valid_videos=20)
 
 
 @pytest.fixture(scope="module")
@@ -139,12 +141,12 @@ def test_centroids_agree_with_tracks(train_videos):
 
 
 def test_mostly_not_single_frame_resolvable():
-    videos = generate_split("train", SyntheticConfig())  # the default size: must stay quick
+    videos = generate_split("train", SyntheticConfig(tier="hard"))  # the default size: must stay quick
     exps = [e for v in videos for e in v.expressions]
     share = np.mean([not e.single_frame_resolvable for e in exps])
     assert share >= 0.5, share
     kinds = {e.kind for e in exps}
-    assert kinds == {"appearance", "motion", "relation", "temporal"}
+    assert kinds == {"appearance", "motion", "relation", "temporal", "multi-object"}
     assert any(len(e.obj_ids) > 1 for e in exps)
     # honesty: a non single-frame expression's static noun phrase does not pick the target alone
     for v in videos[:40]:
@@ -200,3 +202,49 @@ def test_valid_holds_out_combinations(train_videos, valid_videos):
     sc, sm = combos(valid_videos)
     assert sc & HELD_OUT_SHAPE_COLOUR and sm & HELD_OUT_SHAPE_MOTION
     assert {s for s, _ in HELD_OUT_SHAPE_COLOUR} <= set(SHAPES) and {c for _, c in HELD_OUT_SHAPE_COLOUR} <= set(COLOURS)
+
+
+# ------------------------------------------------------------------------ the default tier
+
+
+@pytest.fixture(scope="module")
+def default_tier_videos():
+    return [v for split in ("train", "valid_u", "valid") for v in generate_split(split, DEFAULT_SMALL)]
+
+
+def test_default_tier_every_expression_leaves_a_non_target_object(default_tier_videos):
+    """The text is needed: no default-tier expression refers to every object of its video."""
+    for v in default_tier_videos:
+        for e in v.expressions:
+            assert set(e.obj_ids) < set(v.masks), (v.video_id, e.text, e.obj_ids)
+
+
+@pytest.mark.slow
+def test_default_tier_full_size_every_expression_leaves_a_non_target_object():
+    """The shipped benchmark itself (the default SyntheticConfig, all splits)."""
+    cfg = SyntheticConfig()
+    for split in ("train", "valid_u", "valid"):
+        for v in generate_split(split, cfg):
+            for e in v.expressions:
+                assert set(e.obj_ids) < set(v.masks), (v.video_id, e.text)
+
+
+def test_default_tier_is_colour_led(default_tier_videos):
+    kinds = {e.kind for v in default_tier_videos for e in v.expressions}
+    assert kinds == {"colour", "multi-object"}
+    for v in default_tier_videos:
+        objs = v.meta["objects"]
+        colours = [o["colour"] for o in objs]
+        assert len(colours) - len(set(colours)) <= 1  # one same-colour pair at most
+        for e in v.expressions:
+            assert resolve_expression(e.text, v) == set(e.obj_ids)
+            named = [w for w in e.text.split() if w in COLOURS]
+            assert len(named) == 1
+            assert {k for k, o in enumerate(objs, 1) if o["colour"] == named[0]} == set(e.obj_ids)
+            assert e.kind == ("multi-object" if len(e.obj_ids) > 1 else "colour")
+    assert sum(len(e.obj_ids) > 1 for v in default_tier_videos for e in v.expressions) >= 3
+
+
+def test_tiers_are_named_and_checked():
+    with pytest.raises(ValueError, match="tier"):
+        SyntheticConfig(tier="medium")

@@ -101,3 +101,20 @@ def test_plots_are_figures(tmp_path):
     fig.savefig(tmp_path / "search.png")
     plt.close(fig)
     assert (tmp_path / "rows.png").stat().st_size > 1000 and (tmp_path / "search.png").stat().st_size > 1000
+
+
+def test_per_kind_columns_and_paper_agreement():
+    recs = [{"row": r, "seed": s, "state": "COMPLETE", "JF": jf + s, "J": jf, "F": jf,
+             "JF/colour": jf + 10 + s, "JF/multi-object": jf - 10}
+            for r, jf in (("a", 20.0), ("b", 40.0), ("c", 30.0)) for s in (0, 1)]
+    rows = [{"id": "a", "paper": {"JF": 32.3}}, {"id": "b", "paper": {"JF": 38.9}}, {"id": "c", "paper": {"JF": 50.8}}]
+    summary = tables.summarize(recs, rows)
+    assert summary["JF/colour_mean"].tolist() == [30.5, 50.5, 40.5]
+    assert summary["JF/multi-object_std"].tolist() == [0.0, 0.0, 0.0]
+    shown = tables.display_table(summary)
+    assert list(shown.columns).index("J&F colour") < list(shown.columns).index("J&F multi-object") < list(shown.columns).index("Paper J&F")
+    assert shown["J&F colour"].tolist()[0] == "30.5 ± 0.7"
+    # ranks: ours a < c < b, paper a < b < c -> rho = 0.5; span 40.5 - 20.5 = 20.0
+    assert tables.paper_agreement(summary) == ("Spearman ρ between our row means and the paper's J&F: 0.50 over 3 rows; "
+                                               "our rows span 20.0 J&F points.")
+    assert "J&F colour" not in tables.display_table(tables.summarize([{k: v for k, v in r.items() if "/" not in k} for r in recs], rows))

@@ -4,7 +4,7 @@ Training sample (fixed shapes, default-collatable):
     frames uint8 [T, h, w, 3] at model resolution, mask bool [T, h, w], caption (normalised),
     video_id, exp_id, frame_indices long [T].
 Evaluation sample (whole video; batches are lists of these):
-    the same keys over all frames, plus orig_size (H, W), frame_names, and ``target`` bool
+    the same keys over all frames, plus orig_size (H, W), frame_names, kind, and ``target`` bool
     [T, H, W] at the original resolution (None when the split has no masks).
 """
 
@@ -81,6 +81,7 @@ class VideoDataset(Dataset):
             "frame_indices": torch.arange(len(frames)),
             "frame_names": list(expr.frame_names),
             "orig_size": orig_size,
+            "kind": expr.kind,  # "" unless the benchmark has an expression_kinds.json sidecar
         }
 
 

@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+# What resolves an expression (synthetic benchmark only; DESIGN §5). Stored beside the real-format
+# files (``expression_kinds.json``), never inside them; scores are reported per kind.
+EXPRESSION_KINDS = ("colour", "appearance", "motion", "relation", "temporal", "multi-object")
+
+
 @dataclass
 class Expression:
     """One referring expression. Several `obj_ids` means the target is their union."""
@@ -14,8 +19,8 @@ class Expression:
     exp_id: str
     text: str
     obj_ids: list[int]
-    # Synthetic-only metadata: which cue resolves it ("appearance", "motion", "relation",
-    # "temporal") and whether any single frame suffices. Not written to the real formats.
+    # Synthetic-only metadata: which cue resolves it (one of EXPRESSION_KINDS) and whether any
+    # single frame suffices. Written beside the real formats (expression_kinds.json), not inside.
     kind: str = ""
     single_frame_resolvable: bool = True
 

@@ -25,6 +25,7 @@ class ExpressionRef:
     obj_ids: tuple[int, ...]
     frame_names: tuple[str, ...]
     annotator: int | None = None  # Ref-DAVIS annotator set 0..3
+    kind: str = ""  # synthetic benchmark: EXPRESSION_KINDS entry from expression_kinds.json ("" = unknown)
 
 
 class ReferringSource:
@@ -110,6 +111,37 @@ def iter_meta_videos(meta, meta_path: Path):
         if not frames and exps:
             raise DatasetFormatError(f"{meta_path}: video {vid!r} lists no frames for its expressions {list(exps)[:5]}")
         yield vid, frames, exps
+
+
+# The synthetic benchmark's per-expression kinds live in this sidecar beside a split's
+# meta_expressions.json, {video_id: {exp_id: kind}}, so the real-format files stay exactly real.
+KINDS_FILE = "expression_kinds.json"
+
+
+def write_kinds(directory: Path, kinds: dict[str, dict[str, str]]) -> None:
+    if any(kinds.values()):
+        write_json(Path(directory) / KINDS_FILE, kinds)
+
+
+def read_kinds(directory: Path) -> dict[tuple[str, str], str]:
+    """``{(video_id, exp_id): kind}`` from ``<directory>/expression_kinds.json``; {} when absent."""
+    from rvosflow.data.schema import EXPRESSION_KINDS
+
+    path = Path(directory) / KINDS_FILE
+    if not path.exists():
+        return {}
+    raw = read_json(path)
+    out = {}
+    try:
+        for vid, exps in raw.items():
+            for exp_id, kind in exps.items():
+                if kind not in EXPRESSION_KINDS:
+                    raise DatasetFormatError(
+                        f"{path}: video {vid!r} expression {exp_id!r}: expected a kind in {', '.join(EXPRESSION_KINDS)}, got {kind!r}")
+                out[(str(vid), str(exp_id))] = kind
+    except AttributeError as e:
+        raise DatasetFormatError(f"{path}: expected {{video_id: {{exp_id: kind}}}}") from e
+    return out
 
 
 def require(path: Path, what: str = "file") -> Path:

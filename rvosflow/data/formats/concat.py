@@ -9,6 +9,8 @@ cache keys masks by ``(video_id, exp_id)``) and, with ``prefix_videos``, ``video
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 from typing import Sequence
 
@@ -33,7 +35,7 @@ class ConcatSource(ReferringSource):
         for tag, src in self.parts:
             for e in src.expressions:
                 vid = f"{tag}-{e.video_id}" if prefix_videos else e.video_id
-                new = ExpressionRef(vid, f"{tag}-{e.exp_id}", e.text, e.obj_ids, e.frame_names, e.annotator)
+                new = dataclasses.replace(e, video_id=vid, exp_id=f"{tag}-{e.exp_id}")
                 self.expressions.append(new)
                 self._origin[new] = (src, e)
                 self._video_source.setdefault(vid, (src, e.video_id))

@@ -28,17 +28,20 @@ ANNOTATOR_SETS = ("annot1_first_frame", "annot1_full_video", "annot2_first_frame
 
 
 def write_davis(root: Path, videos: Iterable[tuple[Video, dict[int, list[str]]]], split: str = "valid",
-                with_annotations: bool = True) -> None:
-    """``videos``: (video, {obj_id: [4 texts in ANNOTATOR_SETS order]}) covering every object."""
+                with_annotations: bool = True, text_kinds: dict[str, dict[str, str]] | None = None) -> None:
+    """``videos``: (video, {obj_id: [4 texts in ANNOTATOR_SETS order]}) covering every object.
+    ``text_kinds`` ({video_id: {text: kind}}, synthetic only) fills the kinds sidecar."""
     entries = []
     for v, per_obj in videos:
+        kinds_of_text = (text_kinds or {}).get(v.video_id, {})
         if sorted(per_obj) != sorted(v.masks) or any(len(t) != 4 for t in per_obj.values()):
             raise ValueError(f"video {v.video_id}: Ref-DAVIS needs four expressions for every object")
         exps = {}
         for obj_id in sorted(per_obj):  # increasing obj_id, four consecutive ids each
             for text in per_obj[obj_id]:
                 exps[str(len(exps))] = {"exp": text, "obj_id": str(obj_id)}
-        entries.append((v, exps))
+        kinds = {i: kinds_of_text[e["exp"]] for i, e in exps.items() if e["exp"] in kinds_of_text}
+        entries.append((v, exps, kinds))
     write_ytvos_layout(root, split, entries, with_annotations)
 
 

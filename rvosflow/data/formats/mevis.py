@@ -22,9 +22,11 @@ from rvosflow.data.formats.base import (
     read_json,
     require,
     rle_decode,
+    read_kinds,
     rle_encode,
     write_jpeg,
     write_json,
+    write_kinds,
 )
 from rvosflow.data.schema import Video
 
@@ -34,6 +36,7 @@ def write_mevis(split_dir: Path, videos: Iterable[Video], with_masks: bool = Tru
     meta: dict = {}
     mask_dict: dict = {}
     caps: dict = {}
+    kinds: dict = {}
     next_anno = 0
     for v in videos:
         for t, name in enumerate(v.frame_names):
@@ -49,7 +52,9 @@ def write_mevis(split_dir: Path, videos: Iterable[Video], with_masks: bool = Tru
         }
         meta[v.video_id] = {"expressions": exps, "frames": list(v.frame_names)}
         caps[v.video_id] = v.caption
+        kinds[v.video_id] = {e.exp_id: e.kind for e in v.expressions if e.kind}
     write_json(split_dir / "meta_expressions.json", {"videos": meta})
+    write_kinds(split_dir, kinds)
     if with_masks:
         write_json(split_dir / "mask_dict.json", mask_dict)
     if captions:
@@ -72,6 +77,7 @@ class MevisSource(ReferringSource):
         self._frames: dict[str, list[str]] = {}
         self._annos: dict[tuple[str, str], tuple[str, ...]] = {}
         self.expressions = []
+        kinds = read_kinds(self.root)
         for vid, frames, exps in iter_meta_videos(meta, meta_path):
             self._frames[vid] = frames
             for exp_id, e in exps.items():
@@ -93,7 +99,8 @@ class MevisSource(ReferringSource):
                             raise DatasetFormatError(
                                 f"{mask_path}: anno_id {a!r} has {len(self._mask_dict[a])} frames, video {vid!r} has {len(frames)}")
                     self._annos[(vid, str(exp_id))] = annos
-                self.expressions.append(ExpressionRef(vid, str(exp_id), str(text), obj_ids, tuple(frames)))
+                self.expressions.append(ExpressionRef(vid, str(exp_id), str(text), obj_ids, tuple(frames),
+                                                      kind=kinds.get((vid, str(exp_id)), "")))
 
     def _frame_dir(self, video_id: str) -> Path:
         return self.root / "JPEGImages" / video_id

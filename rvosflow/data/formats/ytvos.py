@@ -20,10 +20,12 @@ from rvosflow.data.formats.base import (
     id_map,
     read_index_png,
     read_json,
+    read_kinds,
     require,
     write_index_png,
     write_jpeg,
     write_json,
+    write_kinds,
 )
 from rvosflow.data.schema import Video
 
@@ -48,22 +50,25 @@ def write_ytvos(root: Path, split: str, videos: Iterable[Video], with_annotation
     """Single-object expressions only (Ref-YTVOS has one object per expression)."""
     entries = []
     for v in videos:
-        exps = {e.exp_id: {"exp": e.text, "obj_id": str(e.obj_ids[0])} for e in v.expressions if len(e.obj_ids) == 1}
+        single = [e for e in v.expressions if len(e.obj_ids) == 1]
+        exps = {e.exp_id: {"exp": e.text, "obj_id": str(e.obj_ids[0])} for e in single}
         if exps:
-            entries.append((v, exps))
+            entries.append((v, exps, {e.exp_id: e.kind for e in single if e.kind}))
     write_ytvos_layout(root, split, entries, with_annotations)
 
 
-def write_ytvos_layout(root: Path, split: str, entries: Iterable[tuple[Video, dict]], with_annotations: bool) -> None:
+def write_ytvos_layout(root: Path, split: str, entries: Iterable[tuple[Video, dict, dict]], with_annotations: bool) -> None:
     """The Ref-YTVOS layout (also Ref-DAVIS's): frames, palette annotations and the meta files for
-    ``(video, {exp_id: {"exp", "obj_id"}})`` pairs."""
+    ``(video, {exp_id: {"exp", "obj_id"}}, {exp_id: kind})`` triples (kinds go to the sidecar)."""
     root = Path(root)
-    meta, objects = {}, {}
-    for v, exps in entries:
+    meta, objects, kinds = {}, {}, {}
+    for v, exps, exp_kinds in entries:
         write_video_files(root / split, v, with_annotations)
         meta[v.video_id] = {"expressions": exps, "frames": list(v.frame_names)}
         objects[v.video_id] = {"objects": objects_meta(v)}
+        kinds[v.video_id] = exp_kinds
     write_json(root / "meta_expressions" / split / "meta_expressions.json", {"videos": meta})
+    write_kinds(root / "meta_expressions" / split, kinds)
     write_json(root / split / "meta.json", {"videos": objects})
 
 
@@ -82,6 +87,7 @@ class RefYTVOSSource(ReferringSource):
         self._objects = read_json(objects_path)["videos"] if objects_path.exists() else None
         self._frames: dict[str, list[str]] = {}
         self.expressions = []
+        kinds = read_kinds(meta_path.parent)
         for vid, frames, exps in iter_meta_videos(meta, meta_path):
             self._frames[vid] = frames
             for pos, (exp_id, e) in enumerate(exps.items()):
@@ -95,7 +101,8 @@ class RefYTVOSSource(ReferringSource):
                         raise DatasetFormatError(
                             f"{objects_path}: obj_id {str(obj_id)!r} of video {vid!r} expression {exp_id!r} not found")
                 self.expressions.append(
-                    ExpressionRef(vid, str(exp_id), text, (obj_id,), tuple(frames), self._annotator(pos, len(exps), vid)))
+                    ExpressionRef(vid, str(exp_id), text, (obj_id,), tuple(frames), self._annotator(pos, len(exps), vid),
+                                  kinds.get((vid, str(exp_id)), "")))
 
     def _annotator(self, position: int, count: int, video_id: str) -> int | None:
         return None

@@ -12,11 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from rvosflow.data.schema import Expression, Video
-from rvosflow.data.synthetic.language import World, candidates, caption, resolve, select, vocabulary
+from rvosflow.data.synthetic.language import World, candidates_for, caption, resolve, select, select_colour, vocabulary
 from rvosflow.data.synthetic.world import (
     HELD_OUT_SHAPE_COLOUR,
     HELD_OUT_SHAPE_MOTION,
     SPLITS,
+    TIERS,
     SyntheticConfig,
     sample_scene,
     split_rng,
@@ -26,6 +27,7 @@ __all__ = [
     "HELD_OUT_SHAPE_COLOUR",
     "HELD_OUT_SHAPE_MOTION",
     "SPLITS",
+    "TIERS",
     "SyntheticConfig",
     "generate_split",
     "generate_video",
@@ -53,17 +55,26 @@ def generate_video(rng: np.random.Generator, cfg: SyntheticConfig, split: str, v
         scene = sample_scene(rng, cfg, split)
         objects = [o.to_meta() for o in scene.objects]
         world = World(objects, cfg.height, cfg.width)
-        cands = candidates(world)
-        chosen = select(cands, rng, cfg.max_expressions)
+        cands = candidates_for(world, cfg.tier)
+        if cfg.tier == "default":
+            chosen = select_colour(cands, rng)[: cfg.max_expressions]
+        else:
+            chosen = select(cands, rng, cfg.max_expressions)
         if len(chosen) >= 2:
             break
     expressions = [
-        Expression(str(i), c.text, sorted(int(k) for k in c.targets), c.kind, c.single_frame_resolvable)
+        Expression(str(i), c.text, sorted(int(k) for k in c.targets), expression_kind(c), c.single_frame_resolvable)
         for i, c in enumerate(chosen)
     ]
-    meta = {"objects": objects, "background": scene.background, "split": split}
+    meta = {"objects": objects, "background": scene.background, "split": split, "tier": cfg.tier}
     return Video(video_id, scene.frames, scene.masks, expressions,
                  caption=caption(objects, scene.background), meta=meta)
+
+
+def expression_kind(c) -> str:
+    """The kind reported for an expression: ``multi-object`` whenever it has several targets
+    (whatever cue picks them), else the cue the grammar used."""
+    return "multi-object" if len(c.targets) > 1 else c.kind
 
 
 def iter_split(split: str, cfg: SyntheticConfig | None = None):

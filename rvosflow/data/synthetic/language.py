@@ -198,7 +198,7 @@ def noun_phrase(desc: dict, plural: bool = False) -> str:
 class Candidate:
     text: str
     targets: frozenset
-    kind: str  # appearance | motion | relation | temporal
+    kind: str  # colour | appearance | motion | relation | temporal | multi-object (schema.EXPRESSION_KINDS)
     single_frame_resolvable: bool
     first_frame: bool = False  # describes the object as seen in the first frame (Ref-DAVIS sets 0/2)
 
@@ -207,7 +207,6 @@ def candidates(w: World) -> list[Candidate]:
     """Every correct, unambiguous expression this world supports (single- and multi-object)."""
     out: list[Candidate] = []
     n = len(w.ids)
-    every = set(w.ids)
 
     # appearance, single object: the two least specific unique descriptors
     for k in w.ids:
@@ -306,7 +305,44 @@ def candidates(w: World) -> list[Candidate]:
         if len(first) == 1 and order[1] > order[0]:
             out.append(Candidate("the first shape to stop", frozenset(first), "temporal", False))
 
-    # de-duplicate texts (keep the first) and re-verify each with the independent resolver
+    return _verified(out, w)
+
+
+def colour_candidates(w: World) -> list[Candidate]:
+    """The default tier's expressions: what a colour alone resolves.
+
+    A single object of a colour no other object has: "the red shape" or "the red circle" (kind
+    ``colour``); a same-colour pair, when another object is there too: "the two red shapes"
+    (kind ``multi-object``). Every target therefore leaves a non-target object in its video.
+    """
+    out: list[Candidate] = []
+    for colour in sorted({o["colour"] for o in w.objects.values()}):
+        s = w.match({"colour": colour})
+        if len(s) == 1:
+            (k,) = s
+            for attrs in (("colour",), ("colour", "shape")):
+                out.append(Candidate("the " + noun_phrase(w.desc_of(k, attrs)), frozenset(s), "colour", True, True))
+        elif len(s) in NUMBERS and len(s) < len(w.ids):
+            out.append(Candidate(f"the {NUMBERS[len(s)]} {noun_phrase({'colour': colour}, True)}", frozenset(s),
+                                 "multi-object", True))
+    return _verified(out, w)
+
+
+def candidates_for(w: World, tier: str) -> list[Candidate]:
+    """Every expression of a tier's grammar that this world supports."""
+    return colour_candidates(w) if tier == "default" else candidates(w)
+
+
+def select_colour(cands: list[Candidate], rng: np.random.Generator) -> list[Candidate]:
+    """Default tier: one expression per target set (a random one of its phrasings)."""
+    by_target: dict[frozenset, list[Candidate]] = {}
+    for c in cands:
+        by_target.setdefault(c.targets, []).append(c)
+    return [group[int(rng.integers(len(group)))] for group in by_target.values()]
+
+
+def _verified(out: list[Candidate], w: World) -> list[Candidate]:
+    """De-duplicate texts (keep the first) and re-verify each with the independent resolver."""
     seen: dict[str, Candidate] = {}
     for c in out:
         if c.text in seen:
@@ -315,7 +351,6 @@ def candidates(w: World) -> list[Candidate]:
         if got != set(c.targets):
             raise AssertionError(f"expression {c.text!r}: generated {set(c.targets)}, resolves to {got}")
         seen[c.text] = c
-    assert every  # noqa: S101 (a world has objects)
     return list(seen.values())
 
 

@@ -5,6 +5,17 @@ Objects are drawn in id order (object 1 at the bottom), so later objects occlude
 each object's mask is its *visible* part. Trajectories are simulated in float pixel coordinates
 and kept (``Video.meta["objects"][i]["track"]``) so expressions can be checked against them.
 
+Two tiers (``SyntheticConfig.tier``, DESIGN §5):
+
+- ``default``: colour-led scenes that the tiny model grounds within a CPU run. 2 objects, or 3-4
+  in a ``crowded_prob`` share of scenes, with pairwise distinct colours except that a scene of
+  3-4 may hold one same-colour pair (the target of a plural, "the two red shapes"); no look-alike
+  twins. Expressions name a colour (see ``language.colour_candidates``), so every target is
+  picked out by what a single token sees. (Measured with the tiny model: 2-object scenes score
+  J ~0.59 after 1,200 steps, 3-4-object scenes ~0.41, with a wrong object picked 3x as often.)
+- ``hard``: the full motion-centric world (shape, motion, relations, time, look-alike twins), for
+  long runs and GPUs.
+
 Held-out combinations (never sampled in ``train`` / ``valid_u``; every ``valid`` video has at
 least one object with one of them) -- see :data:`HELD_OUT_SHAPE_COLOUR` and
 :data:`HELD_OUT_SHAPE_MOTION`:
@@ -43,12 +54,14 @@ HELD_OUT_SHAPE_COLOUR = frozenset({("triangle", "blue"), ("circle", "yellow")})
 HELD_OUT_SHAPE_MOTION = frozenset({("square", "bounce"), ("diamond", "pause")})
 
 SPLITS = ("train", "valid_u", "valid")
+TIERS = ("default", "hard")
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Everything that determines a synthetic benchmark (it is hashed into the cache manifest)."""
 
+    tier: str = "default"  # one of TIERS
     seed: int = 0
     frames: int = 17
     height: int = 64
@@ -60,7 +73,13 @@ class SyntheticConfig:
     max_objects: int = 4
     max_expressions: int = 6  # per video
     noise_std: float = 6.0  # per-pixel Gaussian noise on every frame
-    twin_prob: float = 0.6  # chance that a scene has two identical-looking objects
+    twin_prob: float = 0.6  # hard tier: chance that a scene has two identical-looking objects
+    pair_prob: float = 0.35  # default tier: chance that a scene of 3+ objects has a same-colour pair
+    crowded_prob: float = 0.3  # default tier: chance of 3..max_objects objects rather than min_objects
+
+    def __post_init__(self) -> None:
+        if self.tier not in TIERS:
+            raise ValueError(f"tier: expected one of {', '.join(TIERS)}, got {self.tier!r}")
 
     def videos(self, split: str) -> int:
         if split not in SPLITS:
@@ -117,7 +136,9 @@ def _sample_object(rng: np.random.Generator, motion: str) -> ObjectSpec:
     )
 
 
-def _sample_specs(rng: np.random.Generator, cfg: SyntheticConfig, split: str) -> list[ObjectSpec]:
+def _sample_specs(rng: np.random.Generator, cfg: SyntheticConfig, split: str, n: int | None) -> list[ObjectSpec]:
+    if cfg.tier == "default":
+        return _sample_specs_colour_led(rng, cfg, split, n)
     n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     # motions mostly distinct within a scene, so motion separates objects
     motions = list(rng.permutation(MOTIONS))
@@ -142,6 +163,35 @@ def _sample_specs(rng: np.random.Generator, cfg: SyntheticConfig, split: str) ->
         o = specs[int(rng.integers(n))]
         if rng.random() < 0.5:
             o.shape, o.colour = sorted(HELD_OUT_SHAPE_COLOUR)[int(rng.integers(len(HELD_OUT_SHAPE_COLOUR)))]
+        else:
+            o.shape, o.motion = sorted(HELD_OUT_SHAPE_MOTION)[int(rng.integers(len(HELD_OUT_SHAPE_MOTION)))]
+    return specs
+
+
+def _sample_specs_colour_led(rng: np.random.Generator, cfg: SyntheticConfig, split: str, n: int) -> list[ObjectSpec]:
+    """Default tier: n objects of distinct colours (one same-colour pair at most, in scenes of 3+),
+    any shape, size, texture and motion. ``valid`` keeps its held-out combinations."""
+    colours = [str(c) for c in rng.permutation(list(COLOURS))[:n]]
+    if n >= 3 and rng.random() < cfg.pair_prob:
+        colours[1] = colours[0]
+    motions = list(rng.permutation(MOTIONS))
+    motions += list(rng.choice(MOTIONS, max(0, n - len(motions))))
+    specs: list[ObjectSpec] = []
+    for i in range(n):
+        for _ in range(100):
+            o = _sample_object(rng, str(motions[i]))
+            o.colour = colours[i]
+            if split == "valid" or not is_held_out(o):
+                break
+        specs.append(o)
+    if split == "valid" and not any(is_held_out(o) for o in specs):
+        o = specs[int(rng.integers(n))]
+        if rng.random() < 0.5:  # keep the colours as sampled: change the shape to the held-out one
+            shape = {c: s for s, c in HELD_OUT_SHAPE_COLOUR}.get(o.colour)
+            if shape is not None:
+                o.shape = shape
+            else:
+                o.shape, o.motion = sorted(HELD_OUT_SHAPE_MOTION)[int(rng.integers(len(HELD_OUT_SHAPE_MOTION)))]
         else:
             o.shape, o.motion = sorted(HELD_OUT_SHAPE_MOTION)[int(rng.integers(len(HELD_OUT_SHAPE_MOTION)))]
     return specs
@@ -310,9 +360,16 @@ def render(rng: np.random.Generator, cfg: SyntheticConfig, objects: list[ObjectS
 
 
 def sample_scene(rng: np.random.Generator, cfg: SyntheticConfig, split: str) -> Scene:
-    """Sample objects, simulate their motion and render; retried until every object is visible."""
-    for _attempt in range(200):
-        specs = _sample_specs(rng, cfg, split)
+    """Sample objects, simulate their motion and render; retried until every object is visible.
+
+    The default tier draws the object count once per scene (``crowded_prob``), so that crowded
+    scenes are not thinned out by the retries (the hard tier keeps its version-2 sampling)."""
+    n = None
+    if cfg.tier == "default":
+        crowded = cfg.max_objects > cfg.min_objects and rng.random() < cfg.crowded_prob
+        n = int(rng.integers(cfg.min_objects + 1, cfg.max_objects + 1)) if crowded else cfg.min_objects
+    for _attempt in range(1000):
+        specs = _sample_specs(rng, cfg, split, n)
         ok = True
         for o in specs:
             o.radius = SIZES[o.size] * min(cfg.height, cfg.width)

@@ -24,12 +24,13 @@ from tqdm import tqdm
 
 from rvosflow.data.formats import write_davis, write_mevis, write_refcoco, write_ytvos
 from rvosflow.data.schema import Video
-from rvosflow.data.synthetic.language import World, candidates
+from rvosflow.data.synthetic.language import World, candidates_for
 from rvosflow.data.synthetic.world import SPLITS, SyntheticConfig
 
 # Bump when the generator's output changes for the same config (part of the cache key).
 # 2: bigger objects (radius 0.13 / 0.2 of the frame side instead of 0.085 / 0.14).
-FORMAT_VERSION = 2
+# 3: tiers (default = colour-led, hard = the version-2 world) and expression_kinds.json sidecars.
+FORMAT_VERSION = 3
 FORMAT_DIRS = ("mevis/train", "mevis/valid_u", "mevis/valid", "ref_ytvos", "ref_davis", "refcoco")
 REFCOCO_SPLITS = ("train",) * 16 + ("val",) * 2 + ("testA", "testB")
 
@@ -49,7 +50,7 @@ def is_complete(out_dir: Path, cfg: SyntheticConfig) -> bool:
 def davis_expression_sets(v: Video) -> dict[int, list[str]] | None:
     """Four texts per object: [first-frame, full-video, first-frame, full-video] (two 'annotators')."""
     T, H, W = v.frames.shape[:3]
-    cands = candidates(World(v.meta["objects"], H, W))
+    cands = candidates_for(World(v.meta["objects"], H, W), v.meta.get("tier", "hard"))
     out = {}
     for k in sorted(v.masks):
         single = [c for c in cands if c.targets == frozenset({k})]
@@ -62,14 +63,22 @@ def davis_expression_sets(v: Video) -> dict[int, list[str]] | None:
     return out
 
 
+def text_kinds(v: Video) -> dict[str, str]:
+    """{text: kind} of every expression the video's tier supports (for the Ref-DAVIS sidecar)."""
+    from rvosflow.data.synthetic import expression_kind
+
+    T, H, W = v.frames.shape[:3]
+    return {c.text: expression_kind(c) for c in candidates_for(World(v.meta["objects"], H, W), v.meta.get("tier", "hard"))}
+
+
 def refcoco_samples(videos: list[Video]) -> Iterator[dict]:
     for i, v in enumerate(videos):
         T, H, W = v.frames.shape[:3]
         t = T // 2
-        cands = candidates(World(v.meta["objects"], H, W))
+        cands = candidates_for(World(v.meta["objects"], H, W), v.meta.get("tier", "hard"))
         refs: dict[int, list[str]] = {}
         for c in cands:
-            if (c.single_frame_resolvable and c.kind in ("appearance", "relation") and len(c.targets) == 1
+            if (c.single_frame_resolvable and c.kind in ("colour", "appearance", "relation") and len(c.targets) == 1
                     and not c.text.endswith("at the start")):
                 refs.setdefault(next(iter(c.targets)), []).append(c.text)
         yield {
@@ -114,7 +123,7 @@ def write_benchmark(out_dir, cfg: SyntheticConfig, progress: bool = True) -> Pat
             write_ytvos(tmp / "ref_ytvos", "train", _tick(splits["train"], bar))
             write_ytvos(tmp / "ref_ytvos", "valid", _tick(splits["valid"], bar))
             davis = [(v, sets) for v in _tick(splits["valid_u"], bar) if (sets := davis_expression_sets(v))]
-            write_davis(tmp / "ref_davis", _tick(davis, bar))
+            write_davis(tmp / "ref_davis", _tick(davis, bar), text_kinds={v.video_id: text_kinds(v) for v, _ in davis})
             bar.update(cfg.valid_u_videos - len(davis))
             write_refcoco(tmp / "refcoco", refcoco_samples(splits["train"]))
         (tmp / "manifest.json").write_text(json.dumps(manifest_for(cfg), indent=2))
