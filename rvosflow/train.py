@@ -88,13 +88,15 @@ def init_transformer_from(module, path: str | Path) -> None:
 
 
 def latent_cache_dir(cfg: DictConfig) -> str | None:
-    """A cache folder per (VAE weights, dataset, resolution, mask-latent convention)."""
+    """A cache folder per (VAE weights, dtype, resolution, latent convention). Entries inside are
+    keyed by the content of the encoded pixels (``latents.content_key``), so the same folder is
+    right for any dataset and a changed frame is encoded again."""
     if not cfg.cache_latents or not cfg.latent_cache_dir:
         return None
     from rvosflow.latents import file_identity, fingerprint
 
-    key = fingerprint(file_identity(Path(cfg.model.path) / "vae"), str(Path(cfg.data.root).resolve()),
-                      cfg.data.height, cfg.data.max_width, cfg.model.dtype)
+    key = fingerprint("content-v1", file_identity(Path(cfg.model.path) / "vae"), cfg.data.height,
+                      cfg.data.max_width, cfg.model.dtype, bool(cfg.flow.normalize_mask_latent))
     return str(Path(cfg.latent_cache_dir) / key)
 
 
