@@ -130,6 +130,10 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     from rvosflow.models import encoding
     from rvosflow.models.loader import load_wan_bundle
 
+    if cfg.get("ckpt_path"):  # the checkpoint's own paradigm/toggles/model, not the defaults
+        cfg = run_config.apply_checkpoint_config(cfg, cfg.ckpt_path)
+    if cfg.get("init_from") and cfg.mode == "train":
+        run_config.check_init_from(cfg, cfg.init_from)
     run_config.validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

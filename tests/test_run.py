@@ -63,3 +63,24 @@ def test_validate_mode_reproduces_the_trained_score(tiny_benchmark, test_bundle_
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
     again = run(compose(base + ["mode=validate", f"ckpt_path={ckpt}"]), tmp_path / "validate")
     assert again["JF"] == pytest.approx(trained["JF"], abs=1e-6)
+
+def test_a_checkpoint_is_scored_as_what_it_was_trained(tiny_benchmark, test_bundle_dir, tracking_uri, tmp_path):
+    # The cases: `mode=validate ckpt_path=<noise2mask ckpt>` without +paradigm scored it
+    # as video2mask (and recorded video2mask); init_from of an incompatible checkpoint was silent.
+    from rvosflow.config import ConfigError
+
+    base = tiny_overrides(tiny_benchmark, test_bundle_dir, tracking_uri)
+    trained = run(compose([*base, "+paradigm=noise2mask", "solver.steps=2"]), tmp_path / "train")
+    ckpt = trained["checkpoint"]
+    again = run(compose([*base, "mode=validate", f"ckpt_path={ckpt}"]), tmp_path / "validate")
+    assert again["config"]["paradigm"]["name"] == "noise2mask"
+    assert again["config"]["dvi"]["enabled"] is False and again["config"]["solver"]["steps"] == 2
+    assert again["JF"] == pytest.approx(trained["JF"], abs=1e-6)
+    saved = json.loads((tmp_path / "validate" / "results.json").read_text())
+    assert saved["config"]["paradigm"]["name"] == "noise2mask"
+
+    with pytest.raises(ConfigError, match=r"paradigm.name: .*'noise2mask'.*'onestep_mask'"):
+        run(compose([*base, "+paradigm=onestep_mask", "mode=validate", f"ckpt_path={ckpt}"]), tmp_path / "x")
+    with pytest.raises(ConfigError, match=r"init_from: .*paradigm.name='noise2mask' there, 'video2mask' here.*dvi"):
+        run(compose([*base, f"init_from={ckpt}"]), tmp_path / "y")
+
