@@ -797,7 +797,8 @@ def setup(spec: Spec, storage_url: str, extra: list[str], study_name: str | None
     parent_id = tracking.parent_run(study_name, uid, params)
     if study.user_attrs.get("mlflow_parent_run_id") != parent_id:
         study.set_user_attr("mlflow_parent_run_id", parent_id)
-    runs_root = runs_root or PROJECT_ROOT / "outputs" / "sweeps" / study_name
+    # One folder per study (its uid): a --reset study never writes into an earlier one's trials.
+    runs_root = Path(runs_root or PROJECT_ROOT / "outputs" / "sweeps" / study_name) / f"study-{uid[:8]}"
     return Context(spec=spec, storage_url=storage_url, tracking_uri=uri, experiment_name=experiment, extra=extra,
                    runs_root=Path(runs_root), study_name=study_name, uid=uid, parent_id=parent_id)
 
@@ -912,12 +913,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                     help="an override added to every trial (repeatable), e.g. --set data.num_workers=2")
     ap.add_argument("--out", default=str(PROJECT_ROOT / "results"), help="where the tables go")
-    ap.add_argument("--runs-dir", default=None, help="trial run folders (default outputs/sweeps/<study>)")
+    ap.add_argument("--runs-dir", default=None, help="trial run folders go to <runs-dir>/study-<uid>/ (default outputs/sweeps/<study>)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per worker (default cores/workers)")
     ap.add_argument("--heartbeat-interval", type=int, default=None, help="seconds between trial heartbeats")
     ap.add_argument("--grace-period", type=int, default=None, help="seconds without heartbeat before a trial is retried")
     ap.add_argument("--retry-failed", action="store_true", help="queue another attempt for failed grid points")
-    ap.add_argument("--reset", action="store_true", help="delete the study first (MLflow runs are kept)")
+    ap.add_argument("--reset", action="store_true", help="start the study afresh (the old Optuna study is deleted; its trial folders and MLflow runs are kept)")
     ap.add_argument("--table-only", action="store_true", help="run nothing: write and print the table so far")
     return ap.parse_args(argv)
 

@@ -136,6 +136,8 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
         run_config.check_init_from(cfg, cfg.init_from)
     run_config.validate(cfg)
     run_dir = Path(run_dir)
+    if cfg.mode == "predict":
+        prepare_predictions_dir(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
@@ -149,8 +151,8 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     logger = make_logger(cfg, tags)
     logger.log_hyperparams(run_config.flat_params(cfg))
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    callbacks = [OverlayLogger(), ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
-                 *(callbacks or [])]
+    checkpointing = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
+    callbacks = [OverlayLogger(), checkpointing, *(callbacks or [])]
     if cfg.mode == "predict":
         return _predict(cfg, run_dir, module, datamodule, logger, trainer_args, callbacks)
     # Server-scored splits (real Ref-YTVOS / MeViS `valid`) have no masks: no validation then.
@@ -162,8 +164,10 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     if cfg.mode == "train":
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         ckpt = None  # score the weights in memory
+        # the file ModelCheckpoint really wrote (last-v1.ckpt when last.ckpt was already there)
+        written = checkpointing.last_model_path or None
     else:
-        ckpt = cfg.ckpt_path
+        ckpt = written = cfg.ckpt_path
     datamodule.val_limit = None  # the reported score covers the whole validation split
     if scored:
         scores = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt)[0]
@@ -171,7 +175,7 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     else:
         measures = {"J": None, "F": None, "JF": None}
     results = {
-        **measures, "checkpoint": str(run_dir / "checkpoints" / "last.ckpt") if cfg.mode == "train" else cfg.ckpt_path,
+        **measures, "checkpoint": str(written) if written else None,
         "mlflow_run_id": logger.run_id, "config": OmegaConf.to_container(cfg, resolve=True),
     }
     out = run_dir / "results.json"
@@ -183,12 +187,41 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     return results
 
 
+def predictions_dir(cfg: DictConfig, run_dir: Path) -> Path:
+    return Path(cfg.predict.out_dir) if cfg.predict.out_dir else run_dir / "predictions"
+
+
+def prepare_predictions_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse a non-empty ``predict.out_dir`` (two models' masks would mix) unless
+    ``predict.overwrite=true``; then remove the earlier masks, and nothing but masks."""
+    import shutil
+
+    out_dir = predictions_dir(cfg, run_dir)
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise run_config.ConfigError(f"predict.out_dir: expected a folder, found a file at {out_dir}")
+    entries = list(out_dir.rglob("*"))
+    if not entries:
+        return
+    if not cfg.predict.get("overwrite", False):
+        raise run_config.ConfigError(
+            f"predict.out_dir: expected an empty or new folder, found {len(entries)} entries in {out_dir} "
+            "(set predict.overwrite=true to replace them)")
+    others = [p for p in entries if p.is_file() and p.suffix != ".png"]
+    if others:
+        raise run_config.ConfigError(
+            f"predict.out_dir: expected a folder of mask PNGs to overwrite, found {len(others)} other files "
+            f"in {out_dir} (e.g. {others[0]})")
+    shutil.rmtree(out_dir)
+
+
 def _predict(cfg, run_dir: Path, module, datamodule, logger, trainer_args, callbacks) -> dict:
     """mode=predict: masks of every expression of ``data.predict_split`` as
     ``<predict.out_dir>/<video>/<exp_id>/<frame>.png`` (0/255, original resolution)."""
     from rvosflow.predict import MaskWriter
 
-    out_dir = Path(cfg.predict.out_dir) if cfg.predict.out_dir else run_dir / "predictions"
+    out_dir = predictions_dir(cfg, run_dir)
     if not cfg.ckpt_path:
         log.warning("mode=predict without ckpt_path: predicting with the untrained DiT")
     writer = MaskWriter(out_dir)

@@ -155,3 +155,29 @@ def test_videos_subset_scores_only_the_first_videos(tiny_benchmark, tmp_path):
     assert evaluate("ref_davis", tiny_benchmark / "ref_davis", "valid", tmp_path / "p")["missing"]
     with pytest.raises(ValueError, match="--videos: expected a positive number"):
         evaluate("ref_davis", tiny_benchmark / "ref_davis", "valid", tmp_path / "p", videos=0)
+
+
+def test_soft_prediction_pngs_are_an_error_with_count_and_first_files(tiny_benchmark, tmp_path, capsys):
+    # The case: soft PNG values (1-100) were scored as object without a word.
+    from PIL import Image
+
+    src = open_source("mevis", tiny_benchmark / "mevis", "valid_u")
+    write_gt_predictions(src, tmp_path / "p")
+    e = src.expressions[0]
+    soft = []
+    for n in e.frame_names[:2]:
+        path = tmp_path / "p" / e.video_id / e.exp_id / f"{n}.png"
+        values = np.asarray(Image.open(path)).astype(np.uint8) // 255 * 100  # object = 100
+        values[0, 0] = 1
+        Image.fromarray(values, mode="L").save(path)
+        soft.append(path)
+    with pytest.raises(ValueError, match=rf"expected binary PNGs \(0/255 or 0/1\), found 2 of \d+ .*{soft[0].name}"):
+        evaluate("mevis", tiny_benchmark / "mevis", "valid_u", tmp_path / "p")
+    rc = main(["--benchmark", "mevis", "--root", str(tiny_benchmark / "mevis"), "--split", "valid_u",
+               "--predictions", str(tmp_path / "p"), "--out", str(tmp_path / "s.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --predictions:") and len(err.strip().splitlines()) == 1
+    # 0/1 masks are binary too
+    for path in soft:
+        Image.fromarray((np.asarray(Image.open(path)) > 0).astype(np.uint8), mode="L").save(path)
+    assert evaluate("mevis", tiny_benchmark / "mevis", "valid_u", tmp_path / "p")["JF"] == pytest.approx(100)

@@ -64,6 +64,7 @@ def test_validate_mode_reproduces_the_trained_score(tiny_benchmark, test_bundle_
     again = run(compose(base + ["mode=validate", f"ckpt_path={ckpt}"]), tmp_path / "validate")
     assert again["JF"] == pytest.approx(trained["JF"], abs=1e-6)
 
+
 def test_a_checkpoint_is_scored_as_what_it_was_trained(tiny_benchmark, test_bundle_dir, tracking_uri, tmp_path):
     # The cases: `mode=validate ckpt_path=<noise2mask ckpt>` without +paradigm scored it
     # as video2mask (and recorded video2mask); init_from of an incompatible checkpoint was silent.
@@ -84,3 +85,13 @@ def test_a_checkpoint_is_scored_as_what_it_was_trained(tiny_benchmark, test_bund
     with pytest.raises(ConfigError, match=r"init_from: .*paradigm.name='noise2mask' there, 'video2mask' here.*dvi"):
         run(compose([*base, f"init_from={ckpt}"]), tmp_path / "y")
 
+
+def test_results_json_names_the_checkpoint_actually_written(tiny_benchmark, test_bundle_dir, tracking_uri, tmp_path):
+    # A second run in the same folder makes ModelCheckpoint write last-v1.ckpt; results.json
+    # named last.ckpt (the earlier model) regardless.
+    cfg = compose(tiny_overrides(tiny_benchmark, test_bundle_dir, tracking_uri, "trainer.max_steps=1"))
+    first = run(cfg, tmp_path)
+    second = run(cfg, tmp_path)
+    assert first["checkpoint"] == str(tmp_path / "checkpoints" / "last.ckpt")
+    assert second["checkpoint"] == str(tmp_path / "checkpoints" / "last-v1.ckpt")
+    assert json.loads((tmp_path / "results.json").read_text())["checkpoint"] == second["checkpoint"]

@@ -4,6 +4,7 @@ files compose for every row and profile."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -134,6 +135,22 @@ def test_misspelt_keys_in_sweep_files_are_errors_naming_the_key(tmp_path):
     f.write_text(yaml.safe_dump(search))
     with pytest.raises(sweep.SpecError, match=r"params\.bbs\.p .*bbs\.p=1\.5.*bbs\.p"):
         sweep.compose_rows(sweep.load_spec(f, "test"), [])
+
+
+def test_reset_starts_a_new_study_folder_and_never_rewrites_earlier_trials(tiny_benchmark, test_bundle_dir, tmp_path, env):
+    # The issue's case: --reset rewrote the old study's results.json files, and the new
+    # checkpoints became last-v1.ckpt while results.json named last.ckpt (the old model).
+    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir, max_steps=1), rows=ROWS[:1], seeds=(0,))
+    assert sweep.main(cli(f, env)) == 0
+    (first,) = list(env["runs"].glob("study-*/trial-*/results.json"))
+    before = first.read_bytes()
+    assert sweep.main(cli(f, env, "--reset")) == 0
+    results = sorted(env["runs"].glob("study-*/trial-*/results.json"))
+    assert len(results) == 2 and len({p.parents[1] for p in results}) == 2
+    assert first.read_bytes() == before
+    for p in results:
+        ckpt = Path(json.loads(p.read_text())["checkpoint"])
+        assert ckpt.is_file() and ckpt.parent.parent == p.parent
 
 
 def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test_bundle_dir, tmp_path, env, capsys):
