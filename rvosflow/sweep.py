@@ -388,14 +388,14 @@ class Tracking:
         self.client = mlflow.MlflowClient(uri)
 
     def experiment_id(self) -> str:
+        from rvosflow.train import artifact_location
+
+        location = artifact_location(self.uri, self.experiment_name)  # this project's folder
         exp = self.client.get_experiment_by_name(self.experiment_name)
         if exp is not None:
             return exp.experiment_id
-        artifact_location = None
-        if self.uri.startswith("sqlite:///"):  # as rvosflow.train.make_logger
-            artifact_location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
         try:
-            return self.client.create_experiment(self.experiment_name, artifact_location=artifact_location)
+            return self.client.create_experiment(self.experiment_name, artifact_location=location)
         except Exception:  # created meanwhile by another worker
             return self.client.get_experiment_by_name(self.experiment_name).experiment_id
 

@@ -114,14 +114,47 @@ def build_module(cfg: DictConfig, bundle):
     )
 
 
+def artifact_location(uri: str, experiment_name: str) -> str | None:
+    """``<folder of mlflow.db>/mlartifacts`` for a SQLite tracking URI, derived at run time.
+
+    mlflow.db stores an absolute artifact location per experiment (and per run), so a copied or
+    moved project would go on logging into the original's folder. When the stored location is
+    another project's ``mlartifacts``, it is pointed at this one (the experiment's and its runs'
+    URIs, in one transaction); any other location (S3, a server) is left alone."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):])
+    location = (db.parent / "mlartifacts").as_uri()
+    if not db.is_file():
+        return location
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+        try:
+            row = con.execute("SELECT experiment_id, artifact_location FROM experiments WHERE name = ?",
+                              (experiment_name,)).fetchone()
+        except sqlite3.OperationalError:  # a fresh file MLflow has not set up yet
+            return location
+        if row is None or row[1] == location or not (row[1].startswith("file://") and row[1].endswith("/mlartifacts")):
+            return location
+        old = row[1]
+        with con:
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (location, row[0]))
+            con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                        "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                        (location, len(old) + 1, row[0], len(old), old))
+    log.warning("MLflow experiment %r: artifacts moved from %s to %s (project copied or moved)",
+                experiment_name, old, location)
+    return location
+
+
 def make_logger(cfg: DictConfig, tags: dict | None = None) -> MLFlowLogger:
     uri = cfg.logger.tracking_uri or default_tracking_uri()
-    artifact_location = None
-    if uri.startswith("sqlite:///"):
-        artifact_location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
     return MLFlowLogger(
         experiment_name=cfg.logger.experiment_name, run_name=cfg.logger.run_name, tracking_uri=uri,
-        tags={**dict(cfg.logger.tags or {}), **(tags or {})}, artifact_location=artifact_location,
+        tags={**dict(cfg.logger.tags or {}), **(tags or {})},
+        artifact_location=artifact_location(uri, cfg.logger.experiment_name),
     )
 
 

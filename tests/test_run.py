@@ -2,6 +2,7 @@
 and is scored, results.json and the MLflow run hold what users look for."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -95,3 +96,35 @@ def test_results_json_names_the_checkpoint_actually_written(tiny_benchmark, test
     assert first["checkpoint"] == str(tmp_path / "checkpoints" / "last.ckpt")
     assert second["checkpoint"] == str(tmp_path / "checkpoints" / "last-v1.ckpt")
     assert json.loads((tmp_path / "results.json").read_text())["checkpoint"] == second["checkpoint"]
+
+
+def test_a_copied_project_logs_into_its_own_artifact_folder(tmp_path):
+    # The issue's case: after `cp -a`, the copy wrote its artifacts into the original's
+    # mlartifacts (mlflow.db stores an absolute artifact location per experiment).
+    import shutil
+    from urllib.parse import urlparse
+
+    from rvosflow.train import make_logger
+
+    def log_one(project):
+        cfg = compose([f"logger.tracking_uri=sqlite:///{project / 'mlflow.db'}"])
+        logger = make_logger(cfg)
+        logger.experiment.log_text(logger.run_id, "hello", "note.txt")
+        logger.finalize("success")
+        return mlflow.MlflowClient(cfg.logger.tracking_uri).get_run(logger.run_id)
+
+    original = tmp_path / "original"
+    original.mkdir()
+    first = log_one(original)
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    second = log_one(copy)
+    assert Path(urlparse(second.info.artifact_uri).path).is_relative_to(copy / "mlartifacts")
+    assert (Path(urlparse(second.info.artifact_uri).path) / "note.txt").is_file()
+    assert not list((original / "mlartifacts").rglob(f"*{second.info.run_id}*"))
+    # the copy's earlier run now reads its artifacts from the copy, the original is untouched
+    client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    moved = client.get_run(first.info.run_id).info.artifact_uri
+    assert Path(urlparse(moved).path).is_relative_to(copy / "mlartifacts")
+    assert [a.path for a in client.list_artifacts(first.info.run_id)] == ["note.txt"]
+    assert first.info.artifact_uri.startswith((original / "mlartifacts").as_uri())
