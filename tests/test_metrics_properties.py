@@ -168,7 +168,10 @@ def test_identical_masks_score_one_at_every_size(h, w):
         assert jaccard(m, m).item() == 1.0
 
 
-@pytest.mark.parametrize(("h", "w"), [(17, 31), (120, 216), (33, 65), (480, 854)])
+@pytest.mark.parametrize(("h", "w"), [(17, 31), (120, 216), (33, 65), (480, 854),
+                                    pytest.param(720, 1280, marks=pytest.mark.slow),
+                                    pytest.param(1080, 1920, marks=pytest.mark.slow),
+                                    pytest.param(1079, 1919, marks=pytest.mark.slow)])
 def test_blobs_at_odd_sizes_match_reference(h, w):
     rng = np.random.default_rng(h + w)
     for _ in range(6):
