@@ -163,14 +163,15 @@ def test_soft_prediction_pngs_are_an_error_with_count_and_first_files(tiny_bench
 
     src = open_source("mevis", tiny_benchmark / "mevis", "valid_u")
     write_gt_predictions(src, tmp_path / "p")
-    e = src.expressions[0]
     soft = []
-    for n in e.frame_names[:2]:
-        path = tmp_path / "p" / e.video_id / e.exp_id / f"{n}.png"
-        values = np.asarray(Image.open(path)).astype(np.uint8) // 255 * 100  # object = 100
-        values[0, 0] = 1
-        Image.fromarray(values, mode="L").save(path)
-        soft.append(path)
+    for e in src.expressions:
+        for n in e.frame_names:
+            path = tmp_path / "p" / e.video_id / e.exp_id / f"{n}.png"
+            mask = np.asarray(Image.open(path)) > 0
+            if mask.any() and len(soft) < 2:  # object = 100: a soft PNG
+                Image.fromarray(np.where(mask, 100, 0).astype(np.uint8), mode="L").save(path)
+                soft.append(path)
+    assert len(soft) == 2
     with pytest.raises(ValueError, match=rf"expected binary PNGs \(0/255 or 0/1\), found 2 of \d+ .*{soft[0].name}"):
         evaluate("mevis", tiny_benchmark / "mevis", "valid_u", tmp_path / "p")
     rc = main(["--benchmark", "mevis", "--root", str(tiny_benchmark / "mevis"), "--split", "valid_u",
