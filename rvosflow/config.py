@@ -6,6 +6,7 @@ Hydra already refuses unknown keys (the composed config is in struct mode) and u
 
 from __future__ import annotations
 
+import copy
 import inspect
 import numbers
 
@@ -102,6 +103,73 @@ def _check_trainer(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}: not a lightning.Trainer argument")
 
 
+# What a checkpoint was trained as: its stored run config decides these when it is validated,
+# predicted with or resumed, and a command-line value that differs is an error.
+CHECKPOINT_KEYS = (
+    "paradigm.name", "paradigm.timestep", "bbs.p", "spa.enabled", "dvi.enabled", "wi.enabled",
+    "flow.start_at_noise_end", "flow.normalize_mask_latent", "model.name", "model.text_max_length",
+)
+# Inference settings: taken from the checkpoint too, unless the command line sets them.
+CHECKPOINT_INFERENCE_KEYS = ("solver.steps", "solver.shift", "solver.sigma_min")
+# What must agree for `init_from` to start from a checkpoint's DiT.
+INIT_FROM_KEYS = ("paradigm.name", "dvi.enabled", "model.name")
+
+
+def _stored_run_config(path, key: str) -> DictConfig:
+    """The resolved run config a Lightning checkpoint of FlowRVSModule carries (``run_config``)."""
+    import pickle
+
+    import torch
+
+    try:  # plain data only: a checkpoint carrying code is refused, never run
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: expected a checkpoint file, found nothing at {path}") from None
+    except pickle.UnpicklingError as e:
+        raise ConfigError(f"{key}: {path}: expected a plain-data checkpoint, found code ({e})") from e
+    stored = (ckpt.get("hyper_parameters") or {}).get("run_config") or {}
+    if not stored:
+        raise ConfigError(f"{key}: {path}: expected hyper_parameters.run_config, found none")
+    return OmegaConf.create(dict(stored))
+
+
+def _given(cfg: DictConfig, defaults: DictConfig, key: str) -> bool:
+    """Whether the run config sets ``key`` away from the defaults (on the command line/preset)."""
+    return OmegaConf.select(cfg, key) != OmegaConf.select(defaults, key)
+
+
+def apply_checkpoint_config(cfg: DictConfig, path) -> DictConfig:
+    """``cfg`` with the paradigm, toggles and model of the checkpoint at ``path`` (``ckpt_path``).
+
+    A key the command line leaves at its default takes the checkpoint's value; one it sets to a
+    different value is an error naming the key and both values. Solver settings given on the
+    command line win (they only change inference)."""
+    stored = _stored_run_config(path, "ckpt_path")
+    defaults = compose([])
+    out = copy.deepcopy(cfg)
+    for key in (*CHECKPOINT_KEYS, *CHECKPOINT_INFERENCE_KEYS):
+        theirs = OmegaConf.select(stored, key)
+        ours = OmegaConf.select(cfg, key)
+        if theirs is None or ours == theirs:
+            continue
+        if _given(cfg, defaults, key):
+            if key in CHECKPOINT_KEYS:
+                raise ConfigError(f"{key}: the checkpoint {path} was trained with {theirs!r}, "
+                                  f"the command line says {ours!r}")
+            continue
+        OmegaConf.update(out, key, theirs, merge=False)
+    return out
+
+
+def check_init_from(cfg: DictConfig, path) -> None:
+    """``init_from`` needs a checkpoint of the same paradigm, DVI and model: name what differs."""
+    stored = _stored_run_config(path, "init_from")
+    diffs = [f"{k}={OmegaConf.select(stored, k)!r} there, {OmegaConf.select(cfg, k)!r} here"
+             for k in INIT_FROM_KEYS if OmegaConf.select(stored, k) != OmegaConf.select(cfg, k)]
+    if diffs:
+        raise ConfigError(f"init_from: {path} is incompatible with this run: {'; '.join(diffs)}")
+
+
 def flat_params(cfg: DictConfig) -> dict[str, str]:
     """The resolved config as ``{"bbs.p": "0.5", ...}`` for MLflow params."""
     out: dict[str, str] = {}
@@ -121,6 +189,9 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """The run config that `python run.py <overrides>` would see (without Hydra's own node)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
+    if GlobalHydra.instance().is_initialized():  # inside run.py's @hydra.main: same configs
+        return hydra_compose(config_name="config", overrides=list(overrides))
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "configs"), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))

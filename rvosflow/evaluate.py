@@ -74,6 +74,26 @@ def load_prediction(pred_dir: Path, video_id: str, exp_id: str, frame_names) -> 
     return np.stack([read_mask(d / f"{n}.png") for n in frame_names]), []
 
 
+def check_binary(source, pred_dir: Path) -> None:
+    """Every prediction PNG the split reads must be a mask (0/255 or 0/1): a soft or mixed PNG
+    would be scored as object wherever it is non-zero, without a word."""
+    from rvosflow.predict import is_binary, read_png_values
+
+    bad = []
+    seen = set()
+    for e in source.expressions:
+        d = Path(pred_dir) / e.video_id / e.exp_id
+        for n in e.frame_names:
+            p = d / f"{n}.png"
+            if p not in seen and p.is_file():
+                seen.add(p)
+                if not is_binary(read_png_values(p)):
+                    bad.append(p)
+    if bad:
+        raise ValueError(f"--predictions: expected binary PNGs (0/255 or 0/1), found {len(bad)} of {len(seen)} "
+                         f"with other values, first: {', '.join(str(p) for p in bad[:3])}")
+
+
 def _jf(pred: np.ndarray, gt: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
     if pred.shape != gt.shape:
         raise ValueError(f"{where}: prediction of shape {pred.shape[1:]} for ground truth {gt.shape[1:]} "
@@ -257,6 +277,7 @@ def evaluate(benchmark: str, root, split: str, predictions, out=None, zip_path=N
     pred_dir = Path(predictions)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"--predictions: {pred_dir} is not a directory")
+    check_binary(source, pred_dir)
     result: dict = {"benchmark": benchmark, "root": str(root), "split": split, "predictions": str(pred_dir),
                      "videos": len(source.video_ids()), "subset": videos is not None}
     if benchmark == "ref_davis":
@@ -287,8 +308,12 @@ def main(argv=None) -> int:
     ap.add_argument("--davis-task", default="unsupervised", choices=DAVIS_TASKS,
                     help="Ref-DAVIS: ReferFormer's default 'unsupervised' (Hungarian-matched, all frames)")
     args = ap.parse_args(argv)
-    r = evaluate(args.benchmark, args.root, args.split, args.predictions, args.out, args.zip, args.davis_task,
-                 args.videos)
+    try:
+        r = evaluate(args.benchmark, args.root, args.split, args.predictions, args.out, args.zip, args.davis_task,
+                     args.videos)
+    except (ValueError, FileNotFoundError) as err:  # bad input: one line (DESIGN §8)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if "JF" in r:
         print(f"{args.benchmark}/{args.split}: J&F {r['JF']:.2f}  J {r['J']:.2f}  F {r['F']:.2f}")
     for kind, s in r.get("per_kind", {}).items():

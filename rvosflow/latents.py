@@ -4,6 +4,11 @@ The VAE encoder is frozen, so a clip's latent never changes within a run, nor ac
 a sweep that share a bundle and a dataset. Misses are encoded together in one batch; entries
 live in memory and, when a directory is given, on disk (one file per entry, written atomically,
 so several sweep workers can share it).
+
+Keys are by content (DESIGN §8): an entry is named by a hash of the very pixels the encoder
+would see (``content_key``, computed by the datasets), so a changed, replaced or blackened frame
+is a miss and is encoded again. The directory is named by what else fixes the value: the VAE
+weights, the dtype, the resolution and the latent convention (``train.latent_cache_dir``).
 """
 
 from __future__ import annotations
@@ -25,12 +30,21 @@ def fingerprint(*parts) -> str:
 
 
 def file_identity(path: str | Path) -> tuple:
-    """Path, size and mtime of every file under ``path`` (a cheap proxy for its content)."""
+    """Path, size and mtime (ns) of every file under ``path`` (a cheap proxy for its content)."""
     root = Path(path)
     return tuple(
-        (str(p.relative_to(root)), p.stat().st_size, int(p.stat().st_mtime))
+        (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
         for p in sorted(root.rglob("*")) if p.is_file()
     )
+
+
+def content_key(x: torch.Tensor) -> str:
+    """Hash of a tensor's shape, dtype and bytes: the cache key of the latent it encodes to."""
+    x = x.detach().cpu().contiguous()
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((tuple(x.shape), str(x.dtype))).encode())
+    h.update(x.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 class LatentCache:

@@ -149,10 +149,10 @@ class FlowRVSModule(L.LightningModule):
     on_predict_start = on_validation_start
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        keys = [(v, tuple(i.tolist())) for v, i in zip(batch["video_id"], batch["frame_indices"])]
-        mean, std = self.video_posteriors(list(batch["frames"]), keys)
+        # cache keys are content hashes of the pixels (computed by the dataset), never names
+        mean, std = self.video_posteriors(list(batch["frames"]), [(k,) for k in batch["frames_key"]])
         z_video = self.start_latent(mean, std, self.paradigm.settings.spa)
-        z_mask = self.mask_latents(list(batch["mask"]), [k + (e,) for k, e in zip(keys, batch["exp_id"])])
+        z_mask = self.mask_latents(list(batch["mask"]), [(k,) for k in batch["mask_key"]])
         pair = self.paradigm.training_pair(z_video, z_mask, generator=None)
         pred = self.dit(self.text_embeddings(batch["caption"]))(pair.model_input, pair.timestep)
         loss = F.mse_loss(pred.float(), pair.target.float())
@@ -199,7 +199,7 @@ class FlowRVSModule(L.LightningModule):
         for start, stop in windows(num_frames, self.window_frames):
             n = padded_frame_count(stop - start, self.temporal_factor)
             clips = [pad_frames(s["frames"][start:stop], n) for s in samples]
-            mean, _ = self.video_posteriors(clips, [(s["video_id"], "window", start, stop, n) for s in samples])
+            mean, _ = self.video_posteriors(clips, [(s["frames_key"], "window", start, stop, n) for s in samples])
             z_mask = self.paradigm.predict(model, self.start_latent(mean, None, False), generator)
             soft = encoding.mask_probs(self.frozen.vae, z_mask.float(), normalized=self.normalize_mask_latent)
             probs.append(soft[:, : stop - start].float().cpu())

@@ -26,10 +26,21 @@ def write_masks(out_dir: str | Path, video_id: str, exp_id: str, frame_names, ma
         Image.fromarray(np.where(m, 255, 0).astype(np.uint8), mode="L").save(d / f"{name}.png")
 
 
+def read_png_values(path: str | Path) -> np.ndarray:
+    """A prediction PNG's values [H, W] (grayscale, palette index or 0/1)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L") if im.mode not in ("L", "P", "1") else im)
+
+
+def is_binary(values: np.ndarray) -> bool:
+    """0/255 or 0/1 only (a soft or multi-valued PNG is not a mask)."""
+    present = set(np.flatnonzero(np.bincount(values.astype(np.uint8, copy=False).ravel(), minlength=256)).tolist())
+    return present <= {0, 255} or present <= {0, 1}
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """A prediction PNG as bool [H, W] (non-zero = object, as the official scripts read it)."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("L") if im.mode not in ("L", "P", "1") else im) != 0
+    return read_png_values(path) != 0
 
 
 class MaskWriter(BasePredictionWriter):

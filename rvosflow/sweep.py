@@ -28,6 +28,7 @@ Guarantees:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -40,9 +41,10 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List, Optional
 
 import yaml
+from omegaconf import MISSING
 
 from rvosflow.paths import PROJECT_ROOT
 
@@ -93,6 +95,7 @@ class Spec:
     n_trials: int | None = None
     sampler: dict = field(default_factory=dict)
     pruner: dict = field(default_factory=dict)
+    metric: str = "JF"
     monitor: str = "val/JF"
     direction: str = "maximize"
     heartbeat_interval: int = 10
@@ -115,45 +118,132 @@ class SpecError(ValueError):
     pass
 
 
-def load_spec(path: str | Path, profile: str = "default") -> Spec:
+# The file's schema (OmegaConf structured configs): an unknown or misspelt key, or a value of the
+# wrong type, is an error naming the key (and the allowed keys), never silently a default.
+
+@dataclass
+class ProfileFile:
+    seeds: List[int] = field(default_factory=lambda: [0])
+    overrides: List[str] = field(default_factory=list)  # before every trial's own
+    n_trials: Optional[int] = None                      # search: overrides the file's n_trials
+
+
+@dataclass
+class RowFile:
+    id: str = MISSING
+    label: Optional[str] = None
+    overrides: List[str] = field(default_factory=list)
+    paper: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ParamFile:
+    type: str = "float"  # float | int | categorical
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = None
+    choices: Optional[List[Any]] = None
+
+
+@dataclass
+class SweepFile:
+    kind: str = "grid"
+    name: Optional[str] = None
+    title: Optional[str] = None
+    metric: str = "JF"            # what a trial returns to Optuna (percent): JF, J or F
+    direction: str = "maximize"
+    monitor: str = "val/JF"       # search: what the pruner watches during training
+    rows: List[RowFile] = field(default_factory=list)
+    base: List[str] = field(default_factory=list)
+    params: Dict[str, ParamFile] = field(default_factory=dict)
+    n_trials: Optional[int] = None
+    sampler: Dict[str, Any] = field(default_factory=dict)  # Optuna sampler: type + its arguments
+    pruner: Dict[str, Any] = field(default_factory=dict)   # Optuna pruner: type + its arguments
+    profiles: Dict[str, ProfileFile] = field(default_factory=dict)
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+    max_retry: int = 2
+
+
+METRICS = ("JF", "J", "F")
+DIRECTIONS = ("maximize", "minimize")
+PARAM_TYPES = ("float", "int", "categorical")
+
+
+def _schema_error(path: Path, exc: Exception) -> SpecError:
+    """One line: the file, the key, and what is allowed there."""
+    from omegaconf.errors import ConfigKeyError
+
+    key = getattr(exc, "full_key", "") or "?"
+    obj = getattr(exc, "object_type", None)
+    if isinstance(exc, ConfigKeyError) and obj is not None and dataclasses.is_dataclass(obj):
+        allowed = ", ".join(f.name for f in dataclasses.fields(obj))
+        return SpecError(f"{path}: {key}: unknown key; allowed: {allowed}")
+    msg = (getattr(exc, "msg", None) or str(exc)).splitlines()[0]
+    return SpecError(f"{path}: {key}: {msg}")
+
+
+def read_sweep_file(path: str | Path) -> SweepFile:
+    """The sweep file checked against :class:`SweepFile` (keys and types)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     path = Path(path)
     raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict):
-        raise SpecError(f"{path}: expected a mapping")
-    kind = raw.get("kind", "grid")
-    if kind not in KINDS:
-        raise SpecError(f"{path}: kind: unknown value {kind!r}; allowed: {', '.join(KINDS)}")
-    profiles = raw.get("profiles") or {"default": {}}
+        raise SpecError(f"{path}: expected a mapping, found {type(raw).__name__}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(SweepFile), raw)
+        data = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise _schema_error(path, exc) from None
+    for key, value, allowed in (("kind", data.kind, KINDS), ("metric", data.metric, METRICS),
+                                ("direction", data.direction, DIRECTIONS)):
+        if value not in allowed:
+            raise SpecError(f"{path}: {key}: expected one of {', '.join(allowed)}, found {value!r}")
+    for name, dist in data.params.items():
+        if dist.type not in PARAM_TYPES:
+            raise SpecError(f"{path}: params.{name}.type: expected one of {', '.join(PARAM_TYPES)}, found {dist.type!r}")
+        need = ("choices",) if dist.type == "categorical" else ("low", "high")
+        for k in need:
+            if getattr(dist, k) is None:
+                raise SpecError(f"{path}: params.{name}.{k}: expected a value for type {dist.type}, found none")
+    return data
+
+
+def load_spec(path: str | Path, profile: str = "default") -> Spec:
+    path = Path(path)
+    raw = read_sweep_file(path)
+    profiles = raw.profiles or {"default": ProfileFile()}
     if profile not in profiles:
         raise SpecError(f"{path}: no profile {profile!r}; allowed: {', '.join(profiles)}")
-    prof = profiles[profile] or {}
-    seeds = [int(s) for s in prof.get("seeds", [0])]
+    prof = profiles[profile] or ProfileFile()
     spec = Spec(
-        path=path, kind=kind, name=str(raw.get("name", path.stem)), title=str(raw.get("title", path.stem)),
-        profile=profile, seeds=seeds, overrides=[str(o) for o in prof.get("overrides", [])],
-        monitor=str(raw.get("monitor", "val/JF")), direction=str(raw.get("direction", "maximize")),
-        heartbeat_interval=int(raw.get("heartbeat_interval", 10)), grace_period=int(raw.get("grace_period", 60)),
-        max_retry=int(raw.get("max_retry", 2)),
+        path=path, kind=raw.kind, name=raw.name or path.stem, title=raw.title or path.stem,
+        profile=profile, seeds=list(prof.seeds), overrides=list(prof.overrides), metric=raw.metric,
+        monitor=raw.monitor, direction=raw.direction, heartbeat_interval=raw.heartbeat_interval,
+        grace_period=raw.grace_period, max_retry=raw.max_retry,
     )
-    if kind == "grid":
+    if raw.kind == "grid":
         ids = set()
-        for r in raw.get("rows") or []:
-            row = Row(id=str(r["id"]), label=str(r.get("label", r["id"])), overrides=[str(o) for o in r.get("overrides", [])],
-                      paper={k: float(v) for k, v in (r.get("paper") or {}).items()})
+        for r in raw.rows:
+            row = Row(id=str(r.id), label=r.label or str(r.id), overrides=list(r.overrides), paper=dict(r.paper))
             if row.id in ids:
-                raise SpecError(f"{path}: duplicate row id {row.id!r}")
+                raise SpecError(f"{path}: rows: duplicate row id {row.id!r}")
             ids.add(row.id)
             spec.rows.append(row)
         if not spec.rows:
-            raise SpecError(f"{path}: a grid needs rows")
+            raise SpecError(f"{path}: rows: a grid needs rows, found none")
     else:
-        spec.base = [str(o) for o in raw.get("base", [])]
-        spec.params = dict(raw.get("params") or {})
+        spec.base = list(raw.base)
+        spec.params = {k: {f: v for f, v in dataclasses.asdict(d).items() if v is not None}
+                       for k, d in raw.params.items()}
         if not spec.params:
-            raise SpecError(f"{path}: a search needs params")
-        spec.n_trials = int(prof.get("n_trials", raw.get("n_trials", 10)))
-        spec.sampler = dict(raw.get("sampler") or {"type": "tpe"})
-        spec.pruner = dict(raw.get("pruner") or {"type": "median"})
+            raise SpecError(f"{path}: params: a search needs params, found none")
+        spec.n_trials = int(prof.n_trials if prof.n_trials is not None else (raw.n_trials or 10))
+        spec.sampler = dict(raw.sampler or {"type": "tpe"})
+        spec.pruner = dict(raw.pruner or {"type": "median"})
     return spec
 
 
@@ -209,12 +299,25 @@ def make_sampler(spec: Spec):
         return optuna.samplers.GridSampler({"row": [r.id for r in spec.rows], "seed": list(spec.seeds)}, seed=0)
     s = dict(spec.sampler)
     kind = s.pop("type", "tpe")
+    table = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    if kind not in table:
+        raise SpecError(f"{spec.path}: sampler.type: unknown value {kind!r}; allowed: {', '.join(table)}")
     if kind == "tpe":
         s.setdefault("constant_liar", True)  # several workers: don't all try the same point
-        return optuna.samplers.TPESampler(**s)
-    if kind == "random":
-        return optuna.samplers.RandomSampler(**s)
-    raise SpecError(f"sampler.type: unknown value {kind!r}; allowed: tpe, random")
+    return _construct(spec.path, "sampler", table[kind], s)
+
+
+def _construct(path: Path, section: str, cls, kwargs: dict):
+    """``cls(**kwargs)``, a misspelt argument named with the allowed ones (the sweep file's schema
+    leaves sampler/pruner arguments to the Optuna class they go to)."""
+    import inspect
+
+    allowed = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+    for key in kwargs:
+        if key not in allowed:
+            raise SpecError(f"{path}: {section}.{key}: unknown key for {cls.__name__}; "
+                            f"allowed: type, {', '.join(allowed)}")
+    return cls(**kwargs)
 
 
 def make_pruner(spec: Spec):
@@ -228,8 +331,8 @@ def make_pruner(spec: Spec):
              "threshold": optuna.pruners.ThresholdPruner, "hyperband": optuna.pruners.HyperbandPruner, "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
              "none": optuna.pruners.NopPruner}
     if kind not in table:
-        raise SpecError(f"pruner.type: unknown value {kind!r}; allowed: {', '.join(table)}")
-    return table[kind](**p)
+        raise SpecError(f"{spec.path}: pruner.type: unknown value {kind!r}; allowed: {', '.join(table)}")
+    return _construct(spec.path, "pruner", table[kind], p)
 
 
 def suggest(trial, key: str, dist: dict):
@@ -285,14 +388,14 @@ class Tracking:
         self.client = mlflow.MlflowClient(uri)
 
     def experiment_id(self) -> str:
+        from rvosflow.train import artifact_location
+
+        location = artifact_location(self.uri, self.experiment_name)  # this project's folder
         exp = self.client.get_experiment_by_name(self.experiment_name)
         if exp is not None:
             return exp.experiment_id
-        artifact_location = None
-        if self.uri.startswith("sqlite:///"):  # as rvosflow.train.make_logger
-            artifact_location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
         try:
-            return self.client.create_experiment(self.experiment_name, artifact_location=artifact_location)
+            return self.client.create_experiment(self.experiment_name, artifact_location=location)
         except Exception:  # created meanwhile by another worker
             return self.client.get_experiment_by_name(self.experiment_name).experiment_id
 
@@ -524,7 +627,7 @@ def make_objective(ctx: Context, study):
             done += 1  # this one, not COMPLETE in the storage until we return
         _say(ctx, f"done trial #{trial.number} [{min(done, total)}/{total}]: {what}  "
                   f"J&F {results['JF']:.1f}  J {results['J']:.1f}  F {results['F']:.1f}  ({time.monotonic() - t0:.0f} s)")
-        return float(results["JF"])
+        return float(results[spec.metric])
 
     return objective
 
@@ -632,11 +735,16 @@ def compose_rows(spec: Spec, extra: list[str]) -> None:
             except Exception as exc:
                 raise SpecError(f"{spec.path}: row {row.id} ({' '.join(row.overrides)}): {exc}") from exc
             row.settings = settings(cfg)
-    else:
-        try:
-            run_config.validate(run_config.compose([*spec.overrides, *spec.base, *extra]))
-        except Exception as exc:
-            raise SpecError(f"{spec.path}: base ({' '.join(spec.base)}): {exc}") from exc
+    else:  # the base with every parameter at each end of its range (or each choice)
+        for key, dist in spec.params.items():
+            for value in dist["choices"] if dist.get("type") == "categorical" else (dist["low"], dist["high"]):
+                value = int(value) if dist.get("type") == "int" else value
+                point = f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}"
+                try:
+                    run_config.validate(run_config.compose([*spec.overrides, *spec.base, point, *extra]))
+                except Exception as exc:
+                    raise SpecError(f"{spec.path}: params.{key} ({' '.join([*spec.base, point])}): {exc}") from exc
+        make_sampler(spec), make_pruner(spec)  # their arguments, checked before any trial
 
 
 def base_logger_settings(spec: Spec, extra: list[str]) -> tuple[str, str]:
@@ -691,7 +799,8 @@ def setup(spec: Spec, storage_url: str, extra: list[str], study_name: str | None
     parent_id = tracking.parent_run(study_name, uid, params)
     if study.user_attrs.get("mlflow_parent_run_id") != parent_id:
         study.set_user_attr("mlflow_parent_run_id", parent_id)
-    runs_root = runs_root or PROJECT_ROOT / "outputs" / "sweeps" / study_name
+    # One folder per study (its uid): a --reset study never writes into an earlier one's trials.
+    runs_root = Path(runs_root or PROJECT_ROOT / "outputs" / "sweeps" / study_name) / f"study-{uid[:8]}"
     return Context(spec=spec, storage_url=storage_url, tracking_uri=uri, experiment_name=experiment, extra=extra,
                    runs_root=Path(runs_root), study_name=study_name, uid=uid, parent_id=parent_id)
 
@@ -808,12 +917,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                     help="an override added to every trial (repeatable), e.g. --set data.num_workers=2")
     ap.add_argument("--out", default=str(PROJECT_ROOT / "results"), help="where the tables go")
-    ap.add_argument("--runs-dir", default=None, help="trial run folders (default outputs/sweeps/<study>)")
+    ap.add_argument("--runs-dir", default=None, help="trial run folders go to <runs-dir>/study-<uid>/ (default outputs/sweeps/<study>)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per worker (default cores/workers)")
     ap.add_argument("--heartbeat-interval", type=int, default=None, help="seconds between trial heartbeats")
     ap.add_argument("--grace-period", type=int, default=None, help="seconds without heartbeat before a trial is retried")
     ap.add_argument("--retry-failed", action="store_true", help="queue another attempt for failed grid points")
-    ap.add_argument("--reset", action="store_true", help="delete the study first (MLflow runs are kept)")
+    ap.add_argument("--reset", action="store_true", help="start the study afresh (the old Optuna study is deleted; its trial folders and MLflow runs are kept)")
     ap.add_argument("--table-only", action="store_true", help="run nothing: write and print the table so far")
     return ap.parse_args(argv)
 
@@ -821,6 +930,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     _quiet()
+    try:
+        return _main(args)
+    except SpecError as err:  # a bad sweep file or setting: one line, before any trial (DESIGN §8)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(args) -> int:
     spec = load_spec(args.sweep, args.profile)
     if args.heartbeat_interval:
         spec.heartbeat_interval = args.heartbeat_interval

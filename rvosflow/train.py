@@ -89,13 +89,15 @@ def init_transformer_from(module, path: str | Path) -> None:
 
 
 def latent_cache_dir(cfg: DictConfig) -> str | None:
-    """A cache folder per (VAE weights, dataset, resolution, mask-latent convention)."""
+    """A cache folder per (VAE weights, dtype, resolution, latent convention). Entries inside are
+    keyed by the content of the encoded pixels (``latents.content_key``), so the same folder is
+    right for any dataset and a changed frame is encoded again."""
     if not cfg.cache_latents or not cfg.latent_cache_dir:
         return None
     from rvosflow.latents import file_identity, fingerprint
 
-    key = fingerprint(file_identity(Path(cfg.model.path) / "vae"), str(Path(cfg.data.root).resolve()),
-                      cfg.data.height, cfg.data.max_width, cfg.model.dtype)
+    key = fingerprint("content-v1", file_identity(Path(cfg.model.path) / "vae"), cfg.data.height,
+                      cfg.data.max_width, cfg.model.dtype, bool(cfg.flow.normalize_mask_latent))
     return str(Path(cfg.latent_cache_dir) / key)
 
 
@@ -114,14 +116,47 @@ def build_module(cfg: DictConfig, bundle):
     )
 
 
+def artifact_location(uri: str, experiment_name: str) -> str | None:
+    """``<folder of mlflow.db>/mlartifacts`` for a SQLite tracking URI, derived at run time.
+
+    mlflow.db stores an absolute artifact location per experiment (and per run), so a copied or
+    moved project would go on logging into the original's folder. When the stored location is
+    another project's ``mlartifacts``, it is pointed at this one (the experiment's and its runs'
+    URIs, in one transaction); any other location (S3, a server) is left alone."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):])
+    location = (db.parent / "mlartifacts").as_uri()
+    if not db.is_file():
+        return location
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+        try:
+            row = con.execute("SELECT experiment_id, artifact_location FROM experiments WHERE name = ?",
+                              (experiment_name,)).fetchone()
+        except sqlite3.OperationalError:  # a fresh file MLflow has not set up yet
+            return location
+        if row is None or row[1] == location or not (row[1].startswith("file://") and row[1].endswith("/mlartifacts")):
+            return location
+        old = row[1]
+        with con:
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (location, row[0]))
+            con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                        "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                        (location, len(old) + 1, row[0], len(old), old))
+    log.warning("MLflow experiment %r: artifacts moved from %s to %s (project copied or moved)",
+                experiment_name, old, location)
+    return location
+
+
 def make_logger(cfg: DictConfig, tags: dict | None = None) -> MLFlowLogger:
     uri = cfg.logger.tracking_uri or default_tracking_uri()
-    artifact_location = None
-    if uri.startswith("sqlite:///"):
-        artifact_location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
     return MLFlowLogger(
         experiment_name=cfg.logger.experiment_name, run_name=cfg.logger.run_name, tracking_uri=uri,
-        tags={**dict(cfg.logger.tags or {}), **(tags or {})}, artifact_location=artifact_location,
+        tags={**dict(cfg.logger.tags or {}), **(tags or {})},
+        artifact_location=artifact_location(uri, cfg.logger.experiment_name),
     )
 
 
@@ -130,8 +165,14 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     from rvosflow.models import encoding
     from rvosflow.models.loader import load_wan_bundle
 
+    if cfg.get("ckpt_path"):  # the checkpoint's own paradigm/toggles/model, not the defaults
+        cfg = run_config.apply_checkpoint_config(cfg, cfg.ckpt_path)
+    if cfg.get("init_from") and cfg.mode == "train":
+        run_config.check_init_from(cfg, cfg.init_from)
     run_config.validate(cfg)
     run_dir = Path(run_dir)
+    if cfg.mode == "predict":
+        prepare_predictions_dir(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
@@ -145,8 +186,8 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     logger = make_logger(cfg, tags)
     logger.log_hyperparams(run_config.flat_params(cfg))
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    callbacks = [OverlayLogger(), ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
-                 *(callbacks or [])]
+    checkpointing = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
+    callbacks = [OverlayLogger(), checkpointing, *(callbacks or [])]
     if cfg.mode == "predict":
         return _predict(cfg, run_dir, module, datamodule, logger, trainer_args, callbacks)
     # Server-scored splits (real Ref-YTVOS / MeViS `valid`) have no masks: no validation then.
@@ -158,8 +199,10 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     if cfg.mode == "train":
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         ckpt = None  # score the weights in memory
+        # the file ModelCheckpoint really wrote (last-v1.ckpt when last.ckpt was already there)
+        written = checkpointing.last_model_path or None
     else:
-        ckpt = cfg.ckpt_path
+        ckpt = written = cfg.ckpt_path
     datamodule.val_limit = None  # the reported score covers the whole validation split
     if scored:
         scores = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt)[0]
@@ -168,7 +211,7 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     else:
         measures = {"J": None, "F": None, "JF": None, "per_kind": {}}
     results = {
-        **measures, "checkpoint": str(run_dir / "checkpoints" / "last.ckpt") if cfg.mode == "train" else cfg.ckpt_path,
+        **measures, "checkpoint": str(written) if written else None,
         "mlflow_run_id": logger.run_id, "config": OmegaConf.to_container(cfg, resolve=True),
     }
     out = run_dir / "results.json"
@@ -182,12 +225,41 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     return results
 
 
+def predictions_dir(cfg: DictConfig, run_dir: Path) -> Path:
+    return Path(cfg.predict.out_dir) if cfg.predict.out_dir else run_dir / "predictions"
+
+
+def prepare_predictions_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse a non-empty ``predict.out_dir`` (two models' masks would mix) unless
+    ``predict.overwrite=true``; then remove the earlier masks, and nothing but masks."""
+    import shutil
+
+    out_dir = predictions_dir(cfg, run_dir)
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise run_config.ConfigError(f"predict.out_dir: expected a folder, found a file at {out_dir}")
+    entries = list(out_dir.rglob("*"))
+    if not entries:
+        return
+    if not cfg.predict.get("overwrite", False):
+        raise run_config.ConfigError(
+            f"predict.out_dir: expected an empty or new folder, found {len(entries)} entries in {out_dir} "
+            "(set predict.overwrite=true to replace them)")
+    others = [p for p in entries if p.is_file() and p.suffix != ".png"]
+    if others:
+        raise run_config.ConfigError(
+            f"predict.out_dir: expected a folder of mask PNGs to overwrite, found {len(others)} other files "
+            f"in {out_dir} (e.g. {others[0]})")
+    shutil.rmtree(out_dir)
+
+
 def _predict(cfg, run_dir: Path, module, datamodule, logger, trainer_args, callbacks) -> dict:
     """mode=predict: masks of every expression of ``data.predict_split`` as
     ``<predict.out_dir>/<video>/<exp_id>/<frame>.png`` (0/255, original resolution)."""
     from rvosflow.predict import MaskWriter
 
-    out_dir = Path(cfg.predict.out_dir) if cfg.predict.out_dir else run_dir / "predictions"
+    out_dir = predictions_dir(cfg, run_dir)
     if not cfg.ckpt_path:
         log.warning("mode=predict without ckpt_path: predicting with the untrained DiT")
     writer = MaskWriter(out_dir)

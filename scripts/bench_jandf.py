@@ -2,11 +2,12 @@
 
 The baseline follows the official DAVIS 2017 evaluation per frame: IoU with numpy, seg2bmap
 with shifted numpy comparisons, ``cv2.dilate`` with skimage's disk footprint, then matching.
-Both run in the same process, on the same 480x854 frames (the real DAVIS fixture masks resized
-when ``shared/fixtures/davis-real-masks`` is there, else random elliptic blobs), several times;
-the table reports median times. Values must be identical (max abs diff is printed and checked).
+Both run in the same process, on the same frames (the real DAVIS fixture masks of
+``tests/fixtures/davis-real-masks`` nearest-resized to each size), several times; the table
+reports median times per size, side by side. Values must be identical (max abs diff is printed
+and checked at every size).
 
-    python scripts/bench_jandf.py [--frames 137] [--repeats 7] [--threads 1]
+    python scripts/bench_jandf.py [--sizes 480x854,720x1280,1080x1920] [--frames 137] [--repeats 7]
 
 Needs opencv-python-headless (``pip install -e '.[dev]'``).
 """
@@ -29,8 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from rvosflow.metrics.functional import jaccard_and_boundary_f  # noqa: E402
 
-FIXTURE = REPO.parent / "shared" / "fixtures" / "davis-real-masks"
-H, W = 480, 854
+FIXTURE = REPO / "tests" / "fixtures" / "davis-real-masks"
 
 
 # --------------------------------------------------------------------------- baseline (per frame)
@@ -95,8 +95,8 @@ def baseline(preds: np.ndarray, gts: np.ndarray):
 # --------------------------------------------------------------------------- data
 
 
-def load_frames(n_frames: int, seed: int = 0):
-    """``n_frames`` pairs of 480x854 masks: the real fixture resized, cycled; else blobs."""
+def load_frames(n_frames: int, H: int, W: int, seed: int = 0):
+    """``n_frames`` pairs of HxW masks: the real fixture resized, cycled; else blobs."""
     from PIL import Image
 
     preds, gts, source = [], [], "synthetic elliptic blobs"
@@ -135,21 +135,10 @@ def _median_time(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=137)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=1, help="torch/OpenCV threads (both sides)")
-    args = ap.parse_args()
-
-    import cv2
-
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
-    preds, gts, source = load_frames(args.frames)
+def _bench_size(h: int, w: int, args) -> dict:
+    preds, gts, source = load_frames(args.frames, h, w)
     n = len(preds)
     tp, tg = torch.from_numpy(preds), torch.from_numpy(gts)
-
     # warm-up (imports, caches), then alternate to share any machine noise fairly
     baseline(preds[:2], gts[:2])
     jaccard_and_boundary_f(tp[:2], tg[:2])
@@ -159,25 +148,44 @@ def main() -> None:
         to, (jo, fo) = _median_time(lambda: jaccard_and_boundary_f(tp, tg), 1)
         t_base.append(tb)
         t_ours.append(to)
-    tb, to = statistics.median(t_base), statistics.median(t_ours)
-    dj = float(np.max(np.abs(jo.numpy() - jb)))
-    df = float(np.max(np.abs(fo.numpy() - fb)))
+    return {
+        "size": f"{h}x{w}", "n": n, "source": source, "radius": math.ceil(0.008 * math.hypot(h, w)),
+        "base": statistics.median(t_base), "ours": statistics.median(t_ours),
+        "dj": float(np.max(np.abs(jo.numpy() - jb))), "df": float(np.max(np.abs(fo.numpy() - fb))),
+        "mean_j": jo.mean().item(), "mean_f": fo.mean().item(),
+    }
 
-    radius = math.ceil(0.008 * math.hypot(H, W))
-    print(f"frames: {n} x {H}x{W} ({source}); tolerance {radius} px; repeats {args.repeats}; "
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="480x854,720x1280,1080x1920", help="comma-separated HxW")
+    ap.add_argument("--frames", type=int, default=137)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1, help="torch/OpenCV threads (both sides)")
+    args = ap.parse_args()
+
+    import cv2
+
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    rows = [_bench_size(h, w, args) for h, w in sizes]
+
+    print(f"frames: {rows[0]['n']} per size ({rows[0]['source']}); repeats {args.repeats}; "
           f"threads {args.threads}; numpy {np.__version__}, torch {torch.__version__}, "
           f"opencv {cv2.__version__}")
     print()
-    print(f"| {'implementation':<44} | {'median s':>9} | {'ms/frame':>8} | {'speed-up':>8} |")
-    print(f"|{'-' * 46}|{'-' * 11}|{'-' * 10}|{'-' * 10}|")
-    print(f"| {'baseline: per-frame NumPy + cv2.dilate (J,F)':<44} | {tb:9.3f} | "
-          f"{1000 * tb / n:8.3f} | {1.0:7.2f}x |")
-    print(f"| {'rvosflow jaccard_and_boundary_f (batched)':<44} | {to:9.3f} | "
-          f"{1000 * to / n:8.3f} | {tb / to:7.2f}x |")
+    print("| size | tolerance px | baseline ms/frame | rvosflow ms/frame | speed-up | max |ΔJ| | max |ΔF| | identical |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        n = r["n"]
+        same = r["dj"] == 0.0 and r["df"] == 0.0
+        print(f"| {r['size']} | {r['radius']} | {1000 * r['base'] / n:.3f} | {1000 * r['ours'] / n:.3f} | "
+              f"{r['base'] / r['ours']:.2f}x | {r['dj']:.3g} | {r['df']:.3g} | {'yes' if same else 'NO'} |")
     print()
-    print(f"max |ΔJ| = {dj:.3g}, max |ΔF| = {df:.3g} over {n} frames "
-          f"(mean J {jo.mean().item():.6f}, mean F {fo.mean().item():.6f})")
-    if dj != 0.0 or df != 0.0:
+    for r in rows:
+        print(f"{r['size']}: mean J {r['mean_j']:.6f}, mean F {r['mean_f']:.6f}")
+    if any(r["dj"] != 0.0 or r["df"] != 0.0 for r in rows):
         raise SystemExit("values differ from the baseline")
 
 

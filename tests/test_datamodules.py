@@ -11,8 +11,8 @@ from rvosflow.config import compose
 from rvosflow.data.datamodules import DATAMODULES, MixedBatchSampler, MixedDataModule, from_config
 from rvosflow.data.formats.refcoco import write_refcoco
 
-TRAIN_KEYS = {"frames", "mask", "caption", "video_id", "exp_id", "frame_indices"}
-EVAL_KEYS = TRAIN_KEYS - {"mask"} | {"target", "orig_size", "frame_names"}
+TRAIN_KEYS = {"frames", "mask", "caption", "video_id", "exp_id", "frame_indices", "frames_key", "mask_key"}
+EVAL_KEYS = TRAIN_KEYS - {"mask", "mask_key"} | {"target", "orig_size", "frame_names"}
 
 
 def data_cfg(name, root, **over):

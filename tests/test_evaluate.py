@@ -177,3 +177,30 @@ def test_per_kind_scores_agree_between_evaluate_and_the_metric(tiny_benchmark, t
     assert sum(s["n"] for s in r["per_kind"].values()) == r["expressions"]
     with pytest.raises(ValueError, match="unknown expression kind"):
         metric.update(torch.zeros(1, 2, 2, dtype=torch.bool), torch.zeros(1, 2, 2, dtype=torch.bool), kinds=["shape"])
+
+
+def test_soft_prediction_pngs_are_an_error_with_count_and_first_files(tiny_benchmark, tmp_path, capsys):
+    # The case: soft PNG values (1-100) were scored as object without a word.
+    from PIL import Image
+
+    src = open_source("mevis", tiny_benchmark / "mevis", "valid_u")
+    write_gt_predictions(src, tmp_path / "p")
+    soft = []
+    for e in src.expressions:
+        for n in e.frame_names:
+            path = tmp_path / "p" / e.video_id / e.exp_id / f"{n}.png"
+            mask = np.asarray(Image.open(path)) > 0
+            if mask.any() and len(soft) < 2:  # object = 100: a soft PNG
+                Image.fromarray(np.where(mask, 100, 0).astype(np.uint8), mode="L").save(path)
+                soft.append(path)
+    assert len(soft) == 2
+    with pytest.raises(ValueError, match=rf"expected binary PNGs \(0/255 or 0/1\), found 2 of \d+ .*{soft[0].name}"):
+        evaluate("mevis", tiny_benchmark / "mevis", "valid_u", tmp_path / "p")
+    rc = main(["--benchmark", "mevis", "--root", str(tiny_benchmark / "mevis"), "--split", "valid_u",
+               "--predictions", str(tmp_path / "p"), "--out", str(tmp_path / "s.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --predictions:") and len(err.strip().splitlines()) == 1
+    # 0/1 masks are binary too
+    for path in soft:
+        Image.fromarray((np.asarray(Image.open(path)) > 0).astype(np.uint8), mode="L").save(path)
+    assert evaluate("mevis", tiny_benchmark / "mevis", "valid_u", tmp_path / "p")["JF"] == pytest.approx(100)

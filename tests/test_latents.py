@@ -2,7 +2,7 @@
 
 import torch
 
-from rvosflow.latents import LatentCache, file_identity, fingerprint
+from rvosflow.latents import LatentCache, content_key, file_identity, fingerprint
 
 
 def encoder(calls):
@@ -48,3 +48,46 @@ def test_fingerprint_follows_the_files(tmp_path):
     before = fingerprint(file_identity(tmp_path))
     (tmp_path / "w.bin").write_bytes(b"22")
     assert fingerprint(file_identity(tmp_path)) != before
+
+
+def test_content_key_follows_the_pixels():
+    a = torch.zeros(2, 4, 4, 3, dtype=torch.uint8)
+    b = a.clone()
+    b[1, 2, 3, 0] = 1
+    assert content_key(a) == content_key(a.clone()) != content_key(b)
+    assert content_key(a) != content_key(a.reshape(4, 2, 4, 3))  # shape is part of the key
+    assert content_key(a.bool()) != content_key(a)  # and so is the dtype
+
+
+def test_blackened_frames_are_encoded_again(tiny_benchmark, test_bundle_dir, tmp_path):
+    # The case: after a cached run, blackening a valid_u video's JPEGs left J&F at the
+    # old value (the cache was keyed by video id and frame indices); without the cache it moved.
+    import shutil
+
+    from PIL import Image
+
+    from rvosflow.config import compose
+    from rvosflow.train import run
+
+    root = tmp_path / "mevis"
+    shutil.copytree(tiny_benchmark / "mevis", root)
+    base = [
+        f"data.root={root}", "data.height=32", "data.max_width=32", "data.num_frames=9",
+        f"model.path={test_bundle_dir}", "model.text_max_length=16", "mode=validate",
+        "+paradigm=video2mask", "trainer.enable_progress_bar=false", "num_overlays=0",
+        f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
+    cached = [*base, f"latent_cache_dir={tmp_path / 'cache'}"]
+    run(compose(cached), tmp_path / "warm")
+    entries = set((tmp_path / "cache").rglob("*.pt"))
+    assert entries
+
+    split = root / "valid_u" / "JPEGImages"
+    video = sorted(split.iterdir())[0]
+    for jpg in video.glob("*.jpg"):
+        Image.new("RGB", Image.open(jpg).size).save(jpg)
+    after = run(compose(cached), tmp_path / "after")
+    new_entries = set((tmp_path / "cache").rglob("*.pt")) - entries
+    assert new_entries, "the blackened video was not encoded again"
+    fresh = run(compose([*base, "cache_latents=false"]), tmp_path / "fresh")
+    assert after["JF"] == fresh["JF"] and after["J"] == fresh["J"]

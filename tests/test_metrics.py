@@ -21,7 +21,7 @@ from rvosflow.metrics.functional import (
     seg2bmap,
 )
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "davis-real-masks"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "davis-real-masks"
 TOL = 1e-9
 
 
@@ -101,8 +101,7 @@ def _blobs(rng, n, h, w, k=3):
 
 
 def _load_fixture():
-    if not (FIXTURE / "expected.json").is_file():
-        pytest.skip(f"real-mask fixture not found at {FIXTURE} (the shared/ folder is absent)")
+    assert (FIXTURE / "expected.json").is_file(), f"real-mask fixture missing: {FIXTURE}"
     from PIL import Image
 
     expected = json.loads((FIXTURE / "expected.json").read_text())

@@ -2,6 +2,7 @@
 and is scored, results.json and the MLflow run hold what users look for."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -74,3 +75,67 @@ def test_validate_mode_reproduces_the_trained_score(tiny_benchmark, test_bundle_
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
     again = run(compose(base + ["mode=validate", f"ckpt_path={ckpt}"]), tmp_path / "validate")
     assert again["JF"] == pytest.approx(trained["JF"], abs=1e-6)
+
+
+def test_a_checkpoint_is_scored_as_what_it_was_trained(tiny_benchmark, test_bundle_dir, tracking_uri, tmp_path):
+    # The issue's cases: `mode=validate ckpt_path=<noise2mask ckpt>` without +paradigm scored it
+    # as video2mask (and recorded video2mask); init_from of an incompatible checkpoint was silent.
+    from rvosflow.config import ConfigError
+
+    base = tiny_overrides(tiny_benchmark, test_bundle_dir, tracking_uri)
+    trained = run(compose([*base, "+paradigm=noise2mask", "solver.steps=2"]), tmp_path / "train")
+    ckpt = trained["checkpoint"]
+    again = run(compose([*base, "mode=validate", f"ckpt_path={ckpt}"]), tmp_path / "validate")
+    assert again["config"]["paradigm"]["name"] == "noise2mask"
+    assert again["config"]["dvi"]["enabled"] is False and again["config"]["solver"]["steps"] == 2
+    assert again["JF"] == pytest.approx(trained["JF"], abs=1e-6)
+    saved = json.loads((tmp_path / "validate" / "results.json").read_text())
+    assert saved["config"]["paradigm"]["name"] == "noise2mask"
+
+    with pytest.raises(ConfigError, match=r"paradigm.name: .*'noise2mask'.*'onestep_mask'"):
+        run(compose([*base, "+paradigm=onestep_mask", "mode=validate", f"ckpt_path={ckpt}"]), tmp_path / "x")
+    with pytest.raises(ConfigError, match=r"init_from: .*paradigm.name='noise2mask' there, 'video2mask' here.*dvi"):
+        run(compose([*base, f"init_from={ckpt}"]), tmp_path / "y")
+
+
+def test_results_json_names_the_checkpoint_actually_written(tiny_benchmark, test_bundle_dir, tracking_uri, tmp_path):
+    # A second run in the same folder makes ModelCheckpoint write last-v1.ckpt; results.json
+    # named last.ckpt (the earlier model) regardless.
+    cfg = compose(tiny_overrides(tiny_benchmark, test_bundle_dir, tracking_uri, "trainer.max_steps=1"))
+    first = run(cfg, tmp_path)
+    second = run(cfg, tmp_path)
+    assert first["checkpoint"] == str(tmp_path / "checkpoints" / "last.ckpt")
+    assert second["checkpoint"] == str(tmp_path / "checkpoints" / "last-v1.ckpt")
+    assert json.loads((tmp_path / "results.json").read_text())["checkpoint"] == second["checkpoint"]
+
+
+def test_a_copied_project_logs_into_its_own_artifact_folder(tmp_path):
+    # The issue's case: after `cp -a`, the copy wrote its artifacts into the original's
+    # mlartifacts (mlflow.db stores an absolute artifact location per experiment).
+    import shutil
+    from urllib.parse import urlparse
+
+    from rvosflow.train import make_logger
+
+    def log_one(project):
+        cfg = compose([f"logger.tracking_uri=sqlite:///{project / 'mlflow.db'}"])
+        logger = make_logger(cfg)
+        logger.experiment.log_text(logger.run_id, "hello", "note.txt")
+        logger.finalize("success")
+        return mlflow.MlflowClient(cfg.logger.tracking_uri).get_run(logger.run_id)
+
+    original = tmp_path / "original"
+    original.mkdir()
+    first = log_one(original)
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    second = log_one(copy)
+    assert Path(urlparse(second.info.artifact_uri).path).is_relative_to(copy / "mlartifacts")
+    assert (Path(urlparse(second.info.artifact_uri).path) / "note.txt").is_file()
+    assert not list((original / "mlartifacts").rglob(f"*{second.info.run_id}*"))
+    # the copy's earlier run now reads its artifacts from the copy, the original is untouched
+    client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    moved = client.get_run(first.info.run_id).info.artifact_uri
+    assert Path(urlparse(moved).path).is_relative_to(copy / "mlartifacts")
+    assert [a.path for a in client.list_artifacts(first.info.run_id)] == ["note.txt"]
+    assert first.info.artifact_uri.startswith((original / "mlartifacts").as_uri())

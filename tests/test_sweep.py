@@ -4,6 +4,7 @@ files compose for every row and profile."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -105,12 +106,61 @@ def test_bad_sweep_files_are_refused(tmp_path):
         sweep.compose_rows(sweep.load_spec(bad, "test"), [])
 
 
+def test_misspelt_keys_in_sweep_files_are_errors_naming_the_key(tmp_path):
+    # The issue's cases: a profile's `overide:` ran 1,500-step trials, a row's `overides:` became
+    # the final model, `grace_periood:` stayed 60. Each is now an error naming key and allowed keys.
+    f = tmp_path / "s.yaml"
+    cases = [
+        ({"profiles": {"test": {"seeds": [0], "overide": ["trainer.max_steps=4"]}}},
+         r"profiles\.test\.overide: unknown key; allowed: seeds, overrides, n_trials"),
+        ({"rows": [{"id": "x", "overides": ["+paradigm=noise2mask"]}]},
+         r"rows\[0\]\.overides: unknown key; allowed: id, label, overrides, paper"),
+        ({"grace_periood": 5}, r"grace_periood: unknown key; allowed: kind, name, .*grace_period"),
+        ({"grace_period": "soon"}, r"grace_period: .*soon"),
+        ({"metric": "JandF"}, r"metric: expected one of JF, J, F, found 'JandF'"),
+    ]
+    for top, message in cases:
+        spec = {"kind": "grid", "name": "t", "rows": [{"id": "x", "overrides": []}],
+                "profiles": {"test": {"seeds": [0]}}, **top}
+        f.write_text(yaml.safe_dump(spec))
+        with pytest.raises(sweep.SpecError, match=message):
+            sweep.load_spec(f, "test")
+    assert sweep.main(["--profile", "test", str(f)]) == 2  # the CLI: one line, exit 2
+    search = {"kind": "search", "params": {"bbs.p": {"type": "float", "low": 0.0, "high": 0.9}},
+              "sampler": {"type": "tpe", "n_startup_trails": 3}, "profiles": {"test": {"seeds": [0]}}}
+    f.write_text(yaml.safe_dump(search))
+    with pytest.raises(sweep.SpecError, match=r"sampler\.n_startup_trails: unknown key for TPESampler; allowed: type, .*n_startup_trials"):
+        sweep.compose_rows(sweep.load_spec(f, "test"), [])
+    search["sampler"] = {"type": "tpe"}
+    search["params"]["bbs.p"]["high"] = 1.5  # every parameter's range is composed and validated
+    f.write_text(yaml.safe_dump(search))
+    with pytest.raises(sweep.SpecError, match=r"params\.bbs\.p .*bbs\.p=1\.5.*bbs\.p"):
+        sweep.compose_rows(sweep.load_spec(f, "test"), [])
+
+
+def test_reset_starts_a_new_study_folder_and_never_rewrites_earlier_trials(tiny_benchmark, test_bundle_dir, tmp_path, env):
+    # The issue's case: --reset rewrote the old study's results.json files, and the new
+    # checkpoints became last-v1.ckpt while results.json named last.ckpt (the old model).
+    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir, max_steps=1), rows=ROWS[:1], seeds=(0,))
+    assert sweep.main(cli(f, env)) == 0
+    (first,) = list(env["runs"].glob("study-*/trial-*/results.json"))
+    before = first.read_bytes()
+    assert sweep.main(cli(f, env, "--reset")) == 0
+    results = sorted(env["runs"].glob("study-*/trial-*/results.json"))
+    assert len(results) == 2 and len({p.parents[1] for p in results}) == 2
+    assert first.read_bytes() == before
+    for p in results:
+        ckpt = Path(json.loads(p.read_text())["checkpoint"])
+        assert ckpt.is_file() and ckpt.parent.parent == p.parent
+
+
 def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test_bundle_dir, tmp_path, env, capsys):
-    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir))
+    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir), metric="F")
     assert sweep.main(cli(f, env)) == 0
     trials = study_trials(env)
     assert sorted(completed_points(trials)) == [("base", 0), ("base", 1), ("h", 0), ("h", 1)]
     assert len(trials) == 4
+    assert all(t.value == t.user_attrs["F"] for t in trials)  # `metric:` is what Optuna sees
     table = pd.read_csv(env["out"] / "t-test.csv")
     assert list(table["id"]) == ["base", "h"] and (table["seeds"] == 2).all()
     assert table["JF_std"].notna().all() and table["paper_JF"].tolist() == [47.9, 60.6]

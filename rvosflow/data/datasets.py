@@ -2,9 +2,11 @@
 
 Training sample (fixed shapes, default-collatable):
     frames uint8 [T, h, w, 3] at model resolution, mask bool [T, h, w], caption (normalised),
-    video_id, exp_id, frame_indices long [T].
+    video_id, exp_id, frame_indices long [T], frames_key and mask_key (content hashes of the
+    frames and mask, the latent-cache keys).
 Evaluation sample (whole video; batches are lists of these):
-    the same keys over all frames, plus orig_size (H, W), frame_names, kind, and ``target`` bool
+    the same keys over all frames (frames_key, no mask_key), plus orig_size (H, W), frame_names,
+    kind, and ``target`` bool
     [T, H, W] at the original resolution (None when the split has no masks).
 """
 
@@ -18,6 +20,7 @@ from torch.utils.data import Dataset
 
 from rvosflow.data.sampling import sample_frames
 from rvosflow.data.transforms import resize_frames, resize_masks
+from rvosflow.latents import content_key
 from rvosflow.models.encoding import normalize_caption
 
 SizeFn = Callable[[int, int], tuple[int, int]]
@@ -42,13 +45,17 @@ class ClipDataset(Dataset):
         idx = sample_frames(len(expr.frame_names), self.num_frames, self.frame_sampler, rng)
         frames = self.source.load_frames(expr.video_id, idx)
         size = self.size_fn(*frames.shape[1:3])
+        frames = resize_frames(frames, size)
+        mask = resize_masks(self.source.load_target(expr, idx), size)
         return {
-            "frames": resize_frames(frames, size),
-            "mask": resize_masks(self.source.load_target(expr, idx), size),
+            "frames": frames,
+            "mask": mask,
             "caption": normalize_caption(expr.text),
             "video_id": expr.video_id,
             "exp_id": expr.exp_id,
             "frame_indices": torch.tensor(idx),
+            "frames_key": content_key(frames),
+            "mask_key": content_key(mask),
         }
 
 
@@ -72,8 +79,10 @@ class VideoDataset(Dataset):
         expr = self.expressions[i]
         frames = self.source.load_frames(expr.video_id)
         orig_size = tuple(frames.shape[1:3])
+        frames = resize_frames(frames, self.size_fn(*orig_size))
         return {
-            "frames": resize_frames(frames, self.size_fn(*orig_size)),
+            "frames": frames,
+            "frames_key": content_key(frames),
             "target": torch.as_tensor(self.source.load_target(expr)) if self.with_target else None,
             "caption": normalize_caption(expr.text),
             "video_id": expr.video_id,

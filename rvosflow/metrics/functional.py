@@ -232,15 +232,18 @@ def _packed_dilate(b: np.ndarray, radius: float) -> np.ndarray:
     """
     runs = _row_runs(radius)
     h = b.shape[1]
-    # horizontal runs [lo, hi]: OR of x[j+lo .. j+hi]. Windows of length 2^p by doubling, then
-    # a window of length L = (2^p) ∪ (2^p shifted by L - 2^p), then shifted by lo.
+    # horizontal runs [lo, hi]: OR of x[j+lo .. j+hi]. Windows look BACKWARDS, win_L[j] = OR
+    # x[j-L+1 .. j], so that the final shift by hi reads forwards, into the row's own zero
+    # margin. (Forward windows shifted by lo < 0 read before the stream's first word on the
+    # first row of a chunk and lost its left edge: F < 1 for identical masks.) Lengths 2^p by
+    # doubling, then L = 2^p ∪ (2^p shifted back by L - 2^p).
     need = sorted({(lo, hi) for _, lo, hi in runs})
     max_len = max(hi - lo + 1 for lo, hi in need)
-    pow_win = {1: b}  # pow_win[L][j] = OR x[j .. j+L-1]
+    pow_win = {1: b}  # pow_win[L][j] = OR x[j-L+1 .. j]
     length = 1
     while length * 2 <= max_len:
         prev = pow_win[length]
-        nxt = _fetch(prev, length)
+        nxt = _fetch(prev, -length)
         nxt |= prev
         pow_win[length * 2] = nxt
         length *= 2
@@ -250,8 +253,8 @@ def _packed_dilate(b: np.ndarray, radius: float) -> np.ndarray:
         p2 = 1 << (n_len.bit_length() - 1)
         win = pow_win[p2]
         if n_len != p2:
-            win = _fetch(win, n_len - p2) | win
-        src = _fetch(win, lo)
+            win = _fetch(win, p2 - n_len) | win
+        src = _fetch(win, hi)
         for dy, rlo, rhi in runs:
             if (rlo, rhi) != (lo, hi):
                 continue
