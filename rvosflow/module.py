@@ -59,6 +59,7 @@ class FlowRVSModule(L.LightningModule):
         weight_init: bool = True,
         optim: OptimSettings = OptimSettings(),
         text_max_length: int = 64,
+        gradient_checkpointing: bool = False,
         normalize_mask_latent: bool = False,
         window_frames: int = 81,
         cache_latents: bool = True,
@@ -76,6 +77,8 @@ class FlowRVSModule(L.LightningModule):
         self.transformer = build_dit(
             bundle.transformer, paradigm.input_channels(latent_channels), weight_init, seed
         )
+        if gradient_checkpointing:  # each block's activations are recomputed in backward
+            self.transformer.enable_gradient_checkpointing()
         self.optim = optim
         self.text_max_length = text_max_length
         self.normalize_mask_latent = normalize_mask_latent

@@ -98,6 +98,28 @@ def latent_cache_dir(cfg: DictConfig) -> str | None:
     return str(Path(cfg.latent_cache_dir) / key)
 
 
+def make_strategy(cfg: DictConfig):
+    """``trainer.strategy`` as Lightning takes it. ``fsdp`` (the ``+strategy=fsdp`` preset) becomes an
+    ``FSDPStrategy`` with one FSDP unit per ``WanTransformerBlock`` and the ``fsdp.*`` mixed precision;
+    any other value (auto, ddp, ...) is passed through. ``config.validate`` checked the keys."""
+    name = cfg.trainer.strategy
+    if name != "fsdp":
+        return name
+    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp import MixedPrecision
+
+    from rvosflow.models.loader import resolve_dtype
+
+    f = cfg.fsdp
+    return FSDPStrategy(
+        auto_wrap_policy={WanTransformerBlock},
+        mixed_precision=MixedPrecision(param_dtype=resolve_dtype(f.param_dtype), reduce_dtype=resolve_dtype(f.reduce_dtype),
+                                       buffer_dtype=resolve_dtype(f.buffer_dtype)),
+        sharding_strategy=f.sharding_strategy, state_dict_type=f.state_dict_type, cpu_offload=bool(f.cpu_offload),
+    )
+
+
 def build_module(cfg: DictConfig, bundle):
     from rvosflow.module import FlowRVSModule, OptimSettings
     from rvosflow.paradigms import build_paradigm
@@ -105,7 +127,8 @@ def build_module(cfg: DictConfig, bundle):
     return FlowRVSModule(
         bundle, build_paradigm(cfg.paradigm.name, flow_settings(cfg)), weight_init=cfg.wi.enabled,
         optim=OptimSettings(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay),
-        text_max_length=cfg.model.text_max_length, normalize_mask_latent=cfg.flow.normalize_mask_latent,
+        text_max_length=cfg.model.text_max_length, gradient_checkpointing=cfg.model.gradient_checkpointing,
+        normalize_mask_latent=cfg.flow.normalize_mask_latent,
         window_frames=cfg.window_frames, cache_latents=cfg.cache_latents, latent_cache_dir=latent_cache_dir(cfg),
         num_overlays=cfg.num_overlays,
         seed=cfg.seed, run_config=OmegaConf.to_container(cfg, resolve=True),
@@ -143,6 +166,7 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     logger = make_logger(cfg, tags)
     logger.log_hyperparams(run_config.flat_params(cfg))
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_args["strategy"] = make_strategy(cfg)
     callbacks = [OverlayLogger(), ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
                  *(callbacks or [])]
     if cfg.mode == "predict":
