@@ -120,14 +120,20 @@ def make_strategy(cfg: DictConfig):
     )
 
 
-def build_module(cfg: DictConfig, bundle):
+def build_module(cfg: DictConfig, bundle, text_cache=None):
+    """The run's LightningModule; ``text_cache`` (``rvosflow.text_cache.TextCache``) holds the captions'
+    embeddings (without it, the bundle's text encoder encodes them on first use)."""
+    from rvosflow.models.loader import resolve_dtype
     from rvosflow.module import FlowRVSModule, OptimSettings
     from rvosflow.paradigms import build_paradigm
+
+    fsdp = cfg.trainer.strategy == "fsdp"  # FSDP keeps float32 master weights and computes in fsdp.param_dtype
 
     return FlowRVSModule(
         bundle, build_paradigm(cfg.paradigm.name, flow_settings(cfg)), weight_init=cfg.wi.enabled,
         optim=OptimSettings(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay),
         text_max_length=cfg.model.text_max_length, gradient_checkpointing=cfg.model.gradient_checkpointing,
+        compute_dtype=resolve_dtype(cfg.fsdp.param_dtype if fsdp else cfg.model.dtype), text_cache=text_cache,
         normalize_mask_latent=cfg.flow.normalize_mask_latent,
         window_frames=cfg.window_frames, cache_latents=cfg.cache_latents, latent_cache_dir=latent_cache_dir(cfg),
         num_overlays=cfg.num_overlays,
@@ -150,6 +156,7 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     """Validate, train (mode=train), score on the validation split and write results.json."""
     from rvosflow.models import encoding
     from rvosflow.models.loader import load_wan_bundle
+    from rvosflow.text_cache import TextCache, cache_dir, ensure, run_captions
 
     run_config.validate(cfg)
     run_dir = Path(run_dir)
@@ -157,9 +164,13 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     ensure_data(cfg)
-    bundle = load_wan_bundle(cfg.model.path, dtype=cfg.model.dtype)
-    module = build_module(cfg, bundle)
+    # No text encoder: every caption the run reads is embedded once into the text cache first
+    # (a no-op when `python -m rvosflow.text_cache` or an earlier run did it), so it never sits on the GPU.
+    bundle = load_wan_bundle(cfg.model.path, dtype=cfg.model.dtype, components=("transformer", "vae", "scheduler"))
     datamodule = build_datamodule(cfg, encoding.spatial_multiple(bundle.vae, bundle.transformer))
+    text = TextCache(cache_dir(cfg), int(cfg.model.text_max_length))
+    ensure(text, cfg, run_captions(datamodule, cfg.mode))
+    module = build_module(cfg, bundle, text)
     if cfg.get("init_from") and cfg.mode == "train":
         init_transformer_from(module, cfg.init_from)
 
