@@ -72,7 +72,8 @@ def build_vae(vae_kwargs: dict | None, device):
 
 def saved_bytes(model, inputs: dict) -> int:
     """Bytes of the distinct tensors autograd saves for backward during one forward of ``model``
-    (what stays in memory until backward), parameters excluded."""
+    (what stays in memory until backward), parameters excluded. Inside checkpointed blocks nothing
+    is saved (they are recomputed); each keeps only its input, which this does not count."""
     params = {p.untyped_storage()._cdata for p in model.parameters()}
     seen: dict[int, int] = {}
 
