@@ -123,10 +123,10 @@ def test_a_run_on_a_covered_cache_never_loads_the_text_encoder(tiny_benchmark, t
 
 
 def test_a_module_without_encoder_names_the_missing_caption(test_bundle):
+    from rvosflow.models.loader import WanBundle
     from rvosflow.module import FlowRVSModule
     from rvosflow.paradigms import FlowSettings, build_paradigm
     from rvosflow.text_cache import TextCache, TextCacheMiss
-    from rvosflow.models.loader import WanBundle
 
     bundle = WanBundle(transformer=test_bundle.transformer, vae=test_bundle.vae)
     module = FlowRVSModule(bundle, build_paradigm("video2mask", FlowSettings()), text_cache=TextCache(None, 16))
