@@ -86,6 +86,15 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.num_frames: expected 1 + 4k frames (the Wan VAE drops the rest), got {frames}")
     _number(cfg, "data.batch_size", 1, integer=True)
     _choice(cfg, "model.dtype", DTYPES)
+    _bool(cfg, "model.gradient_checkpointing")
+    if _get(cfg, "trainer.strategy") == "fsdp":
+        if cfg.get("fsdp") is None:
+            raise ConfigError("trainer.strategy: fsdp needs the fsdp.* settings, add +strategy=fsdp; got no fsdp block")
+        for key in ("param_dtype", "reduce_dtype", "buffer_dtype"):
+            _choice(cfg, f"fsdp.{key}", DTYPES)
+        _choice(cfg, "fsdp.sharding_strategy", ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"))
+        _choice(cfg, "fsdp.state_dict_type", ("full", "sharded"))
+        _bool(cfg, "fsdp.cpu_offload")
     _number(cfg, "optim.lr", 0)
     _number(cfg, "optim.weight_decay", 0)
     _choice(cfg, "optim.schedule", LR_SCHEDULES)

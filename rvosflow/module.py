@@ -3,7 +3,10 @@
 A thin layer: the paradigm object says what to feed the DiT and how to infer; encoding
 conventions live in ``rvosflow.models.encoding``; J&F in ``rvosflow.metrics``. Only the DiT
 trains. The frozen VAE and text encoder are kept out of the module's state dict (checkpoints
-hold the DiT alone) and their outputs are cached per clip when ``cache_latents`` is on.
+hold the DiT alone); VAE outputs are cached per clip when ``cache_latents`` is on, text embeddings
+per caption in a ``TextCache``. ``rvosflow.train.run`` fills that cache before training and builds
+the module without a text encoder, so none is ever on the device; a module given one encodes the
+captions it misses on the fly.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from rvosflow.metrics import JandF, by_kind
 from rvosflow.models import encoding
 from rvosflow.models.dit import build_dit
 from rvosflow.paradigms import Paradigm
+from rvosflow.text_cache import TextCache
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -43,16 +47,19 @@ def start_point(vae, mean: torch.Tensor, std: torch.Tensor | None, augment: bool
 
 
 class FrozenParts:
-    """VAE, text encoder and tokenizer: used, never trained, not part of the checkpoint."""
+    """VAE, text encoder and tokenizer: used, never trained, not part of the checkpoint. The text
+    encoder and tokenizer are None when the text cache covers the run."""
 
-    def __init__(self, vae, text_encoder, tokenizer):
+    def __init__(self, vae, text_encoder=None, tokenizer=None):
         self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
         for m in (vae, text_encoder):
-            m.requires_grad_(False).eval()
+            if m is not None:
+                m.requires_grad_(False).eval()
 
     def to(self, device) -> None:
         self.vae.to(device)
-        self.text_encoder.to(device)
+        if self.text_encoder is not None:
+            self.text_encoder.to(device)
 
 
 class FlowRVSModule(L.LightningModule):
@@ -63,6 +70,9 @@ class FlowRVSModule(L.LightningModule):
         weight_init: bool = True,
         optim: OptimSettings = OptimSettings(),
         text_max_length: int = 64,
+        gradient_checkpointing: bool = False,
+        compute_dtype: torch.dtype | None = None,
+        text_cache: TextCache | None = None,
         normalize_mask_latent: bool = False,
         window_frames: int = 81,
         cache_latents: bool = True,
@@ -80,12 +90,17 @@ class FlowRVSModule(L.LightningModule):
         self.transformer = build_dit(
             bundle.transformer, paradigm.input_channels(latent_channels), weight_init, seed
         )
+        if gradient_checkpointing:  # each block's activations are recomputed in backward
+            self.transformer.enable_gradient_checkpointing()
         self.optim = optim
         self.text_max_length = text_max_length
+        # What the DiT computes in (its weights' dtype, or FSDP's param_dtype): latents and text
+        # embeddings enter it in this dtype, so its residual stream and saved activations are too.
+        self.compute_dtype = compute_dtype or self.transformer.patch_embedding.weight.dtype
+        self.text = text_cache or TextCache(None, text_max_length)
         self.normalize_mask_latent = normalize_mask_latent
         self.window_frames = padded_frame_count(window_frames, self.temporal_factor)
         self.latents = LatentCache(latent_cache_dir, enabled=cache_latents)
-        self._text: dict[str, torch.Tensor] = {}  # frozen text embeddings by caption
         self.num_overlays = num_overlays
         self.seed = seed
         self.val_metric = JandF()
@@ -99,11 +114,10 @@ class FlowRVSModule(L.LightningModule):
 
     @torch.no_grad()
     def text_embeddings(self, captions: list[str]) -> torch.Tensor:
-        missing = [c for c in dict.fromkeys(captions) if c not in self._text]
-        if missing:
-            emb = encoding.encode_text(self.frozen.text_encoder, self.frozen.tokenizer, missing, self.text_max_length)
-            self._text.update({c: e.cpu() for c, e in zip(missing, emb)})
-        return torch.stack([self._text[c] for c in captions]).to(self.device, self.dtype)
+        missing = self.text.missing(captions)
+        if missing and self.frozen.text_encoder is not None:
+            self.text.fill(missing, self.frozen.text_encoder, self.frozen.tokenizer)
+        return self.text.embeddings(captions).to(self.device, self.compute_dtype)
 
     @torch.no_grad()
     def video_posteriors(self, clips: list[torch.Tensor], keys: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +146,7 @@ class FlowRVSModule(L.LightningModule):
     def dit(self, text: torch.Tensor):
         def model(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
             return self.transformer(
-                hidden_states=x.to(self.dtype), timestep=timestep, encoder_hidden_states=text,
+                hidden_states=x.to(self.compute_dtype), timestep=timestep, encoder_hidden_states=text,
                 return_dict=False,
             )[0]
 

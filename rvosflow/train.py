@@ -101,15 +101,44 @@ def latent_cache_dir(cfg: DictConfig) -> str | None:
     return str(Path(cfg.latent_cache_dir) / key)
 
 
-def build_module(cfg: DictConfig, bundle):
+def make_strategy(cfg: DictConfig):
+    """``trainer.strategy`` as Lightning takes it. ``fsdp`` (the ``+strategy=fsdp`` preset) becomes an
+    ``FSDPStrategy`` with one FSDP unit per ``WanTransformerBlock`` and the ``fsdp.*`` mixed precision;
+    any other value (auto, ddp, ...) is passed through. ``config.validate`` checked the keys."""
+    name = cfg.trainer.strategy
+    if name != "fsdp":
+        return name
+    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp import MixedPrecision
+
+    from rvosflow.models.loader import resolve_dtype
+
+    f = cfg.fsdp
+    return FSDPStrategy(
+        auto_wrap_policy={WanTransformerBlock},
+        mixed_precision=MixedPrecision(param_dtype=resolve_dtype(f.param_dtype), reduce_dtype=resolve_dtype(f.reduce_dtype),
+                                       buffer_dtype=resolve_dtype(f.buffer_dtype)),
+        sharding_strategy=f.sharding_strategy, state_dict_type=f.state_dict_type, cpu_offload=bool(f.cpu_offload),
+    )
+
+
+def build_module(cfg: DictConfig, bundle, text_cache=None):
+    """The run's LightningModule; ``text_cache`` (``rvosflow.text_cache.TextCache``) holds the captions'
+    embeddings (without it, the bundle's text encoder encodes them on first use)."""
+    from rvosflow.models.loader import resolve_dtype
     from rvosflow.module import FlowRVSModule, OptimSettings
     from rvosflow.paradigms import build_paradigm
+
+    fsdp = cfg.trainer.strategy == "fsdp"  # FSDP keeps float32 master weights and computes in fsdp.param_dtype
 
     return FlowRVSModule(
         bundle, build_paradigm(cfg.paradigm.name, flow_settings(cfg)), weight_init=cfg.wi.enabled,
         optim=OptimSettings(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
                             schedule=cfg.optim.get("schedule", "constant")),
-        text_max_length=cfg.model.text_max_length, normalize_mask_latent=cfg.flow.normalize_mask_latent,
+        text_max_length=cfg.model.text_max_length, gradient_checkpointing=cfg.model.gradient_checkpointing,
+        compute_dtype=resolve_dtype(cfg.fsdp.param_dtype if fsdp else cfg.model.dtype), text_cache=text_cache,
+        normalize_mask_latent=cfg.flow.normalize_mask_latent,
         window_frames=cfg.window_frames, cache_latents=cfg.cache_latents, latent_cache_dir=latent_cache_dir(cfg),
         num_overlays=cfg.num_overlays,
         seed=cfg.seed, run_config=OmegaConf.to_container(cfg, resolve=True),
@@ -164,6 +193,7 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     """Validate, train (mode=train), score on the validation split and write results.json."""
     from rvosflow.models import encoding
     from rvosflow.models.loader import load_wan_bundle
+    from rvosflow.text_cache import TextCache, cache_dir, ensure, run_captions
 
     if cfg.get("ckpt_path"):  # the checkpoint's own paradigm/toggles/model, not the defaults
         cfg = run_config.apply_checkpoint_config(cfg, cfg.ckpt_path)
@@ -177,15 +207,20 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     ensure_data(cfg)
-    bundle = load_wan_bundle(cfg.model.path, dtype=cfg.model.dtype)
-    module = build_module(cfg, bundle)
+    # No text encoder: every caption the run reads is embedded once into the text cache first
+    # (a no-op when `python -m rvosflow.text_cache` or an earlier run did it), so it never sits on the GPU.
+    bundle = load_wan_bundle(cfg.model.path, dtype=cfg.model.dtype, components=("transformer", "vae", "scheduler"))
     datamodule = build_datamodule(cfg, encoding.spatial_multiple(bundle.vae, bundle.transformer))
+    text = TextCache(cache_dir(cfg), int(cfg.model.text_max_length))
+    ensure(text, cfg, run_captions(datamodule, cfg.mode))
+    module = build_module(cfg, bundle, text)
     if cfg.get("init_from") and cfg.mode == "train":
         init_transformer_from(module, cfg.init_from)
 
     logger = make_logger(cfg, tags)
     logger.log_hyperparams(run_config.flat_params(cfg))
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_args["strategy"] = make_strategy(cfg)
     checkpointing = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
     callbacks = [OverlayLogger(), checkpointing, *(callbacks or [])]
     if cfg.mode == "predict":

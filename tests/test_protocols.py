@@ -40,7 +40,7 @@ def tiny(bench, bundle, tmp):
     return [
         f"model.path={bundle}", "model.text_max_length=16", "data.height=32", "data.max_width=32",
         "data.val_batch_size=4", "data.val_limit=4", "trainer.max_steps=2", "trainer.val_check_interval=2",
-        "trainer.enable_progress_bar=false", "num_overlays=0", "latent_cache_dir=null",
+        "trainer.enable_progress_bar=false", "num_overlays=0", "latent_cache_dir=null", "text_cache_dir=null",
         f"logger.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
         f"pretrain:data.root={bench / 'refcoco'}", "pretrain:data.val_split=train", "pretrain:data.batch_size=2",
         f"finetune:data.root={bench / 'ref_ytvos'}", "finetune:data.num_frames=5", "finetune:data.batch_size=2",

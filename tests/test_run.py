@@ -28,7 +28,7 @@ def tiny_overrides(tiny_benchmark, bundle_dir, uri, *extra):
         "data.batch_size=2", "data.val_limit=4", f"model.path={bundle_dir}", "model.text_max_length=16",
         "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
         "trainer.enable_progress_bar=false", f"logger.tracking_uri={uri}", "num_overlays=2",
-        "data.val_batch_size=3", "latent_cache_dir=null", *extra,
+        "data.val_batch_size=3", "latent_cache_dir=null", "text_cache_dir=null", *extra,
     ]
 
 

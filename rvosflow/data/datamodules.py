@@ -65,6 +65,14 @@ class ReferringDataModule(L.LightningDataModule):
         ``rvosflow.evaluate --videos N`` scores the same subset)."""
         return first_videos(self.source(split), self.eval_videos)
 
+    def sources_read(self, mode: str) -> list:
+        """The sources a run in ``mode`` (train | validate | predict) reads: their captions are what
+        the text-embedding cache must hold (``rvosflow.text_cache``)."""
+        if mode == "predict":
+            return [self.eval_source(self.predict_split)]
+        scored = [self.eval_source(self.val_split)]
+        return scored if mode == "validate" else [self.source(self.train_split), *scored]
+
     def _loader(self, dataset, shuffle: bool, collate=None, batch_size: int = 1) -> DataLoader:
         return DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
@@ -231,6 +239,9 @@ class MixedDataModule(ReferringDataModule):
             inner = refcoco_source(self.image_root, self.image_datasets, self.image_split, self.images)
             self._sources["__images__"] = ConcatSource([("coco", inner)], prefix_videos=True)
         return self._sources["__images__"]
+
+    def sources_read(self, mode: str) -> list:
+        return super().sources_read(mode) + ([self.image_source()] if mode == "train" else [])
 
     def train_dataloader(self) -> DataLoader:
         images = ClipDataset(self.image_source(), self.image_frames, "first", self.size_fn)

@@ -153,13 +153,19 @@ def load_diffusers_model(cls, comp_dir: str | Path, dtype: torch.dtype):
         return cls.from_pretrained(str(comp_dir), torch_dtype=dtype, local_files_only=True)
     model = cls.from_config(cls.load_config(str(comp_dir), local_files_only=True))
     model.load_state_dict(_read_safetensors(comp_dir, *_DIFFUSERS_WEIGHTS), strict=True)
-    keep = getattr(cls, "_keep_in_fp32_modules", None) or []
-    if dtype != torch.float32:
-        torch.nn.Module.to(model, dtype=dtype)  # the plain cast; the fp32 modules are restored below
-    if dtype != torch.float32 and keep:
-        for name, param in model.named_parameters():
-            if any(k in name.split(".") for k in keep):
-                param.data = param.data.float()
+    return cast_keeping_fp32(model, dtype)
+
+
+def cast_keeping_fp32(model, dtype: torch.dtype):
+    """Cast ``model`` to ``dtype`` except the parameters of its class's ``_keep_in_fp32_modules``
+    (the Wan DiT's norms, time embedder and modulation tables), as ``from_pretrained`` does."""
+    if dtype == torch.float32:
+        return model
+    torch.nn.Module.to(model, dtype=dtype)  # the plain cast; the fp32 modules are restored below
+    keep = getattr(type(model), "_keep_in_fp32_modules", None) or []
+    for name, param in model.named_parameters():
+        if any(k in name.split(".") for k in keep):
+            param.data = param.data.float()
     return model
 
 
