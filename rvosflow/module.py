@@ -97,7 +97,7 @@ class FlowRVSModule(L.LightningModule):
         # What the DiT computes in (its weights' dtype, or FSDP's param_dtype): latents and text
         # embeddings enter it in this dtype, so its residual stream and saved activations are too.
         self.compute_dtype = compute_dtype or self.transformer.patch_embedding.weight.dtype
-        self.text = text_cache or TextCache(None, text_max_length)
+        self.text = text_cache if text_cache is not None else TextCache(None, text_max_length)
         self.normalize_mask_latent = normalize_mask_latent
         self.window_frames = padded_frame_count(window_frames, self.temporal_factor)
         self.latents = LatentCache(latent_cache_dir, enabled=cache_latents)

@@ -32,6 +32,7 @@ from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rvosflow.latents import content_key  # noqa: E402
 from rvosflow.models.scale import WAN21_T2V_1_3B, dit_param_count, dit_tokens, dit_train_flops  # noqa: E402
 
 # Reduced sizes for CPU: the same classes and structure (8x VAE, 4x frames, 2x2 patches), narrow and short.
@@ -165,7 +166,8 @@ def inference_setup(config: dict, vae_kwargs, video: tuple, text_len: int, dtype
     module.eval().to(device)
     module.frozen.to(device)
     g = torch.Generator().manual_seed(0)
-    sample = {"frames": torch.randint(0, 256, (frames, height, width, 3), dtype=torch.uint8, generator=g),
+    video = torch.randint(0, 256, (frames, height, width, 3), dtype=torch.uint8, generator=g)
+    sample = {"frames": video, "frames_key": content_key(video),  # the latent-cache key, as the datasets give it
               "caption": caption, "video_id": "bench", "orig_size": (height, width)}
     return module, sample
 

@@ -12,7 +12,7 @@ from rvosflow.data.datamodules import DATAMODULES, MixedBatchSampler, MixedDataM
 from rvosflow.data.formats.refcoco import write_refcoco
 
 TRAIN_KEYS = {"frames", "mask", "caption", "video_id", "exp_id", "frame_indices", "frames_key", "mask_key"}
-EVAL_KEYS = TRAIN_KEYS - {"mask", "mask_key"} | {"target", "orig_size", "frame_names"}
+EVAL_KEYS = TRAIN_KEYS - {"mask", "mask_key"} | {"target", "orig_size", "frame_names", "kind"}
 
 
 def data_cfg(name, root, **over):
