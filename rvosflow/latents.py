@@ -47,6 +47,16 @@ def content_key(x: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def save_atomically(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: readers (other sweep
+    workers, other ranks) never see a half-written entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as fh:
+        torch.save(obj, fh)
+    os.replace(tmp, path)
+
+
 class LatentCache:
     def __init__(self, directory: str | Path | None = None, enabled: bool = True):
         self.enabled = enabled
@@ -73,13 +83,8 @@ class LatentCache:
 
     def _store(self, name: str, entry: Entry) -> None:
         self._memory[name] = entry
-        if self.directory is None:
-            return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(list(entry), fh)
-        os.replace(tmp, self.directory / f"{name}.pt")
+        if self.directory is not None:
+            save_atomically(list(entry), self.directory / f"{name}.pt")
 
     def get_many(self, keys: Sequence, compute: Callable[[list[int]], list[Entry]]) -> list[Entry]:
         """Entries for ``keys``; ``compute(positions)`` encodes the missing ones in one batch."""

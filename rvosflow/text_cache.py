@@ -25,13 +25,12 @@ import hashlib
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
-from rvosflow.latents import file_identity, fingerprint
+from rvosflow.latents import file_identity, fingerprint, save_atomically
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +78,8 @@ class TextCache:
         """Store ``embedding`` ``[max_length, D]`` of a caption whose true length is ``length`` tokens."""
         trimmed = embedding[:length].detach().cpu().clone()
         self._memory[caption] = trimmed
-        if self.directory is None:
-            return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"caption": caption, "embedding": trimmed}, fh)
-        os.replace(tmp, self._path(caption))
+        if self.directory is not None:
+            save_atomically({"caption": caption, "embedding": trimmed}, self._path(caption))
 
     def embeddings(self, captions: Sequence[str]) -> torch.Tensor:
         """``[B, max_length, D]`` for ``captions`` (each must be cached)."""

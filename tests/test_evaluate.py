@@ -28,6 +28,17 @@ def shift(e, m):
     return np.roll(m, 2, axis=2)  # a wrong-but-overlapping prediction
 
 
+def shifted_predictions(src, pred_dir):
+    """Write ``shift``-ed predictions for every expression of ``src``; return the JandF metric
+    fed the same masks (with their kinds), the reference the evaluator must agree with."""
+    write_gt_predictions(src, pred_dir, shift)
+    metric = JandF()
+    for e in src.expressions:
+        gt = src.load_target(e)
+        metric.update(torch.as_tensor(shift(e, gt)), torch.as_tensor(gt), kinds=[e.kind])
+    return metric
+
+
 def test_mevis_perfect_predictions_score_100(tiny_benchmark, tmp_path):
     src = open_source("mevis", tiny_benchmark / "mevis", "valid_u")
     write_gt_predictions(src, tmp_path / "p")
@@ -39,11 +50,7 @@ def test_mevis_perfect_predictions_score_100(tiny_benchmark, tmp_path):
 
 def test_mevis_aggregation_matches_per_expression_means_and_missing_scores_zero(tiny_benchmark, tmp_path):
     src = open_source("mevis", tiny_benchmark / "mevis", "valid_u")
-    write_gt_predictions(src, tmp_path / "p", shift)
-    metric = JandF()
-    for e in src.expressions:
-        gt = src.load_target(e)
-        metric.update(torch.as_tensor(np.roll(gt, 2, axis=2)), torch.as_tensor(gt))
+    metric = shifted_predictions(src, tmp_path / "p")
     ref = {k: 100 * float(v) for k, v in metric.compute().items()}
     r = evaluate("mevis", tiny_benchmark / "mevis", "valid_u", tmp_path / "p")
     assert r["J"] == pytest.approx(ref["J"]) and r["F"] == pytest.approx(ref["F"]) and r["JF"] == pytest.approx(ref["JF"])
@@ -160,11 +167,7 @@ def test_videos_subset_scores_only_the_first_videos(tiny_benchmark, tmp_path):
 def test_per_kind_scores_agree_between_evaluate_and_the_metric(tiny_benchmark, tmp_path):
     """Both report J&F per expression kind (expression_kinds.json), with the same values."""
     src = open_source("mevis", tiny_benchmark / "mevis", "valid_u")
-    write_gt_predictions(src, tmp_path / "p", shift)
-    metric = JandF()
-    for e in src.expressions:
-        gt = src.load_target(e)
-        metric.update(torch.as_tensor(np.roll(gt, 2, axis=2)), torch.as_tensor(gt), kinds=[e.kind])
+    metric = shifted_predictions(src, tmp_path / "p")
     from rvosflow.metrics import by_kind
 
     ref = by_kind(metric.compute())
