@@ -46,6 +46,7 @@ class TrainingPair:
 class Paradigm(ABC):
     name: ClassVar[str]
     accepts: ClassVar[frozenset[str]] = frozenset()
+    multistep: ClassVar[bool] = False  # integrates a path over solver.steps (so it has a trajectory to draw)
 
     def __init__(self, settings: FlowSettings):
         self.settings = settings
