@@ -12,6 +12,15 @@ from omegaconf import DictConfig
 
 # Where `make mlflow-ui` serves a SQLite store.
 LOCAL_UI = "http://127.0.0.1:5000"
+# MLflow 3's UI opens an experiment in its GenAI views unless told it is model training.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def mark_experiment(client, experiment_id: str) -> None:
+    """Tag the experiment as model training (once), so the UI shows runs, metrics and charts."""
+    key, value = EXPERIMENT_KIND
+    if key not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, key, value)
 
 
 def run_name(cfg: DictConfig) -> str:

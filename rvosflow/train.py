@@ -204,6 +204,7 @@ def make_logger(cfg: DictConfig, tags: dict | None = None) -> MLFlowLogger:
         artifact_location=location,
     )
     logger.log_hyperparams(run_config.flat_params(cfg))
+    tracking.mark_experiment(logger.experiment, logger.experiment_id)
     return logger
 
 

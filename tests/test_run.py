@@ -66,6 +66,7 @@ def test_mlflow_run_holds_params_metrics_overlays_and_results(tiny_benchmark, te
     assert r.data.metrics["final/JF"] == pytest.approx(results["JF"])
     assert r.data.metrics["final/J"] == pytest.approx(results["J"])
     assert r.data.tags["paradigm"] == "video2mask" and r.data.tags["data.tier"] == "default"
+    assert client.get_experiment(r.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert r.data.tags["mlflow.runName"] == "video2mask-p0.25-s0" and "partial_eval" not in r.data.tags
     artifacts = [a.path for a in client.list_artifacts(r.info.run_id)]
     assert "results.json" in artifacts and "config.yaml" in artifacts
