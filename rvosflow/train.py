@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 from rvosflow import config as run_config
+from rvosflow.data.check import check_sources
 from rvosflow.paths import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def ensure_data(cfg: DictConfig) -> None:
     if root.exists():
         return
     if not cfg.data.get("generate_if_missing", False):
-        raise FileNotFoundError(f"data.root: {root} does not exist (expected the {cfg.data.format} layout there)")
+        raise run_config.ConfigError(f"data.root: expected the {cfg.data.format} layout at {root}, found nothing there")
     from rvosflow.data.synthetic import SyntheticConfig, write_benchmark
 
     tier = cfg.data.get("tier", "default")
@@ -190,34 +191,87 @@ def make_logger(cfg: DictConfig, tags: dict | None = None) -> MLFlowLogger:
 
 
 def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None = None, tags: dict | None = None) -> dict:
-    """Validate, train (mode=train), score on the validation split and write results.json."""
-    from rvosflow.models import encoding
-    from rvosflow.models.loader import load_wan_bundle
-    from rvosflow.text_cache import TextCache, cache_dir, ensure, run_captions
-
+    """Validate, check the data, train (mode=train), score on the validation split and write
+    results.json. Bad input fails before any work (and before an MLflow run exists); once the
+    MLflow run exists, any failure ends it FAILED (KILLED when interrupted) with the error as
+    its ``rvosflow.error`` tag."""
+    run_config.validate(cfg)  # types, ranges and unknown keys first: a checkpoint path may be the bad key
     if cfg.get("ckpt_path"):  # the checkpoint's own paradigm/toggles/model, not the defaults
         cfg = run_config.apply_checkpoint_config(cfg, cfg.ckpt_path)
+        run_config.validate(cfg)
     if cfg.get("init_from") and cfg.mode == "train":
         run_config.check_init_from(cfg, cfg.init_from)
-    run_config.validate(cfg)
     run_dir = Path(run_dir)
     if cfg.mode == "predict":
         prepare_predictions_dir(cfg, run_dir)
+    ensure_data(cfg)
+    datamodule = build_datamodule(cfg, bundle_spatial_multiple(cfg.model.path))
+    check_sources(datamodule.sources_read(cfg.mode))  # every file the splits reference, all problems at once
+    tracked = TrackedRun(cfg, tags)
+    try:
+        return _run(cfg, run_dir, datamodule, callbacks, tracked)
+    except BaseException as exc:
+        tracked.fail(exc)
+        raise
+
+
+class TrackedRun:
+    """The run's MLflow logger, created on first use, and how the run ends when it fails."""
+
+    def __init__(self, cfg: DictConfig, tags: dict | None):
+        self.cfg, self.tags, self._logger = cfg, tags, None
+
+    @property
+    def logger(self) -> MLFlowLogger:
+        if self._logger is None:
+            self._logger = make_logger(self.cfg, self.tags)
+        return self._logger
+
+    def fail(self, exc: BaseException) -> None:
+        """FAILED (KILLED for Ctrl-C, which Lightning turns into SystemExit) with the error as a tag;
+        never hides ``exc``."""
+        if self._logger is None or self._logger._run_id is None:  # no MLflow run was started
+            return
+        import traceback
+
+        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+        note = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        try:
+            client = self._logger.experiment
+            client.set_tag(self._logger.run_id, "rvosflow.error", note[:4900])
+            client.set_terminated(self._logger.run_id, status)
+        except Exception:  # noqa: BLE001
+            log.exception("could not mark MLflow run %s %s", self._logger.run_id, status)
+
+
+def bundle_spatial_multiple(path) -> int:
+    """What H and W round to (VAE spatial factor x DiT patch), read from the bundle's config.json
+    files so the data can be set up and checked before any weight is loaded."""
+    from rvosflow.models.loader import check_bundle
+
+    root = check_bundle(path, ("transformer", "vae"))
+    vae = json.loads((root / "vae" / "config.json").read_text())
+    dit = json.loads((root / "transformer" / "config.json").read_text())
+    return int(vae.get("scale_factor_spatial") or 8) * int(dit.get("patch_size", [1, 2, 2])[1])
+
+
+def _run(cfg: DictConfig, run_dir: Path, datamodule, callbacks, tracked: TrackedRun) -> dict:
+    from rvosflow.models.loader import load_wan_bundle
+    from rvosflow.text_cache import TextCache, cache_dir, ensure, run_captions
+
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
-    ensure_data(cfg)
     # No text encoder: every caption the run reads is embedded once into the text cache first
     # (a no-op when `python -m rvosflow.text_cache` or an earlier run did it), so it never sits on the GPU.
     bundle = load_wan_bundle(cfg.model.path, dtype=cfg.model.dtype, components=("transformer", "vae", "scheduler"))
-    datamodule = build_datamodule(cfg, encoding.spatial_multiple(bundle.vae, bundle.transformer))
     text = TextCache(cache_dir(cfg), int(cfg.model.text_max_length))
     ensure(text, cfg, run_captions(datamodule, cfg.mode))
     module = build_module(cfg, bundle, text)
     if cfg.get("init_from") and cfg.mode == "train":
         init_transformer_from(module, cfg.init_from)
 
-    logger = make_logger(cfg, tags)
+    logger = tracked.logger
     logger.log_hyperparams(run_config.flat_params(cfg))
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_args["strategy"] = make_strategy(cfg)
