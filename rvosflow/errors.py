@@ -30,6 +30,8 @@ def as_user_error(exc: BaseException) -> UserError | None:
         return exc
     if isinstance(exc, FileNotFoundError) and exc.filename:  # open() of a path the user gave
         return UserError(f"{exc.filename}: expected a file, found nothing")
+    if isinstance(exc, (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError)) and exc.filename:
+        return UserError(f"{exc.filename}: expected a path this command can use, found: {exc.strerror}")
     return None
 
 
