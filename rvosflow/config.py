@@ -50,25 +50,39 @@ CHECKPOINT_INFERENCE_KEYS = ("solver.steps", "solver.shift", "solver.sigma_min")
 INIT_FROM_KEYS = ("paradigm.name", "dvi.enabled", "model.name")
 
 
-def _stored_run_config(path, key: str) -> DictConfig:
-    """The resolved run config a Lightning checkpoint of FlowRVSModule carries (``run_config``)."""
+def load_checkpoint(path, key: str) -> dict:
+    """``torch.load`` of plain data only (a checkpoint carrying code is refused, never run); any
+    problem is a ConfigError naming ``key`` and the file (torch's own errors name neither)."""
     import pickle
+    import zipfile
+    from pathlib import Path
 
     import torch
 
-    try:  # plain data only: a checkpoint carrying code is refused, never run
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{key}: expected a checkpoint file, found nothing at {path}")
+    if path.is_dir():
+        raise ConfigError(f"{key}: {path}: expected a checkpoint file, found a folder")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a text file is not one
+        raise ConfigError(f"{key}: {path}: expected a Lightning checkpoint (a torch.save archive), "
+                          f"found another kind of file ({path.stat().st_size} bytes)")
+    try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"{key}: expected a checkpoint file, found nothing at {path}") from None
     except pickle.UnpicklingError as e:
-        raise ConfigError(f"{key}: {path}: expected a plain-data checkpoint, found code ({e})") from e
-    except IsADirectoryError:
-        raise ConfigError(f"{key}: {path}: expected a checkpoint file, found a folder") from None
-    except Exception as e:  # noqa: BLE001  (a text file, a truncated zip: torch's errors name no file)
+        raise ConfigError(f"{key}: {path}: expected a plain-data checkpoint, found code "
+                          f"({str(e).splitlines()[0][:200]})") from e
+    except Exception as e:  # noqa: BLE001  (a truncated archive: torch's errors name no file)
         raise ConfigError(f"{key}: {path}: expected a Lightning checkpoint, found an unreadable file "
-                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
     if not isinstance(ckpt, dict):
         raise ConfigError(f"{key}: {path}: expected a Lightning checkpoint (a dict), found {type(ckpt).__name__}")
+    return ckpt
+
+
+def _stored_run_config(path, key: str) -> DictConfig:
+    """The resolved run config a Lightning checkpoint of FlowRVSModule carries (``run_config``)."""
+    ckpt = load_checkpoint(path, key)
     stored = (ckpt.get("hyper_parameters") or {}).get("run_config") or {}
     if not stored:
         raise ConfigError(f"{key}: {path}: expected hyper_parameters.run_config, found none")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 from pathlib import Path
 
 import lightning as L
@@ -75,17 +74,15 @@ def init_transformer_from(module, path: str | Path) -> None:
     """``init_from``: load the DiT weights (``transformer.*``) of a Lightning checkpoint before fit
     (e.g. the RefCOCO pre-training stage before Ref-YTVOS fine-tuning). Optimizer state and step
     are not taken; every DiT weight must match (same paradigm/DVI)."""
-    try:  # plain tensors and containers only: a checkpoint carrying code is refused, never run
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"init_from: {path} is not a plain-data checkpoint ({e})") from e
+    ckpt = run_config.load_checkpoint(path, "init_from")  # plain data only: code is refused, never run
     state = {k[len("transformer."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("transformer.")}
     if not state:
-        raise ValueError(f"init_from: {path} holds no transformer.* weights")
+        raise run_config.ConfigError(f"init_from: {path}: expected transformer.* weights, found none")
     try:
         module.transformer.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"init_from: {path} does not fit this DiT (paradigm/DVI/model differ?): {e}") from e
+        raise run_config.ConfigError(f"init_from: {path}: expected weights that fit this DiT (same paradigm/DVI/model), "
+                                     f"found a mismatch ({str(e).splitlines()[0]})") from e
     log.info("DiT initialised from %s (%d tensors)", path, len(state))
 
 
