@@ -227,7 +227,7 @@ class TrackedRun:
     def fail(self, exc: BaseException) -> None:
         """FAILED (KILLED for Ctrl-C, which Lightning turns into SystemExit) with the error as a tag;
         never hides ``exc``."""
-        if self._logger is None or self._logger._run_id is None:  # no MLflow run was started
+        if self._logger is None:  # no MLflow run was started (its first use follows its creation)
             return
         import traceback
 
