@@ -202,10 +202,13 @@ def test_a_failure_after_the_mlflow_run_started_marks_it_failed(tiny_benchmark, 
             raise RuntimeError("boom at setup")
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(RuntimeError, match="boom"):  # inside Lightning's fit
         run(compose(overrides(tiny_benchmark, test_bundle_dir, uri)), tmp_path / "run", callbacks=[Boom()])
-    (r,) = mlflow_runs(uri)
-    assert r.info.status == "FAILED" and "RuntimeError: boom at setup" in r.data.tags["rvosflow.error"]
+    with pytest.raises(Exception, match="tpuu"):  # outside it: the Trainer cannot be built
+        run(compose(overrides(tiny_benchmark, test_bundle_dir, uri, "trainer.accelerator=tpuu")), tmp_path / "run2")
+    runs = {r.data.params.get("trainer.accelerator"): r for r in mlflow_runs(uri)}
+    assert runs["auto"].info.status == "FAILED" and "RuntimeError: boom at setup" in runs["auto"].data.tags["rvosflow.error"]
+    assert runs["tpuu"].info.status == "FAILED" and "tpuu" in runs["tpuu"].data.tags["rvosflow.error"]
 
 
 def test_synthetic_and_pretrain_clis_are_one_line(tmp_path, capsys):

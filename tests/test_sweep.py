@@ -282,7 +282,9 @@ def test_sigkill_mid_trial_then_rerun_retries_it_and_keeps_finished_ones(tiny_be
     # Let one trial finish, then kill while the next one runs.
     wait_for(lambda: any(t.state.name == "COMPLETE" for t in study_trials(env)), proc=proc)
     wait_for(lambda: any(t.state.name == "RUNNING" for t in study_trials(env)), proc=proc)
-    time.sleep(1.5)  # inside run(): the MLflow child run exists
+    # inside run(), training: its MLflow child run exists (created after the config and data checks)
+    wait_for(lambda: any(k.info.status == "RUNNING" for k in children(env)[1]), proc=proc)
+    time.sleep(0.5)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = study_trials(env)

@@ -13,11 +13,9 @@ class Tracking:
     """The MLflow side of a study: the parent run and the bookkeeping of child runs."""
 
     def __init__(self, uri: str, experiment_name: str):
-        import mlflow
-
         self.uri = uri
         self.experiment_name = experiment_name
-        self.client = mlflow.MlflowClient(uri)
+        self.client = _client(uri)
 
     def experiment_id(self) -> str:
         from rvosflow.train import artifact_location
@@ -90,6 +88,24 @@ class Tracking:
             if states.get(number, TrialState.RUNNING) != TrialState.RUNNING:
                 self.client.set_tag(r.info.run_id, ERROR_TAG, "worker died (heartbeat stale); trial re-queued")
                 self.client.set_terminated(r.info.run_id, "KILLED")
+
+
+def _client(uri: str):
+    """An MlflowClient. Its first use creates a SQLite database's tables; two workers doing that
+    at once can abort MLflow's migration half-way (a leftover ``_alembic_tmp_experiments`` table
+    that no retry gets past), so for SQLite it happens under a lock file beside the database."""
+    import fcntl
+    from pathlib import Path
+
+    import mlflow
+
+    if not uri.startswith("sqlite:///"):
+        return mlflow.MlflowClient(uri)
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / f".{db.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return mlflow.MlflowClient(uri)
 
 
 _TRACKING: dict[tuple, Tracking] = {}
