@@ -189,14 +189,35 @@ def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test
     assert parent.info.status == "FINISHED" and len(kids) == 4
     assert {(k.data.tags["row"], k.data.tags["seed"]) for k in kids} == {("base", "0"), ("base", "1"), ("h", "0"), ("h", "1")}
     assert all(k.info.status == "FINISHED" for k in kids)
+    assert sorted(k.info.run_name for k in kids) == ["base-s0", "base-s1", "h-s0", "h-s1"]
+    assert all(k.data.tags["profile"] == "test" and k.data.tags["paradigm"] == "video2mask" for k in kids)
     client = mlflow.MlflowClient(env["uri"])
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "results")}
     assert arts == {f"results/t-test.{e}" for e in ("md", "csv", "tex", "png")}
-    # Re-running a finished study runs nothing and reuses the parent run.
+    # The parent run carries the table (rows, J&F/J/F mean ± std, paper, per kind) and a few summary
+    # metrics, not one metric per row; it has user, source and git tags like any run.
+    shown = client.load_table(parent.info.experiment_id, "table.json", run_ids=[parent.info.run_id])
+    assert list(shown["ID"]) == ["base", "h"] and {"J&F", "J", "F", "Paper J&F", "J&F colour"} <= set(shown.columns)
+    assert float(shown.set_index("ID").loc["h", "Paper J&F"]) == 60.6 and "±" in shown.set_index("ID").loc["h", "J&F"]
+    assert set(parent.data.metrics) == {"rows_scored", "JF_best_row", "JF_span", "JF_seed_std_mean", "spearman_rho_paper"}
+    assert parent.data.metrics["rows_scored"] == 2
+    assert {"mlflow.user", "mlflow.source.name", "mlflow.source.git.commit"} <= set(parent.data.tags)
+    assert parent.data.tags["profile"] == "test"
+    # Optuna: the objective is named, each trial records its settings as params and links its MLflow run.
+    study = optuna.load_study(study_name="t-test", storage=env["storage"])
+    assert study.metric_names == ["F (%)"]
+    h0 = next(t for t in trials if (t.params["row"], t.params["seed"]) == ("h", 0))
+    assert {k: h0.params[k] for k in ("paradigm", "bbs.p", "spa", "dvi", "wi")} == {
+        "paradigm": "video2mask", "bbs.p": 0.5, "spa": True, "dvi": True, "wi": True}
+    assert next(t for t in trials if t.params["row"] == "base").params["bbs.p"] == 0.0
+    assert h0.user_attrs["mlflow_url"].endswith(f"/runs/{h0.user_attrs['mlflow_run_id']}")
+    # Re-running a finished study runs nothing and reuses the parent run (and replaces its table).
     assert sweep.main(cli(f, env)) == 0
     assert len(study_trials(env)) == 4
     parent2, kids2 = children(env)
     assert parent2.info.run_id == parent.info.run_id and len(kids2) == 4
+    again = client.load_table(parent.info.experiment_id, "table.json", run_ids=[parent.info.run_id])
+    assert len(again) == 2
     # Changing what a row means under an existing study is refused.
     f2 = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir, max_steps=4))
     assert sweep.main(cli(f2, env)) == 2
@@ -241,7 +262,9 @@ def test_tpe_search_with_pruning(tiny_benchmark, test_bundle_dir, tmp_path, env)
     f.write_text(yaml.safe_dump(spec))
     assert sweep.main(cli(f, env)) == 0
     trials = study_trials(env, "s-test")
-    assert len(trials) == 3 and all(set(t.params) == {"bbs.p", "optim.lr"} for t in trials)
+    # the searched params, and the settings the search holds fixed as one-choice params
+    assert len(trials) == 3 and all(set(t.params) == {"bbs.p", "optim.lr", "paradigm", "spa", "dvi", "wi"} for t in trials)
+    assert all(t.distributions["spa"].choices == (False,) for t in trials)
     assert [t.state.name for t in trials] == ["PRUNED"] * 3
     # reported at the first in-training validation (global step 2), pruned there: never reached step 4
     assert all(list(t.intermediate_values) == [2] for t in trials)

@@ -66,7 +66,7 @@ def setup(spec: Spec, storage_url: str, extra: list[str], study_name: str | None
     params = {"sweep.file": spec.path, "sweep.profile": spec.profile, "sweep.kind": spec.kind,
               "sweep.seeds": spec.seeds, "sweep.overrides": " ".join(spec.overrides), "sweep.extra": " ".join(extra),
               "optuna.study": study_name, "optuna.storage": redact(storage_url), **strategy.params()}
-    parent_id = tracking.parent_run(study_name, uid, params)
+    parent_id = tracking.parent_run(study_name, uid, params, tags={"sweep": spec.name, "profile": spec.profile})
     if study.user_attrs.get("mlflow_parent_run_id") != parent_id:
         study.set_user_attr("mlflow_parent_run_id", parent_id)
     # One folder per study (its uid): a --reset study never writes into an earlier one's trials.

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from rvosflow.sweep.study import counts
 
+TABLE_ARTIFACT = "table.json"  # the parent run's MLflow table (mlflow's log_table)
+
 
 def trial_records(study, strategy) -> list[dict]:
     """Optuna trials as plain records for :mod:`rvosflow.tables`."""
@@ -22,6 +24,20 @@ def trial_records(study, strategy) -> list[dict]:
                     **{f"JF/{kind}": v["JF"] for kind, v in (t.user_attrs.get("per_kind") or {}).items()},
                     "duplicate_of": t.user_attrs.get("duplicate_of"), "error": t.user_attrs.get("error")})
     return out
+
+
+def log_table(client, run_id: str, table) -> None:
+    """The table as the parent run's MLflow table (``table.json``), replaced on every report:
+    ``log_table`` appends to an existing one, so later reports overwrite the file it wrote."""
+    import tempfile
+
+    if TABLE_ARTIFACT not in {a.path for a in client.list_artifacts(run_id)}:
+        client.log_table(run_id, table, TABLE_ARTIFACT)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / TABLE_ARTIFACT
+        table.to_json(path, orient="split", index=False)  # log_table's own format
+        client.log_artifact(run_id, str(path))
 
 
 def report(ctx, out_dir: Path, finished: bool) -> dict[str, Path]:
@@ -50,6 +66,7 @@ def report(ctx, out_dir: Path, finished: bool) -> dict[str, Path]:
     client = ctx.tracking.client
     for p in paths.values():
         client.log_artifact(ctx.parent_id, str(p), "results")
+    log_table(client, ctx.parent_id, made["table"].astype(str))
     for name, value in made["metrics"].items():
         client.log_metric(ctx.parent_id, name, value)
     done, total = strategy.progress(study)

@@ -42,6 +42,7 @@ class Spec:
     rows: list[Row] = field(default_factory=list)              # grid
     base: list[str] = field(default_factory=list)              # search: before the parameters
     params: dict[str, dict] = field(default_factory=dict)      # search: key -> distribution
+    base_settings: dict[str, Any] = field(default_factory=dict)  # search: the base's settings (composed)
     n_trials: int | None = None
     sampler: dict = field(default_factory=dict)
     pruner: dict = field(default_factory=dict)

@@ -43,6 +43,27 @@ def table_settings(cfg) -> dict:
             "wi": bool(cfg.wi.enabled), "paradigm": str(cfg.paradigm.name)}
 
 
+# A trial's settings, recorded as Optuna params (name -> (table_settings key, config key)) so that
+# optuna-dashboard's slice and importance plots can use them, not only "row" and "seed".
+SETTING_PARAMS = {"paradigm": ("paradigm", "paradigm.name"), "bbs.p": ("bbs_p", "bbs.p"),
+                  "spa": ("spa", "spa.enabled"), "dvi": ("dvi", "dvi.enabled"), "wi": ("wi", "wi.enabled")}
+
+
+def _row_grid_sampler(space: dict, derived: dict[str, dict]):
+    """Optuna's GridSampler over ``space`` that also answers the settings params of a row
+    (``derived[row][param]``) once the trial has its row: they follow from the row, they are
+    not grid dimensions."""
+    import optuna
+
+    class RowGridSampler(optuna.samplers.GridSampler):
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            if param_name in SETTING_PARAMS and trial.params.get("row") in derived:
+                return derived[trial.params["row"]][param_name]
+            return super().sample_independent(study, trial, param_name, param_distribution)
+
+    return RowGridSampler(space, seed=0)
+
+
 def _checked(spec: Spec, where: str, overrides: list[str]):
     """The run config of ``overrides`` composed and validated, or a SpecError naming ``where``."""
     from rvosflow import config as run_config
@@ -88,10 +109,14 @@ class Grid:
             cfg = _checked(self.spec, f"row {row.id}", [*self.spec.overrides, *row.overrides, *extra])
             row.settings = table_settings(cfg)
 
-    def sampler(self):
-        import optuna
+    def _settings_params(self) -> dict[str, dict]:
+        """Each composed row's settings under their Optuna param names."""
+        return {r.id: {name: r.settings[key] for name, (key, _) in SETTING_PARAMS.items()}
+                for r in self.spec.rows if r.settings}
 
-        return optuna.samplers.GridSampler({"row": [r.id for r in self.spec.rows], "seed": list(self.spec.seeds)}, seed=0)
+    def sampler(self):
+        return _row_grid_sampler({"row": [r.id for r in self.spec.rows], "seed": list(self.spec.seeds)},
+                                 self._settings_params())
 
     def pruner(self):
         import optuna
@@ -108,6 +133,10 @@ class Grid:
         if owner is not None:
             trial.set_user_attr("duplicate_of", owner)
             raise DuplicatePoint(owner)
+        by_row = self._settings_params()
+        if row_id in by_row:  # every row's values as the choices: one distribution across trials
+            for name in SETTING_PARAMS:
+                trial.suggest_categorical(name, sorted({v[name] for v in by_row.values()}))
         row = self.spec.row(row_id)
         return TrialPlan(row_id, seed, [*self.spec.overrides, *row.overrides],
                          f"row {row_id} ({row.label}) seed {seed}", f"{row_id}-s{seed}")
@@ -149,18 +178,14 @@ class Grid:
 
     def table(self, records: list[dict], title: str) -> dict:
         """The table's pieces: ``table`` (display), ``csv``, ``md_footer``, ``figure`` and the
-        parent run's ``metrics``."""
-        import math
-
+        parent run's summary ``metrics`` (the rows themselves go to MLflow as the table)."""
         from rvosflow import tables
 
         rows = [{"id": r.id, "label": r.label, "paper": r.paper, "settings": r.settings} for r in self.spec.rows]
         summary = tables.summarize(records, rows)
         return {"table": tables.display_table(summary), "csv": tables.to_csv(summary),
                 "md_footer": "\n" + tables.paper_agreement(summary) + "\n",
-                "figure": tables.plot_rows(summary, title=title),
-                "metrics": {f"JF/{r['id']}": float(r["JF_mean"]) for _, r in summary.iterrows()
-                            if not math.isnan(r["JF_mean"])}}
+                "figure": tables.plot_rows(summary, title=title), "metrics": tables.agreement(summary)}
 
 
 class Search:
@@ -196,6 +221,7 @@ class Search:
             for value in dist["choices"] if dist.get("type") == "categorical" else (dist["low"], dist["high"]):
                 value = int(value) if dist.get("type") == "int" else value
                 _checked(self.spec, f"params.{key}", [*self.spec.overrides, *self.spec.base, _override(key, value), *extra])
+        self.spec.base_settings = table_settings(_checked(self.spec, "base", [*self.spec.overrides, *self.spec.base, *extra]))
         self.sampler(), self.pruner()
 
     def sampler(self):
@@ -211,6 +237,10 @@ class Search:
         seed = self.spec.seeds[0]
         values = {k: suggest(trial, k, d) for k, d in self.spec.params.items()}
         trial.set_user_attr("seed", seed)
+        # The settings the search does not vary, as one-choice params (the dashboard shows them beside the rest).
+        for name, (key, config_key) in SETTING_PARAMS.items():
+            if key in self.spec.base_settings and name not in trial.params and config_key not in self.spec.params:
+                trial.suggest_categorical(name, [self.spec.base_settings[key]])
         what = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
         return TrialPlan("search", seed, [*self.spec.overrides, *self.spec.base, *(_override(k, v) for k, v in values.items())],
                          what, f"trial-{trial.number}", [pruning_callback(trial, self.spec.monitor)])
@@ -244,7 +274,7 @@ class Search:
         best = (max if self.spec.direction == "maximize" else min)(done) if done else None
         return {"table": table, "csv": table.to_csv(index=False), "md_footer": "",
                 "figure": tables.plot_search(table, list(self.spec.params), title=title),
-                "metrics": {"best_JF": float(best)} if best is not None else {}}
+                "metrics": {"JF_best_trial": float(best)} if best is not None else {}}
 
 
 STRATEGIES = {"grid": Grid, "search": Search}

@@ -117,8 +117,16 @@ def create_study(storage_url: str, study_name: str, strategy, reset: bool = Fals
             print(f"deleted study {study_name!r}", flush=True)
         except KeyError:
             pass
-    return retrying(optuna.create_study, study_name=study_name, storage=storage, sampler=strategy.sampler(),
-                    pruner=strategy.pruner(), direction=strategy.spec.direction, load_if_exists=True)
+    study = retrying(optuna.create_study, study_name=study_name, storage=storage, sampler=strategy.sampler(),
+                     pruner=strategy.pruner(), direction=strategy.spec.direction, load_if_exists=True)
+    name = METRIC_NAMES[strategy.spec.metric]
+    if study.metric_names != [name]:  # what optuna-dashboard's plots call the objective
+        retrying(study.set_metric_names, [name])
+    return study
+
+
+# The objective's name in Optuna (and optuna-dashboard): the spec's metric, in percent.
+METRIC_NAMES = {"JF": "J&F (%)", "J": "J (%)", "F": "F (%)"}
 
 
 def frozen(study, number: int):

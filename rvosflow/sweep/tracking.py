@@ -18,6 +18,7 @@ class Tracking:
         self.client = _client(uri)
 
     def experiment_id(self) -> str:
+        from rvosflow.tracking import mark_experiment
         from rvosflow.train import artifact_location
 
         location = artifact_location(self.uri, self.experiment_name)  # this project's folder
@@ -25,22 +26,26 @@ class Tracking:
         if exp is not None:
             return exp.experiment_id
         try:
-            return self.client.create_experiment(self.experiment_name, artifact_location=location)
+            exp_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
         except Exception:  # created meanwhile by another worker
             return self.client.get_experiment_by_name(self.experiment_name).experiment_id
+        mark_experiment(self.client, exp_id)
+        return exp_id
 
     def _search(self, filter_string: str, **kw):
         return self.client.search_runs([self.experiment_id()], filter_string=filter_string, max_results=5000, **kw)
 
-    def parent_run(self, study_name: str, uid: str, params: dict) -> str:
+    def parent_run(self, study_name: str, uid: str, params: dict, tags: dict | None = None) -> str:
         """The study's parent run, found by its tag (created once; several workers converge on
-        the earliest one)."""
+        the earliest one). It carries MLflow's user, source and git tags like any run, and ``tags``."""
         flt = f"tags.`{PARENT_TAG}` = '{uid}'"
         runs = self._search(flt)
         mine = None
         if not runs:
+            from rvosflow.tracking import context_tags
+
             mine = self.client.create_run(self.experiment_id(), run_name=study_name,
-                                          tags={PARENT_TAG: uid, STUDY_TAG: study_name}).info.run_id
+                                          tags=context_tags({PARENT_TAG: uid, STUDY_TAG: study_name, **(tags or {})})).info.run_id
             for k, v in params.items():
                 self.client.log_param(mine, k, str(v)[:6000])
             runs = self._search(flt)

@@ -66,7 +66,7 @@ def make_objective(ctx: Context, study):
             raise optuna.TrialPruned(str(dup)) from None
         overrides = [*plan.overrides, *ctx.extra, f"seed={plan.seed}", f"logger.run_name={plan.run_name}",
                      f"logger.tracking_uri={ctx.tracking_uri}", f"logger.experiment_name={ctx.experiment_name}"]
-        tags = {"mlflow.parentRunId": ctx.parent_id, "row": plan.row, "seed": str(plan.seed),
+        tags = {"mlflow.parentRunId": ctx.parent_id, "row": plan.row, "seed": str(plan.seed), "profile": spec.profile,
                 "optuna.trial": str(trial.number), "optuna.study": ctx.study_name, STUDY_TAG: ctx.study_name,
                 UID_TAG: ctx.uid}
         done, total = strategy.progress(study)
@@ -106,6 +106,7 @@ def make_objective(ctx: Context, study):
             trial.set_user_attr(k, float(results[k]))
         trial.set_user_attr("per_kind", results.get("per_kind") or {})
         trial.set_user_attr("mlflow_run_id", results["mlflow_run_id"])
+        trial.set_user_attr("mlflow_url", results["mlflow_url"])
         trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
         done, total = strategy.progress(study, running_done=1)  # this one: not COMPLETE until we return
         say(ctx, f"done trial #{trial.number} [{min(done, total)}/{total}]: {plan.what}  "
