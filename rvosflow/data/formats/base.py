@@ -173,7 +173,7 @@ def read_kinds(directory: Path) -> dict[tuple[str, str], str]:
 
 def require(path: Path, what: str = "file") -> Path:
     if not path.exists():
-        raise DatasetFormatError(f"{path}: {what} not found")
+        raise DatasetFormatError(f"{path}: expected a {what}, found nothing")
     return path
 
 
@@ -197,7 +197,7 @@ def read_rgb(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except FileNotFoundError as e:
-        raise DatasetFormatError(f"{path}: frame file not found") from e
+        raise DatasetFormatError(f"{path}: expected a frame file, found nothing") from e
     except OSError as e:
         raise DatasetFormatError(f"{path}: unreadable image ({e})") from e
 
@@ -248,7 +248,7 @@ def image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:
             w, h = im.size
     except FileNotFoundError as e:
-        raise DatasetFormatError(f"{path}: frame file not found") from e
+        raise DatasetFormatError(f"{path}: expected a frame file, found nothing") from e
     except OSError as e:  # not an image (zero bytes, garbage)
         raise DatasetFormatError(f"{path}: expected an image, found an unreadable file ({e})") from e
     return h, w
@@ -292,7 +292,7 @@ def read_index_png(path: Path) -> np.ndarray:
                 raise DatasetFormatError(f"{path}: annotation must be a palette PNG, got mode {im.mode!r}")
             return np.asarray(im)
     except FileNotFoundError as e:
-        raise DatasetFormatError(f"{path}: annotation file not found") from e
+        raise DatasetFormatError(f"{path}: expected an annotation file, found nothing") from e
 
 
 def id_map(masks: dict[int, np.ndarray], t: int) -> np.ndarray:
