@@ -12,8 +12,10 @@ from omegaconf import DictConfig
 
 # Where `make mlflow-ui` serves a SQLite store.
 LOCAL_UI = "http://127.0.0.1:5000"
-# MLflow 3's UI opens an experiment in its GenAI views unless told it is model training.
+# MLflow 3's UI opens in its GenAI views unless told this is model training: by the experiment's
+# kind tag, and in a link by the workflowType query parameter.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+UI_MODE = "workflowType=machine_learning"
 
 
 def mark_experiment(client, experiment_id: str) -> None:
@@ -105,4 +107,4 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """The run's page in the MLflow UI: the server's, or `make mlflow-ui`'s for a local store."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{UI_MODE}"

@@ -8,7 +8,8 @@ what matters renders, and keep screenshots.
 Checks (each page is rendered by MLflow's React app, so its text is read from the live DOM):
 - the parent run's page names the study and lists its child runs by name (nested trials);
 - the parent's artifacts list the sweep table (``table.json``, logged with ``mlflow.log_table``);
-- a child run's page names the trial, and its artifacts list the overlays.
+- a child run's page names the trial and its parent, and its artifacts list the overlays (and the
+  flow's trajectory, for a video2mask/noise2mask trial).
 Exit status 1 when a check fails; every page's screenshot is written either way.
 """
 
@@ -98,20 +99,27 @@ def check(db: Path, out: Path, study: str | None = None) -> list[str]:
     """Render the pages, write screenshots into ``out``, return the failed checks (empty: all fine)."""
     import mlflow
 
+    from rvosflow.tracking import UI_MODE
+
     client = mlflow.MlflowClient(f"sqlite:///{db.resolve()}")
     parent, children = find_sweep(client, study)
     if not children:
         return [f"sweep {parent.info.run_name}: no child runs"]
-    child = children[0]
+    # a finished flow trial when there is one: it has overlays and a trajectory to show
+    flows = [c for c in children if c.info.status == "FINISHED" and c.data.tags.get("paradigm") in ("video2mask", "noise2mask")]
+    child = (flows or children)[0]
     exp = parent.info.experiment_id
     out.mkdir(parents=True, exist_ok=True)
     failures = []
     with tempfile.TemporaryDirectory() as profile, mlflow_ui(db, free_port()) as ui:
+        def page(run, tab=""):
+            return f"{ui}/#/experiments/{exp}/runs/{run.info.run_id}{tab}?{UI_MODE}"
+
         pages = {
-            "parent": (f"{ui}/#/experiments/{exp}/runs/{parent.info.run_id}", [parent.info.run_name, "Child runs"]),
-            "parent-artifacts": (f"{ui}/#/experiments/{exp}/runs/{parent.info.run_id}/artifacts", ["table.json"]),
-            "child": (f"{ui}/#/experiments/{exp}/runs/{child.info.run_id}", [child.info.run_name, parent.info.run_name]),
-            "child-artifacts": (f"{ui}/#/experiments/{exp}/runs/{child.info.run_id}/artifacts", ["overlays"]),
+            "parent": (page(parent), [parent.info.run_name, "Child runs"]),
+            "parent-artifacts": (page(parent, "/artifacts"), ["table.json"]),
+            "child": (page(child), [child.info.run_name, parent.info.run_name]),
+            "child-artifacts": (page(child, "/artifacts"), ["overlays", "trajectory"] if flows else ["overlays"]),
         }
         for name, (url, expected) in pages.items():
             dom = chromium(url, Path(profile), out / f"{name}.png")

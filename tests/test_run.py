@@ -76,7 +76,8 @@ def test_mlflow_run_holds_params_metrics_overlays_and_results(tiny_benchmark, te
     # the in-training validations (val_limit expressions) are the val/JF curve; the final score is apart
     history = client.get_metric_history(r.info.run_id, "val/JF")
     assert [m.step for m in history] == [1, 3] and all(0 <= m.value <= 100 for m in history)
-    assert results["mlflow_url"].endswith(f"/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}")
+    assert results["mlflow_url"] == (f"http://127.0.0.1:5000/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}"
+                                     "?workflowType=machine_learning")
 
 
 def test_two_runs_get_distinct_names_and_a_partial_score_says_so(tiny_benchmark, test_bundle_dir, tmp_path):

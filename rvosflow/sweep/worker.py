@@ -160,6 +160,8 @@ def quiet() -> None:
 
     import optuna
 
+    import lightning.pytorch  # noqa: F401  (importing it sets its loggers to INFO: import first, then quieten)
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
