@@ -75,6 +75,7 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "solver.steps", 1, integer=True)
     _number(cfg, "solver.shift", 0)
     _number(cfg, "solver.sigma_min", 0, 1)
+    _bool(cfg, "solver.round_timesteps")
     _number(cfg, "seed", 0, integer=True)
     _bool(cfg, "flow.start_at_noise_end")
     _bool(cfg, "flow.normalize_mask_latent")
@@ -119,7 +120,7 @@ CHECKPOINT_KEYS = (
     "flow.start_at_noise_end", "flow.normalize_mask_latent", "model.name", "model.text_max_length",
 )
 # Inference settings: taken from the checkpoint too, unless the command line sets them.
-CHECKPOINT_INFERENCE_KEYS = ("solver.steps", "solver.shift", "solver.sigma_min")
+CHECKPOINT_INFERENCE_KEYS = ("solver.steps", "solver.shift", "solver.sigma_min", "solver.round_timesteps")
 # What must agree for `init_from` to start from a checkpoint's DiT.
 INIT_FROM_KEYS = ("paradigm.name", "dvi.enabled", "model.name")
 

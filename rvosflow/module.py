@@ -11,6 +11,7 @@ captions it misses on the fly.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import lightning as L
@@ -21,12 +22,33 @@ from rvosflow.data.transforms import pad_frames, resize_masks, padded_frame_coun
 from rvosflow.latents import LatentCache
 from rvosflow.metrics import JandF, by_kind
 from rvosflow.models import encoding
-from rvosflow.models.dit import build_dit
+from rvosflow.models.dit import build_dit, negate_output
 from rvosflow.paradigms import Paradigm
 from rvosflow.text_cache import TextCache
 
+log = logging.getLogger(__name__)
 
 LR_SCHEDULES = ("constant", "cosine")
+
+# Checkpoints record the sign convention of their DiT's output (DESIGN §3). "wan": the DiT emits
+# Wan's dz/dsigma (noise - data; z_video - z_mask for video2mask), as the release and WI priors do.
+# A checkpoint without the tag was written before the switch, when velocity paradigms trained the
+# DiT on the paper's +v: it is converted exactly on load (models.dit.negate_output).
+CONVENTION_KEY = "dit_convention"
+DIT_CONVENTION = "wan"
+
+
+def convert_old_convention(state: dict, paradigm: Paradigm, prefixes=("transformer.",)) -> tuple[dict, bool]:
+    """``state`` of an untagged (pre-"wan") checkpoint in Wan's sign; True when it was negated.
+
+    Only a velocity paradigm under the release's time mapping changes sign (with
+    ``flow.start_at_noise_end=false`` dz/dsigma = +v, and onestep_mask's output is a latent)."""
+    if not paradigm.outputs_velocity or not paradigm.settings.start_at_noise_end:
+        return state, False
+    for prefix in prefixes:
+        if f"{prefix}proj_out.weight" in state:
+            state = negate_output(state, prefix)
+    return state, True
 
 
 @dataclass(frozen=True)
@@ -151,6 +173,27 @@ class FlowRVSModule(L.LightningModule):
             )[0]
 
         return model
+
+    # ----------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CONVENTION_KEY] = DIT_CONVENTION
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Lightning calls this before loading the state dict: convert an old-sign checkpoint."""
+        tag = checkpoint.get(CONVENTION_KEY)
+        if tag == DIT_CONVENTION:
+            return
+        if tag is not None:
+            raise ValueError(f"ckpt_path: expected a DiT in the {DIT_CONVENTION!r} convention, found {tag!r}")
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.state.fn == "fit":
+            raise ValueError("ckpt_path: an untagged checkpoint (written before the DiT switched to Wan's sign) "
+                             "cannot resume training (its optimizer moments are in the old sign); start from it "
+                             "with init_from=<path> instead")
+        checkpoint["state_dict"], negated = convert_old_convention(checkpoint["state_dict"], self.paradigm)
+        log.warning("checkpoint without a %r tag: written before the DiT switched to Wan's sign; %s",
+                    CONVENTION_KEY, "its output layer (proj_out) was negated to convert it exactly" if negated
+                    else f"nothing to convert for {self.paradigm.name} (its DiT output has no velocity sign here)")
 
     # ----------------------------------------------------------------- training
     def on_fit_start(self) -> None:

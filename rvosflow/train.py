@@ -46,6 +46,7 @@ def flow_settings(cfg: DictConfig):
     return FlowSettings(
         bbs_p=float(cfg.bbs.p), spa=bool(cfg.spa.enabled), dvi=bool(cfg.dvi.enabled),
         steps=int(cfg.solver.steps), shift=float(cfg.solver.shift), sigma_min=float(cfg.solver.sigma_min),
+        round_timesteps=bool(cfg.solver.round_timesteps),
         start_at_noise_end=bool(cfg.flow.start_at_noise_end), onestep_timestep=float(cfg.paradigm.timestep),
     )
 
@@ -78,7 +79,14 @@ def init_transformer_from(module, path: str | Path) -> None:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(f"init_from: {path} is not a plain-data checkpoint ({e})") from e
-    state = {k[len("transformer."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("transformer.")}
+    from rvosflow.module import CONVENTION_KEY, DIT_CONVENTION, convert_old_convention
+
+    full = ckpt.get("state_dict", {})
+    if ckpt.get(CONVENTION_KEY) != DIT_CONVENTION:
+        full, negated = convert_old_convention(full, module.paradigm)
+        log.warning("init_from: %s has no %r tag (written before the DiT switched to Wan's sign)%s", path,
+                    CONVENTION_KEY, ": its proj_out was negated to convert it exactly" if negated else "")
+    state = {k[len("transformer."):]: v for k, v in full.items() if k.startswith("transformer.")}
     if not state:
         raise ValueError(f"init_from: {path} holds no transformer.* weights")
     try:
