@@ -16,6 +16,8 @@ from rvosflow.paths import PROJECT_ROOT
 
 if not OmegaConf.has_resolver("root"):
     OmegaConf.register_new_resolver("root", lambda: str(PROJECT_ROOT))
+if not OmegaConf.has_resolver("tuned_if_given"):  # model.vae_decoder's default follows the decoder files
+    OmegaConf.register_new_resolver("tuned_if_given", lambda *paths: "tuned" if any(paths) else "frozen")
 
 MODES = ("train", "validate", "predict")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -88,6 +90,7 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "data.batch_size", 1, integer=True)
     _choice(cfg, "model.dtype", DTYPES)
     _bool(cfg, "model.gradient_checkpointing")
+    _check_weights(cfg)
     if _get(cfg, "trainer.strategy") == "fsdp":
         if cfg.get("fsdp") is None:
             raise ConfigError("trainer.strategy: fsdp needs the fsdp.* settings, add +strategy=fsdp; got no fsdp block")
@@ -102,6 +105,42 @@ def validate(cfg: DictConfig) -> None:
     if "tier" in cfg.data:
         _choice(cfg, "data.tier", TIERS)
     _check_trainer(cfg)
+
+
+def _check_weights(cfg: DictConfig) -> None:
+    """The decoder choice and its files, release weights, EMA and decoder tuning settings."""
+    from rvosflow.decoder import HEAD_INITS, VAE_DECODERS
+    from rvosflow.release import DIT_WEIGHTS
+
+    decoder = _choice(cfg, "model.vae_decoder", VAE_DECODERS)
+    path, ckpt = _get(cfg, "model.vae_decoder_path"), _get(cfg, "model.vae_ckpt")
+    if path and ckpt:
+        raise ConfigError(f"model.vae_ckpt: expected one tuned decoder, found model.vae_ckpt={ckpt} "
+                          f"and model.vae_decoder_path={path}")
+    if decoder == "tuned" and not (path or ckpt):
+        raise ConfigError("model.vae_decoder: tuned needs model.vae_decoder_path=<python -m rvosflow.decoder folder> "
+                          "or model.vae_ckpt=<decoder.pth>, found neither")
+    if decoder == "frozen" and (path or ckpt):
+        key = "model.vae_ckpt" if ckpt else "model.vae_decoder_path"
+        raise ConfigError(f"model.vae_decoder: frozen, but {key}={ckpt or path} is a tuned decoder "
+                          "(leave model.vae_decoder unset or set it to tuned)")
+    _choice(cfg, "model.dit_weights", DIT_WEIGHTS)
+    if _get(cfg, "model.dit_ckpt"):
+        for other in ("ckpt_path", "init_from"):
+            if cfg.get(other):
+                raise ConfigError(f"model.dit_ckpt: expected one source of DiT weights, found model.dit_ckpt and {other}")
+    _bool(cfg, "ema.enabled")
+    _number(cfg, "ema.decay", 0, 1)
+    _number(cfg, "decoder.lr", 0)
+    _number(cfg, "decoder.epochs", 1, integer=True)
+    _number(cfg, "decoder.batch_size", 1, integer=True)
+    _number(cfg, "decoder.weight_decay", 0)
+    _number(cfg, "decoder.focal_alpha", 0, 1)
+    _number(cfg, "decoder.focal_gamma", 0)
+    _number(cfg, "decoder.dice_weight", 0)
+    _choice(cfg, "decoder.head_init", HEAD_INITS)
+    if _get(cfg, "decoder.max_steps") is not None:
+        _number(cfg, "decoder.max_steps", 1, integer=True)
 
 
 def _check_trainer(cfg: DictConfig) -> None:
@@ -120,7 +159,8 @@ CHECKPOINT_KEYS = (
     "flow.start_at_noise_end", "flow.normalize_mask_latent", "model.name", "model.text_max_length",
 )
 # Inference settings: taken from the checkpoint too, unless the command line sets them.
-CHECKPOINT_INFERENCE_KEYS = ("solver.steps", "solver.shift", "solver.sigma_min", "solver.round_timesteps")
+CHECKPOINT_INFERENCE_KEYS = ("solver.steps", "solver.shift", "solver.sigma_min", "solver.round_timesteps",
+                             "ema.enabled")
 # What must agree for `init_from` to start from a checkpoint's DiT.
 INIT_FROM_KEYS = ("paradigm.name", "dvi.enabled", "model.name")
 

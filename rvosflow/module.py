@@ -12,6 +12,7 @@ captions it misses on the fly.
 from __future__ import annotations
 
 import logging
+import copy
 from dataclasses import dataclass
 
 import lightning as L
@@ -36,6 +37,8 @@ LR_SCHEDULES = ("constant", "cosine")
 # DiT on the paper's +v: it is converted exactly on load (models.dit.negate_output).
 CONVENTION_KEY = "dit_convention"
 DIT_CONVENTION = "wan"
+# With ema.enabled the state dict (and so every checkpoint) holds the EMA of the DiT under this prefix.
+EMA_PREFIX = "ema_transformer."
 
 
 def convert_old_convention(state: dict, paradigm: Paradigm, prefixes=("transformer.",)) -> tuple[dict, bool]:
@@ -102,6 +105,7 @@ class FlowRVSModule(L.LightningModule):
         num_overlays: int = 4,
         seed: int = 0,
         run_config: dict | None = None,
+        ema_decay: float | None = None,
     ):
         super().__init__()
         # The resolved run config is stored with checkpoints so they can be rebuilt.
@@ -114,6 +118,12 @@ class FlowRVSModule(L.LightningModule):
         )
         if gradient_checkpointing:  # each block's activations are recomputed in backward
             self.transformer.enable_gradient_checkpointing()
+        # EMA of the DiT weights (the release keeps an ema_model): updated after every optimizer
+        # step, used for validation and prediction, saved beside the trained weights.
+        self.ema_decay = ema_decay
+        self.ema_transformer = None
+        if ema_decay is not None:
+            self.ema_transformer = copy.deepcopy(self.transformer).requires_grad_(False).eval()
         self.optim = optim
         self.text_max_length = text_max_length
         # What the DiT computes in (its weights' dtype, or FSDP's param_dtype): latents and text
@@ -165,9 +175,16 @@ class FlowRVSModule(L.LightningModule):
     def start_latent(self, mean: torch.Tensor, std: torch.Tensor | None, augment: bool) -> torch.Tensor:
         return start_point(self.frozen.vae, mean, std, augment)
 
-    def dit(self, text: torch.Tensor):
+    @property
+    def inference_transformer(self):
+        """The DiT validation and prediction use: the EMA weights when ``ema.enabled``."""
+        return self.ema_transformer if self.ema_transformer is not None else self.transformer
+
+    def dit(self, text: torch.Tensor, net=None):
+        net = net if net is not None else self.transformer
+
         def model(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-            return self.transformer(
+            return net(
                 hidden_states=x.to(self.compute_dtype), timestep=timestep, encoder_hidden_states=text,
                 return_dict=False,
             )[0]
@@ -179,7 +196,19 @@ class FlowRVSModule(L.LightningModule):
         checkpoint[CONVENTION_KEY] = DIT_CONVENTION
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Lightning calls this before loading the state dict: convert an old-sign checkpoint."""
+        """Lightning calls this before loading the state dict: an old-sign checkpoint is converted,
+        and one saved without an EMA starts the EMA (ema.enabled) from its trained weights."""
+        self._convert_convention(checkpoint)
+        state = checkpoint["state_dict"]
+        if self.ema_transformer is not None and not any(k.startswith(EMA_PREFIX) for k in state):
+            log.warning("checkpoint without EMA weights: the EMA starts from its trained DiT weights")
+            state.update({EMA_PREFIX + k[len("transformer."):]: v for k, v in list(state.items())
+                          if k.startswith("transformer.")})
+        elif self.ema_transformer is None:
+            for k in [k for k in state if k.startswith(EMA_PREFIX)]:
+                del state[k]  # ema.enabled=false: the trained weights are scored
+
+    def _convert_convention(self, checkpoint: dict) -> None:
         tag = checkpoint.get(CONVENTION_KEY)
         if tag == DIT_CONVENTION:
             return
@@ -190,7 +219,8 @@ class FlowRVSModule(L.LightningModule):
             raise ValueError("ckpt_path: an untagged checkpoint (written before the DiT switched to Wan's sign) "
                              "cannot resume training (its optimizer moments are in the old sign); start from it "
                              "with init_from=<path> instead")
-        checkpoint["state_dict"], negated = convert_old_convention(checkpoint["state_dict"], self.paradigm)
+        checkpoint["state_dict"], negated = convert_old_convention(
+            checkpoint["state_dict"], self.paradigm, ("transformer.", EMA_PREFIX))
         log.warning("checkpoint without a %r tag: written before the DiT switched to Wan's sign; %s",
                     CONVENTION_KEY, "its output layer (proj_out) was negated to convert it exactly" if negated
                     else f"nothing to convert for {self.paradigm.name} (its DiT output has no velocity sign here)")
@@ -217,6 +247,14 @@ class FlowRVSModule(L.LightningModule):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["video_id"]))
         return loss
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema_transformer is None:
+            return
+        ema = list(self.ema_transformer.parameters())
+        live = [p.detach() for p in self.transformer.parameters()]
+        torch._foreach_lerp_(ema, [p.to(e.dtype) for p, e in zip(live, ema)], 1.0 - self.ema_decay)
 
     def configure_optimizers(self):
         o = self.optim
@@ -249,7 +287,7 @@ class FlowRVSModule(L.LightningModule):
 
     def _predict_same_shape(self, samples: list[dict]) -> list[torch.Tensor]:
         text = self.text_embeddings([s["caption"] for s in samples])
-        model = self.dit(text)
+        model = self.dit(text, self.inference_transformer)
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
         num_frames = len(samples[0]["frames"])
         probs = []

@@ -96,10 +96,32 @@ def init_transformer_from(module, path: str | Path) -> None:
     log.info("DiT initialised from %s (%d tensors)", path, len(state))
 
 
+def load_dit_ckpt(module, cfg: DictConfig) -> None:
+    """``model.dit_ckpt``: the DiT weights (``model.dit_weights``: ``ema_model`` or ``model``) of a
+    release-layout ``mevis_ckpt.pth`` into the run's DiT (and its EMA). DVI is read off the patch
+    embedding; a file that disagrees with the config is an error naming both."""
+    from rvosflow import release
+
+    path = cfg.model.dit_ckpt
+    state = release.read_dit(path, cfg.model.dit_weights)
+    latent_channels = int(module.frozen.vae.config.z_dim)
+    expected = module.paradigm.input_channels(latent_channels)
+    release.check_dit_channels(state, latent_channels, expected, bool(cfg.dvi.enabled), path)
+    for net in filter(None, (module.transformer, module.ema_transformer)):
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+            raise release.ReleaseError(f"model.dit_ckpt: {path} does not fit model={cfg.model.name}: {first}") from None
+    log.info("DiT weights from %s [%s] (%d tensors)", path, cfg.model.dit_weights, len(state))
+
+
 def latent_cache_dir(cfg: DictConfig) -> str | None:
     """A cache folder per (VAE weights, dtype, resolution, latent convention). Entries inside are
     keyed by the content of the encoded pixels (``latents.content_key``), so the same folder is
-    right for any dataset and a changed frame is encoded again."""
+    right for any dataset and a changed frame is encoded again. The decoder is not in the key: a
+    tuned decoder (``model.vae_decoder=tuned``) only ever replaces the decoder half of the VAE
+    (``rvosflow.decoder.tuned_vae`` keeps the bundle's encoder), and only the encoder is cached."""
     if not cfg.cache_latents or not cfg.latent_cache_dir:
         return None
     from rvosflow.latents import file_identity, fingerprint
@@ -150,6 +172,7 @@ def build_module(cfg: DictConfig, bundle, text_cache=None):
         window_frames=cfg.window_frames, cache_latents=cfg.cache_latents, latent_cache_dir=latent_cache_dir(cfg),
         num_overlays=cfg.num_overlays,
         seed=cfg.seed, run_config=OmegaConf.to_container(cfg, resolve=True),
+        ema_decay=float(cfg.ema.decay) if cfg.ema.enabled else None,
     )
 
 
@@ -199,6 +222,7 @@ def make_logger(cfg: DictConfig, tags: dict | None = None) -> MLFlowLogger:
 
 def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None = None, tags: dict | None = None) -> dict:
     """Validate, train (mode=train), score on the validation split and write results.json."""
+    from rvosflow.decoder import select_vae
     from rvosflow.models import encoding
     from rvosflow.models.loader import load_wan_bundle
     from rvosflow.text_cache import TextCache, cache_dir, ensure, run_captions
@@ -218,12 +242,15 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     # No text encoder: every caption the run reads is embedded once into the text cache first
     # (a no-op when `python -m rvosflow.text_cache` or an earlier run did it), so it never sits on the GPU.
     bundle = load_wan_bundle(cfg.model.path, dtype=cfg.model.dtype, components=("transformer", "vae", "scheduler"))
+    bundle.vae = select_vae(cfg.model, bundle.vae)  # model.vae_decoder: frozen, or the tuned logit head
     datamodule = build_datamodule(cfg, encoding.spatial_multiple(bundle.vae, bundle.transformer))
     text = TextCache(cache_dir(cfg), int(cfg.model.text_max_length))
     ensure(text, cfg, run_captions(datamodule, cfg.mode))
     module = build_module(cfg, bundle, text)
     if cfg.get("init_from") and cfg.mode == "train":
         init_transformer_from(module, cfg.init_from)
+    if cfg.model.get("dit_ckpt"):
+        load_dit_ckpt(module, cfg)
 
     logger = make_logger(cfg, tags)
     logger.log_hyperparams(run_config.flat_params(cfg))
