@@ -337,9 +337,16 @@ def _predict(cfg, run_dir: Path, module, datamodule, logger, trainer_args, callb
     trainer.predict(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, return_predictions=False)
     results = {
         "predictions": str(out_dir), "split": datamodule.predict_split, "expressions": writer.expressions,
-        "frames": writer.frames, "checkpoint": cfg.ckpt_path, "mlflow_run_id": logger.run_id,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "frames": writer.frames, "checkpoint": cfg.ckpt_path or cfg.model.get("dit_ckpt"),
+        "mlflow_run_id": logger.run_id, "config": OmegaConf.to_container(cfg, resolve=True),
     }
+    source = datamodule.eval_source(datamodule.predict_split)
+    if not source.has_masks and cfg.data.format in ("mevis", "ref_ytvos"):  # server-scored: the zip it takes
+        from rvosflow.evaluate import write_submission
+
+        sub = write_submission(source, out_dir, run_dir / f"{cfg.data.format}_{datamodule.predict_split}_submission.zip")
+        results["submission"] = sub["zip"]
+        log.info("submission zip (%d PNGs, %d expressions missing) -> %s", sub["pngs"], len(sub["missing"]), sub["zip"])
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     log.info("%d expressions (%d frames) -> %s", writer.expressions, writer.frames, out_dir)
     return results

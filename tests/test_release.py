@@ -81,6 +81,16 @@ def test_release_layout_round_trip_gives_identical_predictions(tiny_benchmark, t
                                 f"model.vae_ckpt={files['decoder']}"]), tmp_path / "raw")
     frozen = predict_pngs(compose([*base, "mode=predict", f"ckpt_path={ckpt}"]), tmp_path / "frozen")
     assert raw != theirs and frozen != ours  # the EMA and the tuned decoder are what was compared
+    # a server-scored split (no masks, like MeViS valid): mode=predict also writes the submission zip
+    import shutil
+    import zipfile
+
+    shutil.copytree(tiny_benchmark / "mevis", tmp_path / "server", ignore=lambda d, names: (
+        ["mask_dict.json"] if Path(d).name == "valid" else []))
+    sub = run(compose([*base, "mode=predict", f"data.root={tmp_path / 'server'}", "data.predict_split=valid",
+                       f"model.dit_ckpt={files['dit']}", f"model.vae_ckpt={files['decoder']}"]), tmp_path / "sub")
+    names = zipfile.ZipFile(sub["submission"]).namelist()
+    assert names and all(n.startswith("Annotations/") and n.endswith(".png") for n in names)
     # validation scores the EMA weights: the same J&F from the release files
     a = run(compose([*base, "mode=validate", f"ckpt_path={ckpt}", f"model.vae_decoder_path={tmp_path / 'decoder'}"]),
             tmp_path / "va")
