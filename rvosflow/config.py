@@ -139,8 +139,12 @@ def _check_weights(cfg: DictConfig) -> None:
     _number(cfg, "decoder.focal_gamma", 0)
     _number(cfg, "decoder.dice_weight", 0)
     _choice(cfg, "decoder.head_init", HEAD_INITS)
-    if _get(cfg, "decoder.max_steps") is not None:
-        _number(cfg, "decoder.max_steps", 1, integer=True)
+    for key in ("decoder.max_steps", "decoder.crop", "decoder.frames"):
+        if _get(cfg, key) is not None:
+            _number(cfg, key, 1, integer=True)
+    frames = _get(cfg, "decoder.frames")
+    if frames is not None and (frames - 1) % 4:
+        raise ConfigError(f"decoder.frames: expected 1 + 4k frames (the Wan VAE drops the rest), got {frames}")
 
 
 def _check_trainer(cfg: DictConfig) -> None:

@@ -122,8 +122,21 @@ def test_reconstruction_scores_on_a_benchmark(test_bundle, tiny_benchmark):
 
     src = MevisSource(tiny_benchmark / "mevis" / "valid_u")
     size_fn = partial(model_size, target_height=32, max_width=32, multiple=16)
-    out = reconstruction_scores(test_bundle.vae, src, size_fn, limit=2)
-    assert out["n"] == 2 and 0 <= out["JF"] <= 100 and out["JF"] == pytest.approx((out["J"] + out["F"]) / 2)
+    tuned = with_logit_head(test_bundle.vae)
+    both = reconstruction_scores({"frozen": test_bundle.vae, "tuned": tuned}, src, size_fn, limit=3, batch_size=2)
+    for out in both.values():
+        assert out["n"] == 3 and 0 <= out["JF"] <= 100 and out["JF"] == pytest.approx((out["J"] + out["F"]) / 2)
+    alone = reconstruction_scores({"frozen": test_bundle.vae}, src, size_fn, limit=3, batch_size=1)
+    assert alone["frozen"]["JF"] == pytest.approx(both["frozen"]["JF"], abs=1e-6)  # batching changes nothing
+
+
+def test_crop_masks_takes_frames_and_a_window():
+    from rvosflow.decoder import crop_masks
+
+    m = torch.arange(2 * 17 * 8 * 8).view(2, 17, 8, 8)
+    out = crop_masks(m, 4, 9, torch.Generator().manual_seed(0))
+    assert out.shape == (2, 9, 4, 4)
+    assert crop_masks(m, None, None, torch.Generator()).shape == m.shape
 
 
 def test_vae_decoder_setting_follows_the_files_and_names_conflicts():
@@ -139,6 +152,7 @@ def test_vae_decoder_setting_follows_the_files_and_names_conflicts():
         ("decoder.head_init=zeros",): "allowed: mean, random",
         ("model.dit_ckpt=/a.pth", "init_from=/b.ckpt"): "one source of DiT weights",
         ("ema.decay=1.5",): "ema.decay",
+        ("decoder.frames=8",): "1 \\+ 4k frames",
     }
     for overrides, message in cases.items():
         with pytest.raises(ConfigError, match=message):
