@@ -269,7 +269,7 @@ def settings_from(cfg) -> DecoderSettings:
                            head_init=str(d.head_init), max_steps=d.max_steps, crop=d.crop, frames=d.frames)
 
 
-def tune(cfg, out_dir, score: bool = True) -> dict:
+def tune(cfg, out_dir, score: bool = True, recon_limit: int | None = None) -> dict:
     """Tune the decoder of ``cfg``'s bundle on ``data.train_split``, save it to ``out_dir`` and
     (``score``) measure Recon of both decoders on ``data.val_split``. Returns the report."""
     import lightning as L
@@ -298,7 +298,7 @@ def tune(cfg, out_dir, score: bool = True) -> dict:
     if score:
         t0 = time.perf_counter()
         recon = reconstruction_scores({FROZEN: base, TUNED: tuned}, dm.eval_source(dm.val_split), dm.size_fn,
-                                      int(cfg.window_frames), device)
+                                      int(cfg.window_frames), device, limit=recon_limit)
         report.update({f"recon_{name}": r for name, r in recon.items()}, recon_seconds=round(time.perf_counter() - t0, 1))
     (out_dir / "decoder_report.json").write_text(json.dumps(report, indent=2))
     return report
