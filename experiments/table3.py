@@ -79,6 +79,8 @@ def write_tables(spec: dict, profile: str, results: dict, out_dir) -> dict[str, 
     stem = out_dir / f"{spec['name']}-{profile}"
     times = ", ".join(f"{k} {v:.0f} s" for k, v in results.get("seconds", {}).items())
     note = f"\nProfile `{profile}`; stage times: {times}.\n" if times else ""
+    if results.get("flow", {}).get("reused"):
+        note += f"The flow model was not trained here: `--flow-ckpt {results['flow']['checkpoint']}`.\n"
     files = {"md": stem.with_suffix(".md"), "csv": stem.with_suffix(".csv"), "tex": stem.with_suffix(".tex"),
              "json": stem.with_suffix(".json")}
     files["md"].write_text(f"# {spec['title']}\n\n" + tables.to_markdown(shown) + note)
@@ -125,8 +127,12 @@ class Tracking:
 
 
 def run_table3(profile: str = "default", spec_file=PROJECT_ROOT / "sweeps" / "table3.yaml",
-               out_dir=PROJECT_ROOT / "results", work_dir=None, extra: list[str] | tuple = ()) -> dict:
-    """Every stage of Table 3 for ``profile``; returns the results and writes the tables."""
+               out_dir=PROJECT_ROOT / "results", work_dir=None, extra: list[str] | tuple = (),
+               flow_ckpt: str | None = None) -> dict:
+    """Every stage of Table 3 for ``profile``; returns the results and writes the tables.
+
+    ``flow_ckpt``: score this checkpoint (a run of the same model and data) instead of training the
+    flow model, e.g. the checkpoint of an earlier ``python run.py``."""
     from rvosflow.config import compose
     from rvosflow.decoder import FROZEN, TUNED, tune
     from rvosflow.train import run
@@ -142,9 +148,13 @@ def run_table3(profile: str = "default", spec_file=PROJECT_ROOT / "sweeps" / "ta
     status, files = "FAILED", None
     try:
         t0 = time.perf_counter()
-        flow = run(compose([*common, *prof["flow"], "logger.run_name=table3-flow"]), work / "flow", tags=tags)
-        results["flow"] = {"JF": flow["JF"], "checkpoint": flow["checkpoint"], "mlflow_run_id": flow["mlflow_run_id"]}
-        results["seconds"]["flow"] = time.perf_counter() - t0
+        if flow_ckpt:
+            flow = {"checkpoint": str(flow_ckpt), "reused": True}
+            results["flow"] = flow
+        else:
+            flow = run(compose([*common, *prof["flow"], "logger.run_name=table3-flow"]), work / "flow", tags=tags)
+            results["flow"] = {"JF": flow["JF"], "checkpoint": flow["checkpoint"], "mlflow_run_id": flow["mlflow_run_id"]}
+            results["seconds"]["flow"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         report = tune(compose([*common, *prof["decoder"]]), work / "decoder", score=True,
@@ -183,11 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--file", default=str(PROJECT_ROOT / "sweeps" / "table3.yaml"))
     parser.add_argument("--out", default=str(PROJECT_ROOT / "results"))
     parser.add_argument("--work-dir", default=None, help="stage folders (default outputs/table3/<profile>-<time>)")
+    parser.add_argument("--flow-ckpt", default=None,
+                        help="score this flow checkpoint (same model and data) instead of training one")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every stage")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        results = run_table3(args.profile, args.file, args.out, args.work_dir, args.overrides)
+        results = run_table3(args.profile, args.file, args.out, args.work_dir, args.overrides, args.flow_ckpt)
     except (ConfigError, Table3Error) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
