@@ -16,7 +16,7 @@ STORAGE ?=
 SWEEP_ARGS = --profile $(PROFILE) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE),) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data tiny-wan train ablation-table2 ablation-table3 decoder sweep mlflow-ui test test-slow bench clean protocol-ytvos protocol-mevis bench-dataloading
+.PHONY: help venv data tiny-wan train ablation-table2 ablation-table3 decoder sweep mlflow-ui optuna-dashboard test test-slow bench clean protocol-ytvos protocol-mevis bench-dataloading
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ sweep: tiny-wan  ## run a sweep file: SWEEP=sweeps/bbs_p.yaml PROFILE=default WO
 
 mlflow-ui: $(STAMP)  ## browse runs, sweeps (parent/child runs), metrics and overlays at http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1
+
+optuna-dashboard: $(STAMP)  ## browse the sweeps' Optuna studies (trials, slice/importance plots) at http://127.0.0.1:8080
+	$(VENV)/bin/optuna-dashboard $(or $(STORAGE),sqlite:///$(CURDIR)/sweeps.db) --host 127.0.0.1 --port 8080
 
 protocol-ytvos: data  ## RefCOCO pretrain -> Ref-YTVOS finetune -> Ref-DAVIS zero-shot (synthetic; REAL=1 for Table 4)
 	$(PY) -m experiments.ytvos_protocol $(if $(REAL),--real,) $(ARGS)

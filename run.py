@@ -14,21 +14,15 @@ from rvosflow.config import ConfigError
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    from rvosflow.train import run
+    from rvosflow.train import run, summary
 
     try:
         results = run(cfg, HydraConfig.get().runtime.output_dir)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    if "predictions" in results:
-        print(f"{results['expressions']} expressions -> {results['predictions']}  (MLflow run {results['mlflow_run_id']})")
-        return 0.0
-    if results["JF"] is None:  # a server-scored validation split: no local score
-        print(f"trained -> {results['checkpoint']}  (MLflow run {results['mlflow_run_id']})")
-        return 0.0
-    print(f"J&F {results['JF']:.1f}  J {results['J']:.1f}  F {results['F']:.1f}  (MLflow run {results['mlflow_run_id']})")
-    return results["JF"]
+    print(summary(results))
+    return results.get("JF") or 0.0
 
 
 if __name__ == "__main__":

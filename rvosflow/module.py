@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from rvosflow.data.transforms import pad_frames, resize_masks, padded_frame_count, windows
 from rvosflow.latents import LatentCache
 from rvosflow.metrics import JandF, by_kind
+from rvosflow.metrics.functional import jandf_per_expression
 from rvosflow.models import encoding
 from rvosflow.models.dit import build_dit, negate_output
 from rvosflow.paradigms import Paradigm
@@ -103,13 +104,15 @@ class FlowRVSModule(L.LightningModule):
         cache_latents: bool = True,
         latent_cache_dir: str | None = None,
         num_overlays: int = 4,
+        trajectory_steps: int = 5,
         seed: int = 0,
         run_config: dict | None = None,
         ema_decay: float | None = None,
     ):
         super().__init__()
-        # The resolved run config is stored with checkpoints so they can be rebuilt.
-        self.save_hyperparameters({"run_config": run_config or {}})
+        # The resolved run config is stored with checkpoints so they can be rebuilt. Not logged by
+        # Lightning (logger=False): train.run logs it once as flat MLflow params.
+        self.save_hyperparameters({"run_config": run_config or {}}, logger=False)
         self.paradigm = paradigm
         self.frozen = FrozenParts(bundle.vae, bundle.text_encoder, bundle.tokenizer)
         latent_channels = bundle.vae.config.z_dim
@@ -134,9 +137,13 @@ class FlowRVSModule(L.LightningModule):
         self.window_frames = padded_frame_count(window_frames, self.temporal_factor)
         self.latents = LatentCache(latent_cache_dir, enabled=cache_latents)
         self.num_overlays = num_overlays
+        self.trajectory_steps = trajectory_steps
         self.seed = seed
         self.val_metric = JandF()
-        self.overlays: list[dict] = []  # filled during validation, read by the logging callback
+        # "val" during fit; train.run sets "final" for the closing full-split score, so the
+        # in-training curve and the reported number are two metrics, not one curve with a kink.
+        self.metric_prefix = "val"
+        self.overlays: list[dict] = []  # one expression per video, filled during validation, read by OverlayLogger
         self.scores_by_kind: dict[str, dict] = {}  # last validation's {kind: {J, F, JF (percent), n}}
 
     # ----------------------------------------------------------------- frozen encoders
@@ -306,17 +313,59 @@ class FlowRVSModule(L.LightningModule):
             if sample["target"] is None:
                 raise ValueError(f"validation split has no masks (video {sample['video_id']})")
             self.val_metric.update(pred, sample["target"], kinds=[sample.get("kind", "")])
-            if len(self.overlays) < self.num_overlays:
-                keep = ("video_id", "exp_id", "caption", "target", "frames")
-                self.overlays.append({**{k: sample[k] for k in keep}, "pred": pred})
+            if len(self.overlays) < self.num_overlays and sample["video_id"] not in {o["video_id"] for o in self.overlays}:
+                j, f = jandf_per_expression(pred, sample["target"])
+                keep = ("video_id", "exp_id", "caption", "target", "frames", "frames_key")
+                self.overlays.append({**{k: sample[k] for k in keep}, "pred": pred, "JF": 50.0 * float(j + f)})
 
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metric.compute()
         for name, value in scores.items():
-            if not name.startswith("n/"):  # val/J, val/F, val/JF and val/JF/<kind> etc.
-                self.log(f"val/{name}", value.float())
+            if not name.startswith("n/"):  # J, F, JF and JF/<kind> etc., in percent like the paper's tables
+                self.log(f"{self.metric_prefix}/{name}", 100.0 * value.float())
         self.scores_by_kind = by_kind(scores)
         self.val_metric.reset()
+
+    @torch.no_grad()
+    def trajectory(self, sample: dict) -> dict | None:
+        """The flow from start point to mask for one expression, as pictures: the states z_t that
+        ``trajectory_steps`` Euler steps visit, decoded by the VAE (middle frame of the first
+        window). None for the one-step paradigms, which have no path to show."""
+        if self.trajectory_steps < 1 or not self.paradigm.multistep:
+            return None
+        from dataclasses import replace
+
+        from rvosflow.paradigms import build_paradigm
+
+        settings = replace(self.paradigm.settings, steps=self.trajectory_steps)
+        paradigm = build_paradigm(self.paradigm.name, settings)
+        frames = sample["frames"][: self.window_frames]
+        clip = pad_frames(frames, padded_frame_count(len(frames), self.temporal_factor))
+        mean, _ = self.video_posteriors([clip], [(sample["frames_key"], "window", 0, len(frames), len(clip))])
+        model = self.dit(self.text_embeddings([sample["caption"]]), self.inference_transformer)
+        channels = mean.shape[1]
+        states = []
+
+        def recording(x, timestep):  # the DiT's input starts with z_t (then the video, with DVI)
+            states.append(x[:, :channels].float())
+            return model(x, timestep)
+
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        states.append(paradigm.predict(recording, self.start_latent(mean, None, False), generator).float())
+        times = paradigm.inference_grid().tolist()
+        middle = len(frames) // 2
+        pictures = []
+        for t, z in zip(times, states):
+            # z_t mixes the normalised start latent with the (raw, as in the release) mask latent:
+            # un-normalise by the same mix so both ends decode to what they are.
+            raw = z if self.normalize_mask_latent else t * z + (1 - t) * encoding.denormalize_latents(self.frozen.vae, z)
+            pixels = encoding.decode_video(self.frozen.vae, raw, normalized=self.normalize_mask_latent)
+            pixels = pixels.expand(-1, 3, -1, -1, -1)  # a tuned decoder's 1 channel (clamped logits) as grey
+            pictures.append(((pixels[0, :, middle].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu())
+        target = sample.get("target")
+        return {"times": times, "pictures": pictures, "caption": sample["caption"], "video_id": sample["video_id"],
+                "exp_id": sample["exp_id"], "frame": frames[middle].cpu(),
+                "target": None if target is None else resize_masks(target[middle: middle + 1].float(), pictures[0].shape[:2])[0]}
 
     def predict_step(self, samples: list[dict], batch_idx: int) -> list[dict]:
         return [

@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 from rvosflow import config as run_config
+from rvosflow.console import StepProgressBar, quiet_libraries
 from rvosflow.paths import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
@@ -25,19 +26,25 @@ def default_tracking_uri() -> str:
 
 
 class OverlayLogger(Callback):
-    """Logs the module's validation overlays as one image per validation to MLflow."""
+    """Logs each validation's overlays (one expression per video, with its J&F) and, for the
+    multistep paradigms, the flow's trajectory for the first of them, as PNGs in MLflow."""
 
     def on_validation_epoch_end(self, trainer, module) -> None:
         if not module.overlays or not isinstance(trainer.logger, MLFlowLogger) or trainer.sanity_checking:
             return
-        from rvosflow.visualize import overlay_figure
-
         import matplotlib.pyplot as plt
 
+        from rvosflow.visualize import overlay_figure, trajectory_figure
+
+        stage = module.metric_prefix if module.metric_prefix != "val" else f"val_step{trainer.global_step:06d}"
         fig = overlay_figure(module.overlays)
-        trainer.logger.experiment.log_figure(
-            trainer.logger.run_id, fig, f"overlays/val_step{trainer.global_step:06d}.png")
+        trainer.logger.experiment.log_figure(trainer.logger.run_id, fig, f"overlays/{stage}.png")
         plt.close(fig)
+        trajectory = module.trajectory(module.overlays[0])
+        if trajectory is not None:
+            fig = trajectory_figure(trajectory)
+            trainer.logger.experiment.log_figure(trainer.logger.run_id, fig, f"trajectory/{stage}.png")
+            plt.close(fig)
 
 
 def flow_settings(cfg: DictConfig):
@@ -170,7 +177,7 @@ def build_module(cfg: DictConfig, bundle, text_cache=None):
         compute_dtype=resolve_dtype(cfg.fsdp.param_dtype if fsdp else cfg.model.dtype), text_cache=text_cache,
         normalize_mask_latent=cfg.flow.normalize_mask_latent,
         window_frames=cfg.window_frames, cache_latents=cfg.cache_latents, latent_cache_dir=latent_cache_dir(cfg),
-        num_overlays=cfg.num_overlays,
+        num_overlays=cfg.num_overlays, trajectory_steps=cfg.trajectory_steps,
         seed=cfg.seed, run_config=OmegaConf.to_container(cfg, resolve=True),
         ema_decay=float(cfg.ema.decay) if cfg.ema.enabled else None,
     )
@@ -212,12 +219,30 @@ def artifact_location(uri: str, experiment_name: str) -> str | None:
 
 
 def make_logger(cfg: DictConfig, tags: dict | None = None) -> MLFlowLogger:
+    """The run's MLflow logger: named for what runs (unique in its experiment unless
+    ``logger.run_name`` is given), tagged (``tracking.run_tags``), params logged once, flat."""
+    import mlflow
+
+    from rvosflow import tracking
+
     uri = cfg.logger.tracking_uri or default_tracking_uri()
-    return MLFlowLogger(
-        experiment_name=cfg.logger.experiment_name, run_name=cfg.logger.run_name, tracking_uri=uri,
-        tags={**dict(cfg.logger.tags or {}), **(tags or {})},
-        artifact_location=artifact_location(uri, cfg.logger.experiment_name),
+    location = artifact_location(uri, cfg.logger.experiment_name)
+    name = cfg.logger.run_name or tracking.unique_run_name(
+        mlflow.MlflowClient(uri), cfg.logger.experiment_name, tracking.run_name(cfg))
+    logger = MLFlowLogger(
+        experiment_name=cfg.logger.experiment_name, run_name=name, tracking_uri=uri,
+        tags={**tracking.run_tags(cfg), **dict(cfg.logger.tags or {}), **(tags or {})},
+        artifact_location=location,
     )
+    logger.log_hyperparams(run_config.flat_params(cfg))
+    tracking.mark_experiment(logger.experiment, logger.experiment_id)
+    return logger
+
+
+def run_url(cfg: DictConfig, logger: MLFlowLogger) -> str:
+    from rvosflow.tracking import run_url as url
+
+    return url(cfg.logger.tracking_uri or default_tracking_uri(), logger.experiment_id, logger.run_id)
 
 
 def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None = None, tags: dict | None = None) -> dict:
@@ -232,6 +257,7 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     if cfg.get("init_from") and cfg.mode == "train":
         run_config.check_init_from(cfg, cfg.init_from)
     run_config.validate(cfg)
+    quiet_libraries()
     run_dir = Path(run_dir)
     if cfg.mode == "predict":
         prepare_predictions_dir(cfg, run_dir)
@@ -253,11 +279,12 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
         load_dit_ckpt(module, cfg)
 
     logger = make_logger(cfg, tags)
-    logger.log_hyperparams(run_config.flat_params(cfg))
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_args["strategy"] = make_strategy(cfg)
     checkpointing = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
     callbacks = [OverlayLogger(), checkpointing, *(callbacks or [])]
+    if cfg.trainer.get("enable_progress_bar") is not False:
+        callbacks.append(StepProgressBar())
     if cfg.mode == "predict":
         return _predict(cfg, run_dir, module, datamodule, logger, trainer_args, callbacks)
     # Server-scored splits (real Ref-YTVOS / MeViS `valid`) have no masks: no validation then.
@@ -275,24 +302,38 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
         ckpt = written = cfg.ckpt_path
     datamodule.val_limit = None  # the reported score covers the whole validation split
     if scored:
-        scores = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt)[0]
-        measures = {"J": 100 * scores["val/J"], "F": 100 * scores["val/F"], "JF": 100 * scores["val/JF"],
+        module.metric_prefix = "final"  # logged as final/*, apart from the in-training val/* curve
+        scores = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
+        measures = {"J": scores["final/J"], "F": scores["final/F"], "JF": scores["final/JF"],
                     "per_kind": module.scores_by_kind}
     else:
         measures = {"J": None, "F": None, "JF": None, "per_kind": {}}
-    results = {
-        **measures, "checkpoint": str(written) if written else None,
-        "mlflow_run_id": logger.run_id, "config": OmegaConf.to_container(cfg, resolve=True),
-    }
     out = run_dir / "results.json"
+    results = {
+        **measures, "checkpoint": str(written) if written else None, "results_path": str(out),
+        "mlflow_run_id": logger.run_id, "mlflow_url": run_url(cfg, logger),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
     out.write_text(json.dumps(results, indent=2))
     logger.experiment.log_artifact(logger.run_id, str(out))
     logger.experiment.log_text(logger.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-    if scored:
-        kinds = "  ".join(f"{k} {v['JF']:.1f} ({v['n']})" for k, v in results["per_kind"].items())
-        log.info("J&F %.1f  J %.1f  F %.1f%s  -> %s", results["JF"], results["J"], results["F"],
-                 f"  | J&F per kind: {kinds}" if kinds else "", out)
     return results
+
+
+def summary(results: dict) -> str:
+    """The closing lines of `python run.py`: the score (J, F, per kind), where results.json and
+    the MLflow run are."""
+    if "predictions" in results:
+        head = f"{results['expressions']} expressions ({results['frames']} frames) -> {results['predictions']}"
+    elif results["JF"] is None:  # a server-scored validation split: no local score
+        head = f"trained -> {results['checkpoint']} (the split has no masks: score it with mode=predict)"
+    else:
+        head = f"J&F {results['JF']:.1f}  J {results['J']:.1f}  F {results['F']:.1f}"
+        if results["per_kind"]:
+            head += "   per kind: " + ", ".join(f"{k} {v['JF']:.1f} (n={v['n']})" for k, v in results["per_kind"].items())
+        if results["config"]["data"].get("eval_videos") is not None:
+            head += f"   [first {results['config']['data']['eval_videos']} videos only]"
+    return f"{head}\n  results: {results['results_path']}\n  MLflow:  {results['mlflow_url']}"
 
 
 def predictions_dir(cfg: DictConfig, run_dir: Path) -> Path:
@@ -338,7 +379,8 @@ def _predict(cfg, run_dir: Path, module, datamodule, logger, trainer_args, callb
     results = {
         "predictions": str(out_dir), "split": datamodule.predict_split, "expressions": writer.expressions,
         "frames": writer.frames, "checkpoint": cfg.ckpt_path or cfg.model.get("dit_ckpt"),
-        "mlflow_run_id": logger.run_id, "config": OmegaConf.to_container(cfg, resolve=True),
+        "results_path": str(run_dir / "results.json"),
+        "mlflow_run_id": logger.run_id, "mlflow_url": run_url(cfg, logger), "config": OmegaConf.to_container(cfg, resolve=True),
     }
     source = datamodule.eval_source(datamodule.predict_split)
     if not source.has_masks and cfg.data.format in ("mevis", "ref_ytvos"):  # server-scored: the zip it takes
@@ -348,5 +390,4 @@ def _predict(cfg, run_dir: Path, module, datamodule, logger, trainer_args, callb
         results["submission"] = sub["zip"]
         log.info("submission zip (%d PNGs, %d expressions missing) -> %s", sub["pngs"], len(sub["missing"]), sub["zip"])
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
-    log.info("%d expressions (%d frames) -> %s", writer.expressions, writer.frames, out_dir)
     return results

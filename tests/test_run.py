@@ -8,7 +8,7 @@ import mlflow
 import pytest
 
 from rvosflow.config import compose
-from rvosflow.train import run
+from rvosflow.train import run, summary
 
 
 @pytest.fixture(scope="module")
@@ -51,22 +51,44 @@ def test_every_paradigm_trains_and_scores(tiny_benchmark, test_bundle_dir, track
 
 
 def test_mlflow_run_holds_params_metrics_overlays_and_results(tiny_benchmark, test_bundle_dir, tracking_uri, tmp_path):
-    cfg = compose(tiny_overrides(tiny_benchmark, test_bundle_dir, tracking_uri, "+paradigm=video2mask", "bbs.p=0.25"))
+    cfg = compose(tiny_overrides(tiny_benchmark, test_bundle_dir, tracking_uri, "+paradigm=video2mask", "bbs.p=0.25",
+                                 "trajectory_steps=2"))
     results = run(cfg, tmp_path)
     client = mlflow.MlflowClient(tracking_uri)
     r = client.get_run(results["mlflow_run_id"])
     assert r.data.params["paradigm.name"] == "video2mask" and r.data.params["bbs.p"] == "0.25"
     assert r.data.params["spa.enabled"] == "False" and r.data.params["wi.enabled"] == "True"
-    for key in ("train/loss", "val/J", "val/F", "val/JF", "val/JF/colour"):
+    # params once, as the flat config (Lightning used to log the module's hparams again as run_config/...)
+    assert not [k for k in r.data.params if k.startswith("run_config")]
+    for key in ("train/loss", "val/J", "val/F", "val/JF", "val/JF/colour", "final/JF", "final/J", "final/JF/colour"):
         assert key in r.data.metrics, key
-    assert r.data.metrics["val/JF"] == pytest.approx(results["JF"] / 100)
+    # one unit, percent, and the reported score is its own metric
+    assert r.data.metrics["final/JF"] == pytest.approx(results["JF"])
+    assert r.data.metrics["final/J"] == pytest.approx(results["J"])
+    assert r.data.tags["paradigm"] == "video2mask" and r.data.tags["data.tier"] == "default"
+    assert client.get_experiment(r.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert r.data.tags["mlflow.runName"] == "video2mask-p0.25-s0" and "partial_eval" not in r.data.tags
     artifacts = [a.path for a in client.list_artifacts(r.info.run_id)]
     assert "results.json" in artifacts and "config.yaml" in artifacts
     overlays = [a.path for a in client.list_artifacts(r.info.run_id, "overlays")]
-    assert overlays and all(p.endswith(".png") for p in overlays)
-    # The final score covers the whole split, the in-training validation only val_limit expressions.
+    assert "overlays/final.png" in overlays and all(p.endswith(".png") for p in overlays)
+    assert "trajectory/final.png" in [a.path for a in client.list_artifacts(r.info.run_id, "trajectory")]
+    # the in-training validations (val_limit expressions) are the val/JF curve; the final score is apart
     history = client.get_metric_history(r.info.run_id, "val/JF")
-    assert len(history) >= 2
+    assert [m.step for m in history] == [1, 3] and all(0 <= m.value <= 100 for m in history)
+    assert results["mlflow_url"].endswith(f"/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}")
+
+
+def test_two_runs_get_distinct_names_and_a_partial_score_says_so(tiny_benchmark, test_bundle_dir, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = tiny_overrides(tiny_benchmark, test_bundle_dir, uri, "trainer.max_steps=1", "trajectory_steps=0")
+    first = run(compose(base), tmp_path / "a")
+    second = run(compose([*base, "data.eval_videos=1"]), tmp_path / "b")
+    client = mlflow.MlflowClient(uri)
+    names = [client.get_run(r["mlflow_run_id"]).info.run_name for r in (first, second)]
+    assert names == ["video2mask-p0.5-spa-dvi-s0", "video2mask-p0.5-spa-dvi-s0-2"]
+    assert client.get_run(second["mlflow_run_id"]).data.tags["partial_eval"] == "data.eval_videos=1"
+    assert "[first 1 videos only]" in summary(second) and "MLflow:" in summary(second)
 
 
 def test_validate_mode_reproduces_the_trained_score(tiny_benchmark, test_bundle_dir, tracking_uri, tmp_path):

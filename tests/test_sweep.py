@@ -217,9 +217,9 @@ def test_tpe_search_with_pruning(tiny_benchmark, test_bundle_dir, tmp_path, env)
             "params": {"bbs.p": {"type": "float", "low": 0.0, "high": 0.9},
                        "optim.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}},
             "sampler": {"type": "tpe", "n_startup_trials": 2, "seed": 0},
-            # val/JF is a fraction: a threshold above 1 prunes every trial at its first report
+            # val/JF is in percent: a threshold above 100 prunes every trial at its first report
             # (deterministic; the shipped bbs_p.yaml uses the median pruner)
-            "pruner": {"type": "threshold", "lower": 1.5, "n_warmup_steps": 0},
+            "pruner": {"type": "threshold", "lower": 100.5, "n_warmup_steps": 0},
             "profiles": {"test": {"n_trials": 3, "seeds": [0], "overrides": tiny(tiny_benchmark, test_bundle_dir, 4)}}}
     f = tmp_path / "s.yaml"
     f.write_text(yaml.safe_dump(spec))

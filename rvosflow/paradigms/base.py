@@ -51,6 +51,7 @@ class Paradigm(ABC):
     accepts: ClassVar[frozenset[str]] = frozenset()
     # The DiT's output is a velocity (sign set by the convention); False: it is the mask latent itself.
     outputs_velocity: ClassVar[bool] = True
+    multistep: ClassVar[bool] = False  # integrates a path over solver.steps (so it has a trajectory to draw)
 
     def __init__(self, settings: FlowSettings):
         self.settings = settings

@@ -13,6 +13,7 @@ from rvosflow.paradigms.base import Paradigm, TrainingPair, register, with_video
 class Noise2Mask(Paradigm):
     name = "noise2mask"
     accepts = frozenset()
+    multistep = True
 
     def input_channels(self, latent_channels: int) -> int:
         return 2 * latent_channels  # [x_t, video condition]

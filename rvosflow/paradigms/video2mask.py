@@ -12,6 +12,7 @@ from rvosflow.paradigms.base import Paradigm, TrainingPair, register, with_video
 class Video2Mask(Paradigm):
     name = "video2mask"
     accepts = frozenset({"bbs", "spa", "dvi"})
+    multistep = True
 
     def sample_times(self, batch: int, generator, device) -> torch.Tensor:
         return sample_bbs_times(batch, self.settings.bbs_p, generator, device)
