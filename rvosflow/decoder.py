@@ -208,7 +208,7 @@ def train_decoder(vae, loader, settings: DecoderSettings = DecoderSettings(), de
             history["loss"].append(loss.item())
             history["steps"] += 1
             if log_every and history["steps"] % log_every == 0:
-                log.info("decoder step %d  loss %.4f", history["steps"], float(loss))
+                log.info("decoder step %d  loss %.4f", history["steps"], history["loss"][-1])
             if settings.max_steps and history["steps"] >= settings.max_steps:
                 break
         if settings.max_steps and history["steps"] >= settings.max_steps:
