@@ -120,3 +120,22 @@ def test_old_convention_checkpoint_is_converted_exactly(tiny_benchmark, test_bun
         run(compose([*base, "trainer.max_steps=4", f"ckpt_path={tmp_path / 'old.ckpt'}"]), tmp_path / "resume")
     with pytest.raises(ConfigError, match="predates"):
         release.export(tmp_path / "old.ckpt", tmp_path / "out")
+
+
+def test_ema_follows_the_weights_by_its_decay_and_is_what_inference_uses(test_bundle):
+    from rvosflow.module import FlowRVSModule
+    from rvosflow.paradigms import FlowSettings, build_paradigm
+
+    module = FlowRVSModule(test_bundle, build_paradigm("video2mask", FlowSettings()), ema_decay=0.9)
+    assert module.inference_transformer is module.ema_transformer
+    assert all(not p.requires_grad for p in module.ema_transformer.parameters())
+    start = {n: p.detach().clone() for n, p in module.transformer.named_parameters()}
+    with torch.no_grad():
+        for p in module.transformer.parameters():
+            p.add_(1.0)
+    module.on_train_batch_end(None, None, 0)
+    for n, p in module.ema_transformer.named_parameters():
+        assert torch.allclose(p, start[n] + 0.1, atol=1e-6), n  # 0.9 * w + 0.1 * (w + 1)
+    assert set(k for k in module.state_dict() if k.startswith(EMA_PREFIX))  # checkpoints keep both
+    plain = FlowRVSModule(test_bundle, build_paradigm("video2mask", FlowSettings()))
+    assert plain.ema_transformer is None and plain.inference_transformer is plain.transformer
