@@ -100,6 +100,8 @@ def init_transformer_from(module, path: str | Path) -> None:
         module.transformer.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ValueError(f"init_from: {path} does not fit this DiT (paradigm/DVI/model differ?): {e}") from e
+    if module.ema_transformer is not None:  # the EMA starts from the same weights
+        module.ema_transformer.load_state_dict(state, strict=True)
     log.info("DiT initialised from %s (%d tensors)", path, len(state))
 
 
