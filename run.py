@@ -1,29 +1,56 @@
 """One ablation configuration: `python run.py [+paradigm=NAME] [key=value ...]` (Hydra).
 
 Without `+paradigm=` it trains and scores the paper's final model on the embedded default.
+Bad input (an unknown key, a value of the wrong type, a dataset or checkpoint that does not fit)
+is one line, `error: <key or file>: <expected>, <found>`, exit 2, before any work;
+RVOSFLOW_TRACEBACK=1 shows the traceback.
 """
 
+import os
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rvosflow.config import ConfigError
+
+_user_error: list = []  # a user error from the task, reported by cli() after Hydra returns
 
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
+    from rvosflow.errors import as_user_error
     from rvosflow.train import run, summary
 
     try:
         results = run(cfg, HydraConfig.get().runtime.output_dir)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as exc:
+        if as_user_error(exc) is None:
+            raise
+        _user_error.append(exc)  # raised through Hydra it would be prefixed by Hydra's own report
+        return float("nan")
     print(summary(results))
     return results.get("JF") or 0.0
 
 
+def cli() -> int:
+    from hydra.errors import HydraException
+
+    from rvosflow import errors
+    from rvosflow.config import hydra_error
+
+    # Hydra re-raises instead of printing its own multi-line report; errors.report decides.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+        if _user_error:
+            return errors.report(_user_error[0])
+    except HydraException as exc:  # composition: an unknown key or group option, bad syntax
+        return errors.report(hydra_error(exc).with_traceback(exc.__traceback__))
+    except Exception as exc:  # noqa: BLE001  (report re-raises what is not the user's input)
+        return errors.report(exc)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

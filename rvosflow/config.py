@@ -1,159 +1,65 @@
 """Run-config checks that fail before any work, naming the key and what is allowed.
 
-Hydra already refuses unknown keys (the composed config is in struct mode) and unknown
-`+paradigm=` options; this module checks values, types and paradigm/toggle compatibility.
+Types, ranges and the set of keys are the schema's (:mod:`rvosflow.schema`, which also refuses
+``+unknown=...``); this module keeps the rules that span keys: a toggle a paradigm cannot take,
+``trainer.strategy=fsdp`` without its ``fsdp`` block, and what a checkpoint fixes.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
-import numbers
 
 from omegaconf import DictConfig, OmegaConf
 
+from rvosflow import schema
 from rvosflow.paths import PROJECT_ROOT
+from rvosflow.schema import ConfigError
 
 if not OmegaConf.has_resolver("root"):
     OmegaConf.register_new_resolver("root", lambda: str(PROJECT_ROOT))
 if not OmegaConf.has_resolver("tuned_if_given"):  # model.vae_decoder's default follows the decoder files
     OmegaConf.register_new_resolver("tuned_if_given", lambda *paths: "tuned" if any(paths) else "frozen")
 
-MODES = ("train", "validate", "predict")
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-    """A setting with a wrong value or type; the message names the key and the allowed values."""
-
-
-def _get(cfg: DictConfig, key: str):
-    return OmegaConf.select(cfg, key, throw_on_missing=True)
-
-
-def _number(cfg, key, lo=None, hi=None, integer=False):
-    value = _get(cfg, key)
-    kind = "an integer" if integer else "a number"
-    ok_type = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(value, bool)
-    rng = f" in [{lo}, {hi}]" if lo is not None and hi is not None else (f" >= {lo}" if lo is not None else "")
-    if not ok_type or (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ConfigError(f"{key}: expected {kind}{rng}, got {value!r}")
-    return value
-
-
-def _bool(cfg, key):
-    value = _get(cfg, key)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _choice(cfg, key, allowed):
-    value = _get(cfg, key)
-    if value not in allowed:
-        raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(map(str, allowed))}")
-    return value
+__all__ = ["ConfigError", "validate", "compose", "flat_params", "apply_checkpoint_config", "check_init_from"]
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError on the first bad setting."""
-    from rvosflow.data.datamodules import DATAMODULES
-    from rvosflow.data.sampling import FRAME_SAMPLERS
-    from rvosflow.data.synthetic.world import TIERS
-    from rvosflow.module import LR_SCHEDULES
+    """Raise ConfigError on the first bad setting: the schema's checks, then the cross-key rules."""
     from rvosflow.paradigms import PARADIGMS
 
-    name = _choice(cfg, "paradigm.name", sorted(PARADIGMS))
-    _number(cfg, "paradigm.timestep", 0, 1000)
-    bbs_p = _number(cfg, "bbs.p", 0, 1)
-    toggles = {"bbs": bbs_p > 0, "spa": _bool(cfg, "spa.enabled"), "dvi": _bool(cfg, "dvi.enabled")}
-    _bool(cfg, "wi.enabled")
+    schema.check(cfg)
+    name = cfg.paradigm.name
+    toggles = {"bbs": cfg.bbs.p > 0, "spa": cfg.spa.enabled, "dvi": cfg.dvi.enabled}
     accepts = PARADIGMS[name].accepts
     for toggle, on in toggles.items():
         if on and toggle not in accepts:
             key = "bbs.p" if toggle == "bbs" else f"{toggle}.enabled"
             allowed = ", ".join(sorted(accepts)) or "none besides wi"
             raise ConfigError(f"{key}: paradigm '{name}' cannot take {toggle.upper()} (it accepts: {allowed})")
-    _number(cfg, "solver.steps", 1, integer=True)
-    _number(cfg, "solver.shift", 0)
-    _number(cfg, "solver.sigma_min", 0, 1)
-    _bool(cfg, "solver.round_timesteps")
-    _number(cfg, "seed", 0, integer=True)
-    _bool(cfg, "flow.start_at_noise_end")
-    _bool(cfg, "flow.normalize_mask_latent")
-    _choice(cfg, "mode", MODES)
-    _choice(cfg, "data.format", sorted(DATAMODULES))
-    _choice(cfg, "data.frame_sampler", FRAME_SAMPLERS)
-    frames = _number(cfg, "data.num_frames", 1, integer=True)
-    if (frames - 1) % 4:
-        raise ConfigError(f"data.num_frames: expected 1 + 4k frames (the Wan VAE drops the rest), got {frames}")
-    _number(cfg, "data.batch_size", 1, integer=True)
-    _choice(cfg, "model.dtype", DTYPES)
-    _bool(cfg, "model.gradient_checkpointing")
+    if cfg.trainer.strategy == "fsdp" and cfg.get("fsdp") is None:
+        raise ConfigError("trainer.strategy: fsdp needs the fsdp.* settings, add +strategy=fsdp; got no fsdp block")
     _check_weights(cfg)
-    if _get(cfg, "trainer.strategy") == "fsdp":
-        if cfg.get("fsdp") is None:
-            raise ConfigError("trainer.strategy: fsdp needs the fsdp.* settings, add +strategy=fsdp; got no fsdp block")
-        for key in ("param_dtype", "reduce_dtype", "buffer_dtype"):
-            _choice(cfg, f"fsdp.{key}", DTYPES)
-        _choice(cfg, "fsdp.sharding_strategy", ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"))
-        _choice(cfg, "fsdp.state_dict_type", ("full", "sharded"))
-        _bool(cfg, "fsdp.cpu_offload")
-    _number(cfg, "optim.lr", 0)
-    _number(cfg, "optim.weight_decay", 0)
-    _choice(cfg, "optim.schedule", LR_SCHEDULES)
-    if "tier" in cfg.data:
-        _choice(cfg, "data.tier", TIERS)
-    _check_trainer(cfg)
 
 
 def _check_weights(cfg: DictConfig) -> None:
-    """The decoder choice and its files, release weights, EMA and decoder tuning settings."""
-    from rvosflow.decoder import HEAD_INITS, VAE_DECODERS
-    from rvosflow.release import DIT_WEIGHTS
-
-    decoder = _choice(cfg, "model.vae_decoder", VAE_DECODERS)
-    path, ckpt = _get(cfg, "model.vae_decoder_path"), _get(cfg, "model.vae_ckpt")
+    """Which decoder and which DiT weights: the files must agree with model.vae_decoder, and one
+    source of DiT weights at a time."""
+    m = cfg.model
+    path, ckpt = m.vae_decoder_path, m.vae_ckpt
     if path and ckpt:
         raise ConfigError(f"model.vae_ckpt: expected one tuned decoder, found model.vae_ckpt={ckpt} "
                           f"and model.vae_decoder_path={path}")
-    if decoder == "tuned" and not (path or ckpt):
+    if m.vae_decoder == "tuned" and not (path or ckpt):
         raise ConfigError("model.vae_decoder: tuned needs model.vae_decoder_path=<python -m rvosflow.decoder folder> "
                           "or model.vae_ckpt=<decoder.pth>, found neither")
-    if decoder == "frozen" and (path or ckpt):
+    if m.vae_decoder == "frozen" and (path or ckpt):
         key = "model.vae_ckpt" if ckpt else "model.vae_decoder_path"
         raise ConfigError(f"model.vae_decoder: frozen, but {key}={ckpt or path} is a tuned decoder "
                           "(leave model.vae_decoder unset or set it to tuned)")
-    _choice(cfg, "model.dit_weights", DIT_WEIGHTS)
-    if _get(cfg, "model.dit_ckpt"):
+    if m.dit_ckpt:
         for other in ("ckpt_path", "init_from"):
             if cfg.get(other):
                 raise ConfigError(f"model.dit_ckpt: expected one source of DiT weights, found model.dit_ckpt and {other}")
-    _bool(cfg, "ema.enabled")
-    _number(cfg, "ema.decay", 0, 1)
-    _number(cfg, "decoder.lr", 0)
-    _number(cfg, "decoder.epochs", 1, integer=True)
-    _number(cfg, "decoder.batch_size", 1, integer=True)
-    _number(cfg, "decoder.weight_decay", 0)
-    _number(cfg, "decoder.focal_alpha", 0, 1)
-    _number(cfg, "decoder.focal_gamma", 0)
-    _number(cfg, "decoder.dice_weight", 0)
-    _choice(cfg, "decoder.head_init", HEAD_INITS)
-    for key in ("decoder.max_steps", "decoder.crop", "decoder.frames"):
-        if _get(cfg, key) is not None:
-            _number(cfg, key, 1, integer=True)
-    frames = _get(cfg, "decoder.frames")
-    if frames is not None and (frames - 1) % 4:
-        raise ConfigError(f"decoder.frames: expected 1 + 4k frames (the Wan VAE drops the rest), got {frames}")
-
-
-def _check_trainer(cfg: DictConfig) -> None:
-    import lightning as L
-
-    allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "logger", "callbacks"}
-    for key in cfg.trainer:
-        if key not in allowed:
-            raise ConfigError(f"trainer.{key}: not a lightning.Trainer argument")
 
 
 # What a checkpoint was trained as: its stored run config decides these when it is validated,
@@ -169,18 +75,39 @@ CHECKPOINT_INFERENCE_KEYS = ("solver.steps", "solver.shift", "solver.sigma_min",
 INIT_FROM_KEYS = ("paradigm.name", "dvi.enabled", "model.name")
 
 
-def _stored_run_config(path, key: str) -> DictConfig:
-    """The resolved run config a Lightning checkpoint of FlowRVSModule carries (``run_config``)."""
+def load_checkpoint(path, key: str) -> dict:
+    """``torch.load`` of plain data only (a checkpoint carrying code is refused, never run); any
+    problem is a ConfigError naming ``key`` and the file (torch's own errors name neither)."""
     import pickle
+    import zipfile
+    from pathlib import Path
 
     import torch
 
-    try:  # plain data only: a checkpoint carrying code is refused, never run
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{key}: expected a checkpoint file, found nothing at {path}")
+    if path.is_dir():
+        raise ConfigError(f"{key}: {path}: expected a checkpoint file, found a folder")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a text file is not one
+        raise ConfigError(f"{key}: {path}: expected a Lightning checkpoint (a torch.save archive), "
+                          f"found another kind of file ({path.stat().st_size} bytes)")
+    try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"{key}: expected a checkpoint file, found nothing at {path}") from None
     except pickle.UnpicklingError as e:
-        raise ConfigError(f"{key}: {path}: expected a plain-data checkpoint, found code ({e})") from e
+        raise ConfigError(f"{key}: {path}: expected a plain-data checkpoint, found code "
+                          f"({str(e).splitlines()[0][:200]})") from e
+    except Exception as e:  # noqa: BLE001  (a truncated archive: torch's errors name no file)
+        raise ConfigError(f"{key}: {path}: expected a Lightning checkpoint, found an unreadable file "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
+    if not isinstance(ckpt, dict):
+        raise ConfigError(f"{key}: {path}: expected a Lightning checkpoint (a dict), found {type(ckpt).__name__}")
+    return ckpt
+
+
+def _stored_run_config(path, key: str) -> DictConfig:
+    """The resolved run config a Lightning checkpoint of FlowRVSModule carries (``run_config``)."""
+    ckpt = load_checkpoint(path, key)
     stored = (ckpt.get("hyper_parameters") or {}).get("run_config") or {}
     if not stored:
         raise ConfigError(f"{key}: {path}: expected hyper_parameters.run_config, found none")
@@ -240,12 +167,45 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """The run config that `python run.py <overrides>` would see (without Hydra's own node)."""
+    """The run config that `python run.py <overrides>` would see (without Hydra's own node).
+    Hydra's composition errors come back as one-line :class:`ConfigError`s."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
 
-    if GlobalHydra.instance().is_initialized():  # inside run.py's @hydra.main: same configs
-        return hydra_compose(config_name="config", overrides=list(overrides))
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "configs"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside run.py's @hydra.main: same configs
+            return hydra_compose(config_name="config", overrides=list(overrides))
+        with initialize_config_dir(config_dir=str(PROJECT_ROOT / "configs"), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=list(overrides))
+    except HydraException as exc:
+        raise hydra_error(exc) from exc
+
+
+def hydra_error(exc: Exception) -> ConfigError:
+    """A Hydra composition error (unknown key or group option, bad override syntax) as one line
+    naming the key: ``<key>: expected <what>, got <what>``."""
+    import re
+
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    text = str(exc)
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options:
+        group, _, name = exc.missing_cfg_file.rpartition("/")
+        return ConfigError(f"{group}: expected one of {', '.join(exc.options)}, got {name!r}")
+    if isinstance(exc, OverrideParseException):
+        detail = [ln for ln in text.splitlines() if ln and not ln.startswith(("See ", "Error parsing"))]
+        return ConfigError(f"{exc.override}: expected key=value (Hydra's override syntax), got "
+                           f"{detail[0] if detail else 'a parse error'}")
+    m = re.match(r"Could not override '([^']+)'", text)
+    if m:
+        return ConfigError(f"{m.group(1)}: expected a key of the run config, got an unknown key")
+    m = re.match(r"Could not append to config. An item is already at '([^']+)'", text)
+    if m:
+        return ConfigError(f"{m.group(1)}: expected a new key after '+', got one the config has (drop the '+')")
+    m = re.match(r"Could not delete from config. '([^']+)' does not exist", text)
+    if m:
+        return ConfigError(f"{m.group(1)}: expected a key of the run config to delete, got an unknown key")
+    first = next((ln for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    return ConfigError(f"overrides: expected a composable config, got: {first}")

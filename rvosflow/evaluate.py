@@ -41,10 +41,15 @@ from pathlib import Path
 
 import numpy as np
 
-from rvosflow.data.formats.base import first_videos, read_index_png
+from rvosflow.data.formats.base import first_videos, read_index_png, stack_frames
+from rvosflow.errors import UserError
 from rvosflow.data.schema import EXPRESSION_KINDS
 from rvosflow.metrics.functional import jaccard_and_boundary_f
 from rvosflow.predict import read_mask
+
+
+class EvaluationError(UserError, ValueError):
+    """A bad evaluation input (predictions, options); the message names the file or option."""
 
 BENCHMARKS = ("mevis", "ref_ytvos", "ref_davis")
 DAVIS_TASKS = ("unsupervised", "semi-supervised")
@@ -60,7 +65,7 @@ def open_source(benchmark: str, root: str | Path, split: str):
         return RefYTVOSSource(root, split)
     if benchmark == "ref_davis":
         return RefDAVISSource(root, split)
-    raise ValueError(f"--benchmark: unknown {benchmark!r}; allowed: {', '.join(BENCHMARKS)}")
+    raise EvaluationError(f"--benchmark: unknown {benchmark!r}; allowed: {', '.join(BENCHMARKS)}")
 
 
 def load_prediction(pred_dir: Path, video_id: str, exp_id: str, frame_names) -> tuple[np.ndarray | None, list[str]]:
@@ -71,7 +76,8 @@ def load_prediction(pred_dir: Path, video_id: str, exp_id: str, frame_names) -> 
     missing = [n for n in frame_names if not (d / f"{n}.png").is_file()]
     if missing:
         return None, missing
-    return np.stack([read_mask(d / f"{n}.png") for n in frame_names]), []
+    paths = [d / f"{n}.png" for n in frame_names]
+    return stack_frames([read_mask(p) for p in paths], paths), []
 
 
 def check_binary(source, pred_dir: Path) -> None:
@@ -90,13 +96,13 @@ def check_binary(source, pred_dir: Path) -> None:
                 if not is_binary(read_png_values(p)):
                     bad.append(p)
     if bad:
-        raise ValueError(f"--predictions: expected binary PNGs (0/255 or 0/1), found {len(bad)} of {len(seen)} "
+        raise EvaluationError(f"--predictions: expected binary PNGs (0/255 or 0/1), found {len(bad)} of {len(seen)} "
                          f"with other values, first: {', '.join(str(p) for p in bad[:3])}")
 
 
 def _jf(pred: np.ndarray, gt: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
     if pred.shape != gt.shape:
-        raise ValueError(f"{where}: prediction of shape {pred.shape[1:]} for ground truth {gt.shape[1:]} "
+        raise EvaluationError(f"{where}: prediction of shape {pred.shape[1:]} for ground truth {gt.shape[1:]} "
                          "(predictions must be at the original resolution)")
     j, f = jaccard_and_boundary_f(pred, gt)
     return j.double().numpy(), f.double().numpy()
@@ -197,7 +203,7 @@ def score_davis_video(gt_ids: np.ndarray, labels: np.ndarray, task: str, where: 
     if task == "semi-supervised":
         gt_ids, labels, void = gt_ids[1:-1], labels[1:-1], void[1:-1]
         if len(gt_ids) == 0:
-            raise ValueError(f"{where}: semi-supervised scoring needs more than two frames")
+            raise EvaluationError(f"{where}: semi-supervised scoring needs more than two frames")
     # davis2017 DAVIS.get_all_masks: objects 1..max of the first annotation frame (of the frames kept).
     n_gt = int(gt_ids[0].max())
     n_res = int(labels.max())
@@ -209,11 +215,11 @@ def score_davis_video(gt_ids: np.ndarray, labels: np.ndarray, task: str, where: 
         return []
     if task == "semi-supervised":
         if n_res > n_gt:
-            raise ValueError(f"{where}: predicted label {n_res} exceeds the {n_gt} objects of the first frame")
+            raise EvaluationError(f"{where}: predicted label {n_res} exceeds the {n_gt} objects of the first frame")
         j, f = _pairwise_jf(gt, res, void)  # [R, G, T]; pairs by id on the diagonal
         return [(j[i, i], f[i, i]) for i in range(n_gt)]
     if res.shape[0] > 20:
-        raise ValueError(f"{where}: more than 20 predicted objects (the official limit)")
+        raise EvaluationError(f"{where}: more than 20 predicted objects (the official limit)")
     j, f = _pairwise_jf(gt, res, void)
     rows, cols = linear_sum_assignment(-(j.mean(axis=2) + f.mean(axis=2)) / 2)
     return [(j[r, c], f[r, c]) for r, c in zip(rows, cols)]
@@ -223,7 +229,7 @@ def score_ref_davis(source, pred_dir: Path, task: str = "unsupervised") -> dict:
     from rvosflow.data.formats.davis import ANNOTATOR_SETS
 
     if task not in DAVIS_TASKS:
-        raise ValueError(f"--davis-task: unknown {task!r}; allowed: {', '.join(DAVIS_TASKS)}")
+        raise EvaluationError(f"--davis-task: unknown {task!r}; allowed: {', '.join(DAVIS_TASKS)}")
     ann_dir = source.root / source.split / "Annotations"
     sets, missing = {}, []
     gt_cache: dict[str, np.ndarray] = {}
@@ -236,7 +242,8 @@ def score_ref_davis(source, pred_dir: Path, task: str = "unsupervised") -> dict:
                 continue
             names = list(exprs[0].frame_names)
             if vid not in gt_cache:
-                gt_cache[vid] = np.stack([read_index_png(ann_dir / vid / f"{n}.png") for n in names])
+                paths = [ann_dir / vid / f"{n}.png" for n in names]
+                gt_cache[vid] = stack_frames([read_index_png(p) for p in paths], paths)
             gt_ids = gt_cache[vid]
             masks = []
             for e in exprs:
@@ -245,7 +252,7 @@ def score_ref_davis(source, pred_dir: Path, task: str = "unsupervised") -> dict:
                     missing.append({"set": set_name, "video": vid, "exp_id": e.exp_id, "missing_frames": len(absent),
                                     "frames": len(names)})
                 elif pred.shape != gt_ids.shape:
-                    raise ValueError(f"{pred_dir / vid / e.exp_id}: prediction of shape {pred.shape[1:]} for "
+                    raise EvaluationError(f"{pred_dir / vid / e.exp_id}: prediction of shape {pred.shape[1:]} for "
                                      f"ground truth {gt_ids.shape[1:]} (predictions must be at the original resolution)")
                 masks.append(pred)
             labels = merged_labels(masks, gt_ids.shape)
@@ -276,7 +283,7 @@ def evaluate(benchmark: str, root, split: str, predictions, out=None, zip_path=N
     source = first_videos(open_source(benchmark, root, split), videos, setting="--videos")
     pred_dir = Path(predictions)
     if not pred_dir.is_dir():
-        raise FileNotFoundError(f"--predictions: {pred_dir} is not a directory")
+        raise EvaluationError(f"--predictions: expected a folder of <video>/<exp_id>/<frame>.png, found no folder at {pred_dir}")
     check_binary(source, pred_dir)
     result: dict = {"benchmark": benchmark, "root": str(root), "split": split, "predictions": str(pred_dir),
                      "videos": len(source.video_ids()), "subset": videos is not None}
@@ -297,6 +304,13 @@ def evaluate(benchmark: str, root, split: str, predictions, out=None, zip_path=N
 
 
 def main(argv=None) -> int:
+    """The CLI; bad input is one line, exit 2 (:func:`rvosflow.errors.cli`)."""
+    from rvosflow.errors import cli
+
+    return cli(_main, argv)
+
+
+def _main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rvosflow.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     ap.add_argument("--root", required=True, help="the benchmark root (MeViS: the folder holding the splits)")
@@ -308,12 +322,8 @@ def main(argv=None) -> int:
     ap.add_argument("--davis-task", default="unsupervised", choices=DAVIS_TASKS,
                     help="Ref-DAVIS: ReferFormer's default 'unsupervised' (Hungarian-matched, all frames)")
     args = ap.parse_args(argv)
-    try:
-        r = evaluate(args.benchmark, args.root, args.split, args.predictions, args.out, args.zip, args.davis_task,
-                     args.videos)
-    except (ValueError, FileNotFoundError) as err:  # bad input: one line (DESIGN §8)
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    r = evaluate(args.benchmark, args.root, args.split, args.predictions, args.out, args.zip, args.davis_task,
+                 args.videos)
     if "JF" in r:
         print(f"{args.benchmark}/{args.split}: J&F {r['JF']:.2f}  J {r['J']:.2f}  F {r['F']:.2f}")
     for kind, s in r.get("per_kind", {}).items():

@@ -28,8 +28,13 @@ def write_masks(out_dir: str | Path, video_id: str, exp_id: str, frame_names, ma
 
 def read_png_values(path: str | Path) -> np.ndarray:
     """A prediction PNG's values [H, W] (grayscale, palette index or 0/1)."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("L") if im.mode not in ("L", "P", "1") else im)
+    from rvosflow.data.formats.base import DatasetFormatError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L") if im.mode not in ("L", "P", "1") else im)
+    except OSError as e:  # zero bytes or not a PNG: PIL's error names no file
+        raise DatasetFormatError(f"{path}: expected a mask PNG, found an unreadable file ({e})") from e
 
 
 def is_binary(values: np.ndarray) -> bool:

@@ -148,6 +148,13 @@ def format_summary(summary: dict) -> str:
 
 
 def main(protocol: str, argv=None) -> int:
+    """The CLI of ``experiments/*_protocol.py``; bad input is one line, exit 2."""
+    from rvosflow.errors import cli
+
+    return cli(lambda a: _main(protocol, a), argv)
+
+
+def _main(protocol: str, argv=None) -> int:
     ap = argparse.ArgumentParser(prog=f"python -m experiments.{protocol}_protocol", description=__doc__.split("\n\n")[0])
     ap.add_argument("--real", action="store_true", help="the Table 4 presets on the real datasets and Wan2.1-T2V-1.3B")
     ap.add_argument("--out", default=None, help="output folder (default outputs/protocols/<name>-<time>)")

@@ -154,6 +154,13 @@ def ensure(cache: TextCache, cfg, captions: Sequence[str], device: torch.device 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; bad input is one line, exit 2 (:func:`rvosflow.errors.cli`)."""
+    from rvosflow.errors import cli
+
+    return cli(_main, argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rvosflow.text_cache", description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for run.py (model=..., data=..., data.root=...)")
     parser.add_argument("--mode", default="train", choices=("train", "validate", "predict"),
@@ -166,18 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     from rvosflow.train import build_datamodule, ensure_data
 
     cfg = run_config.compose(args.overrides)
-    try:
-        run_config.validate(cfg)
-    except run_config.ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    run_config.validate(cfg)
     ensure_data(cfg)
     datamodule = build_datamodule(cfg, spatial_multiple=16)  # captions do not depend on the frame size
     captions = run_captions(datamodule, args.mode)
     cache = TextCache(cache_dir(cfg), int(cfg.model.text_max_length))
     if cache.directory is None:
-        print("error: text_cache_dir: expected a directory to write the cache to, got null", file=sys.stderr)
-        return 2
+        raise run_config.ConfigError("text_cache_dir: expected a directory to write the cache to, got null")
     n = ensure(cache, cfg, captions, torch.device(args.device) if args.device else None)
     print(f"{len(captions)} captions, {n} encoded, {len(captions) - n} already cached -> {cache.directory}")
     return 0

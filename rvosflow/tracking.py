@@ -64,16 +64,42 @@ def partial_eval(cfg: DictConfig) -> str | None:
     return None
 
 
-def run_tags(cfg: DictConfig) -> dict[str, str]:
-    """Tags every run gets: MLflow's standard context (user, source, git commit) and ours."""
+def git_commit() -> str | None:
+    """The project checkout's commit (with ``-dirty`` when files differ), or None outside git."""
+    import subprocess
+
+    from rvosflow.paths import PROJECT_ROOT
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode:
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def context_tags(tags: dict[str, str]) -> dict[str, str]:
+    """``tags`` with MLflow's standard context (user, entry point) and the project's git commit:
+    MLflow looks for git beside the entry point, which is not the project under pytest or a launcher."""
     from mlflow.tracking.context.registry import resolve_tags
 
+    commit = git_commit()
+    return resolve_tags({**({"mlflow.source.git.commit": commit} if commit else {}), **tags})
+
+
+def run_tags(cfg: DictConfig) -> dict[str, str]:
+    """Tags every run gets: MLflow's standard context (user, source, git commit) and ours."""
     tags = {"paradigm": cfg.paradigm.name, "mode": cfg.mode, "data": str(cfg.data.format),
             "data.tier": str(cfg.data.get("tier") or "real")}
     why = partial_eval(cfg)
     if why:
         tags["partial_eval"] = why
-    return resolve_tags(tags)
+    return context_tags(tags)
 
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 from pathlib import Path
 
 import lightning as L
@@ -16,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rvosflow import config as run_config
 from rvosflow.console import StepProgressBar, quiet_libraries
+from rvosflow.data.check import check_sources
 from rvosflow.paths import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def ensure_data(cfg: DictConfig) -> None:
     if root.exists():
         return
     if not cfg.data.get("generate_if_missing", False):
-        raise FileNotFoundError(f"data.root: {root} does not exist (expected the {cfg.data.format} layout there)")
+        raise run_config.ConfigError(f"data.root: expected the {cfg.data.format} layout at {root}, found nothing there")
     from rvosflow.data.synthetic import SyntheticConfig, write_benchmark
 
     tier = cfg.data.get("tier", "default")
@@ -82,10 +82,7 @@ def init_transformer_from(module, path: str | Path) -> None:
     """``init_from``: load the DiT weights (``transformer.*``) of a Lightning checkpoint before fit
     (e.g. the RefCOCO pre-training stage before Ref-YTVOS fine-tuning). Optimizer state and step
     are not taken; every DiT weight must match (same paradigm/DVI)."""
-    try:  # plain tensors and containers only: a checkpoint carrying code is refused, never run
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"init_from: {path} is not a plain-data checkpoint ({e})") from e
+    ckpt = run_config.load_checkpoint(path, "init_from")  # plain data only: code is refused, never run
     from rvosflow.module import CONVENTION_KEY, DIT_CONVENTION, convert_old_convention
 
     full = ckpt.get("state_dict", {})
@@ -95,11 +92,12 @@ def init_transformer_from(module, path: str | Path) -> None:
                     CONVENTION_KEY, ": its proj_out was negated to convert it exactly" if negated else "")
     state = {k[len("transformer."):]: v for k, v in full.items() if k.startswith("transformer.")}
     if not state:
-        raise ValueError(f"init_from: {path} holds no transformer.* weights")
+        raise run_config.ConfigError(f"init_from: {path}: expected transformer.* weights, found none")
     try:
         module.transformer.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"init_from: {path} does not fit this DiT (paradigm/DVI/model differ?): {e}") from e
+        raise run_config.ConfigError(f"init_from: {path}: expected weights that fit this DiT (same paradigm/DVI/model), "
+                                     f"found a mismatch ({str(e).splitlines()[0]})") from e
     if module.ema_transformer is not None:  # the EMA starts from the same weights
         module.ema_transformer.load_state_dict(state, strict=True)
     log.info("DiT initialised from %s (%d tensors)", path, len(state))
@@ -248,30 +246,83 @@ def run_url(cfg: DictConfig, logger: MLFlowLogger) -> str:
 
 
 def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None = None, tags: dict | None = None) -> dict:
-    """Validate, train (mode=train), score on the validation split and write results.json."""
-    from rvosflow.decoder import select_vae
-    from rvosflow.models import encoding
-    from rvosflow.models.loader import load_wan_bundle
-    from rvosflow.text_cache import TextCache, cache_dir, ensure, run_captions
-
+    """Validate, check the data, train (mode=train), score on the validation split and write
+    results.json. Bad input fails before any work (and before an MLflow run exists); once the
+    MLflow run exists, any failure ends it FAILED (KILLED when interrupted) with the error as
+    its ``rvosflow.error`` tag."""
+    run_config.validate(cfg)  # types, ranges and unknown keys first: a checkpoint path may be the bad key
     if cfg.get("ckpt_path"):  # the checkpoint's own paradigm/toggles/model, not the defaults
         cfg = run_config.apply_checkpoint_config(cfg, cfg.ckpt_path)
+        run_config.validate(cfg)
     if cfg.get("init_from") and cfg.mode == "train":
         run_config.check_init_from(cfg, cfg.init_from)
-    run_config.validate(cfg)
     quiet_libraries()
     run_dir = Path(run_dir)
     if cfg.mode == "predict":
         prepare_predictions_dir(cfg, run_dir)
+    ensure_data(cfg)
+    datamodule = build_datamodule(cfg, bundle_spatial_multiple(cfg.model.path))
+    check_sources(datamodule.sources_read(cfg.mode))  # every file the splits reference, all problems at once
+    tracked = TrackedRun(cfg, tags)
+    try:
+        return _run(cfg, run_dir, datamodule, callbacks, tracked)
+    except BaseException as exc:
+        tracked.fail(exc)
+        raise
+
+
+class TrackedRun:
+    """The run's MLflow logger, created on first use, and how the run ends when it fails."""
+
+    def __init__(self, cfg: DictConfig, tags: dict | None):
+        self.cfg, self.tags, self._logger = cfg, tags, None
+
+    @property
+    def logger(self) -> MLFlowLogger:
+        if self._logger is None:
+            self._logger = make_logger(self.cfg, self.tags)
+        return self._logger
+
+    def fail(self, exc: BaseException) -> None:
+        """FAILED (KILLED for Ctrl-C, which Lightning turns into SystemExit) with the error as a tag;
+        never hides ``exc``."""
+        if self._logger is None:  # no MLflow run was started (its first use follows its creation)
+            return
+        import traceback
+
+        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+        note = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        try:
+            client = self._logger.experiment
+            client.set_tag(self._logger.run_id, "rvosflow.error", note[:4900])
+            client.set_terminated(self._logger.run_id, status)
+        except Exception:  # noqa: BLE001
+            log.exception("could not mark MLflow run %s %s", self._logger.run_id, status)
+
+
+def bundle_spatial_multiple(path) -> int:
+    """What H and W round to (VAE spatial factor x DiT patch), read from the bundle's config.json
+    files so the data can be set up and checked before any weight is loaded."""
+    from rvosflow.models.loader import check_bundle
+
+    root = check_bundle(path, ("transformer", "vae"))
+    vae = json.loads((root / "vae" / "config.json").read_text())
+    dit = json.loads((root / "transformer" / "config.json").read_text())
+    return int(vae.get("scale_factor_spatial") or 8) * int(dit.get("patch_size", [1, 2, 2])[1])
+
+
+def _run(cfg: DictConfig, run_dir: Path, datamodule, callbacks, tracked: TrackedRun) -> dict:
+    from rvosflow.decoder import select_vae
+    from rvosflow.models.loader import load_wan_bundle
+    from rvosflow.text_cache import TextCache, cache_dir, ensure, run_captions
+
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
-    ensure_data(cfg)
     # No text encoder: every caption the run reads is embedded once into the text cache first
     # (a no-op when `python -m rvosflow.text_cache` or an earlier run did it), so it never sits on the GPU.
     bundle = load_wan_bundle(cfg.model.path, dtype=cfg.model.dtype, components=("transformer", "vae", "scheduler"))
     bundle.vae = select_vae(cfg.model, bundle.vae)  # model.vae_decoder: frozen, or the tuned logit head
-    datamodule = build_datamodule(cfg, encoding.spatial_multiple(bundle.vae, bundle.transformer))
     text = TextCache(cache_dir(cfg), int(cfg.model.text_max_length))
     ensure(text, cfg, run_captions(datamodule, cfg.mode))
     module = build_module(cfg, bundle, text)
@@ -280,7 +331,7 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     if cfg.model.get("dit_ckpt"):
         load_dit_ckpt(module, cfg)
 
-    logger = make_logger(cfg, tags)
+    logger = tracked.logger
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_args["strategy"] = make_strategy(cfg)
     checkpointing = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)

@@ -70,7 +70,7 @@ def test_missing_frame_file_names_the_frame(bench):
     e = src.expressions[0]
     path = bench / "mevis" / "train" / "JPEGImages" / e.video_id / f"{e.frame_names[2]}.jpg"
     path.unlink()
-    with pytest.raises(DatasetFormatError, match=rf"{e.video_id}/{e.frame_names[2]}\.jpg: frame file not found"):
+    with pytest.raises(DatasetFormatError, match=rf"{e.video_id}/{e.frame_names[2]}\.jpg: expected a frame file, found nothing"):
         src.load_frames(e.video_id)
 
 
@@ -78,7 +78,7 @@ def test_missing_annotation_png_names_the_file(bench):
     src = RefYTVOSSource(bench / "ref_ytvos", "train")
     e = src.expressions[0]
     (bench / "ref_ytvos" / "train" / "Annotations" / e.video_id / f"{e.frame_names[1]}.png").unlink()
-    with pytest.raises(DatasetFormatError, match=rf"{e.video_id}/{e.frame_names[1]}\.png: annotation file not found"):
+    with pytest.raises(DatasetFormatError, match=rf"{e.video_id}/{e.frame_names[1]}\.png: expected an annotation file, found nothing"):
         src.load_target(e)
 
 

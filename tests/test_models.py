@@ -59,7 +59,7 @@ def test_random_bundle_deterministic():
 
 
 def test_unknown_path_raises(tmp_path):
-    with pytest.raises(BundleError, match="not found"):
+    with pytest.raises(BundleError, match="found nothing"):
         load_wan_bundle(tmp_path / "nope")
     assert issubclass(BundleError, FileNotFoundError)
 

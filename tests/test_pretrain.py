@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from rvosflow.data.formats import DatasetFormatError
 from rvosflow.models.loader import load_wan_bundle
 from rvosflow.models.pretrain import REPORT_NAME, SAMPLE_NAME, PretrainConfig, auto_threads, busy_cores, main, pretrain
 
@@ -38,7 +39,7 @@ def test_cached_bundle_returns_at_once(test_bundle_dir, tmp_path):
 
 
 def test_missing_data_fails_clearly(tmp_path):
-    with pytest.raises(FileNotFoundError, match="make data"):
+    with pytest.raises(DatasetFormatError, match=r"expected a MeViS-layout split \(run `make data`"):
         pretrain(PretrainConfig(data=str(tmp_path / "no-data"), out=str(tmp_path / "wan"), arch="test"))
     assert not (tmp_path / "wan").exists()
 

@@ -51,7 +51,7 @@ def test_fsdp_preset_wraps_each_wan_block_with_mixed_precision():
 def test_fsdp_without_its_settings_fails_naming_the_key():
     with pytest.raises(ConfigError, match=r"trainer\.strategy: fsdp needs the fsdp\.\* settings"):
         validate(compose(["trainer.strategy=fsdp"]))
-    with pytest.raises(ConfigError, match=r"fsdp\.param_dtype: unknown value 'int8'"):
+    with pytest.raises(ConfigError, match=r"fsdp\.param_dtype: expected one of float32, bfloat16, float16, got 'int8'"):
         validate(compose(["+strategy=fsdp", "fsdp.param_dtype=int8"]))
 
 

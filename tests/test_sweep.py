@@ -99,7 +99,7 @@ def test_shipped_sweep_files_compose_for_every_profile():
 
 
 def test_bad_sweep_files_are_refused(tmp_path):
-    with pytest.raises(sweep.SpecError, match="no profile 'nope'"):
+    with pytest.raises(sweep.SpecError, match=r"profiles: expected one of default, .*got 'nope'"):
         sweep.load_spec(TABLE2, "nope")
     bad = write_sweep(tmp_path / "bad.yaml", [], rows=[{"id": "x", "overrides": ["bbs.p=1.5"]}])
     with pytest.raises(sweep.SpecError, match="row x.*bbs.p"):
@@ -129,13 +129,25 @@ def test_misspelt_keys_in_sweep_files_are_errors_naming_the_key(tmp_path):
     search = {"kind": "search", "params": {"bbs.p": {"type": "float", "low": 0.0, "high": 0.9}},
               "sampler": {"type": "tpe", "n_startup_trails": 3}, "profiles": {"test": {"seeds": [0]}}}
     f.write_text(yaml.safe_dump(search))
-    with pytest.raises(sweep.SpecError, match=r"sampler\.n_startup_trails: unknown key for TPESampler; allowed: type, .*n_startup_trials"):
+    with pytest.raises(sweep.SpecError, match=r"sampler\.n_startup_trails: expected an argument of TPESampler \(allowed: type, .*n_startup_trials"):
         sweep.compose_rows(sweep.load_spec(f, "test"), [])
     search["sampler"] = {"type": "tpe"}
     search["params"]["bbs.p"]["high"] = 1.5  # every parameter's range is composed and validated
     f.write_text(yaml.safe_dump(search))
     with pytest.raises(sweep.SpecError, match=r"params\.bbs\.p .*bbs\.p=1\.5.*bbs\.p"):
         sweep.compose_rows(sweep.load_spec(f, "test"), [])
+
+
+def test_a_row_with_a_bad_override_is_refused_before_any_trial(tmp_path, env, capsys):
+    # issue 13: `data.val_limit=abc` in one row failed only when its trial ran, after the others
+    # had trained, with a TypeError naming no key, and the sweep exited 0
+    rows = [ROWS[0], {"id": "bad", "overrides": ["+paradigm=video2mask", "data.val_limit=abc"]}]
+    f = write_sweep(tmp_path / "t.yaml", [], rows=rows, seeds=[0])
+    assert sweep.main(cli(f, env)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "row bad" in err and "data.val_limit: expected an integer >= 1 or null, got 'abc'" in err
+    assert not (tmp_path / "sweeps.db").exists() and not env["runs"].exists()  # nothing started
 
 
 def test_reset_starts_a_new_study_folder_and_never_rewrites_earlier_trials(tiny_benchmark, test_bundle_dir, tmp_path, env):
@@ -177,14 +189,35 @@ def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test
     assert parent.info.status == "FINISHED" and len(kids) == 4
     assert {(k.data.tags["row"], k.data.tags["seed"]) for k in kids} == {("base", "0"), ("base", "1"), ("h", "0"), ("h", "1")}
     assert all(k.info.status == "FINISHED" for k in kids)
+    assert sorted(k.info.run_name for k in kids) == ["base-s0", "base-s1", "h-s0", "h-s1"]
+    assert all(k.data.tags["profile"] == "test" and k.data.tags["paradigm"] == "video2mask" for k in kids)
     client = mlflow.MlflowClient(env["uri"])
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "results")}
     assert arts == {f"results/t-test.{e}" for e in ("md", "csv", "tex", "png")}
-    # Re-running a finished study runs nothing and reuses the parent run.
+    # The parent run carries the table (rows, J&F/J/F mean ± std, paper, per kind) and a few summary
+    # metrics, not one metric per row; it has user, source and git tags like any run.
+    shown = client.load_table(parent.info.experiment_id, "table.json", run_ids=[parent.info.run_id])
+    assert list(shown["ID"]) == ["base", "h"] and {"J&F", "J", "F", "Paper J&F", "J&F colour"} <= set(shown.columns)
+    assert float(shown.set_index("ID").loc["h", "Paper J&F"]) == 60.6 and "±" in shown.set_index("ID").loc["h", "J&F"]
+    assert set(parent.data.metrics) == {"rows_scored", "JF_best_row", "JF_span", "JF_seed_std_mean", "spearman_rho_paper"}
+    assert parent.data.metrics["rows_scored"] == 2
+    assert {"mlflow.user", "mlflow.source.name", "mlflow.source.git.commit"} <= set(parent.data.tags)
+    assert parent.data.tags["profile"] == "test"
+    # Optuna: the objective is named, each trial records its settings as params and links its MLflow run.
+    study = optuna.load_study(study_name="t-test", storage=env["storage"])
+    assert study.metric_names == ["F (%)"]
+    h0 = next(t for t in trials if (t.params["row"], t.params["seed"]) == ("h", 0))
+    assert {k: h0.params[k] for k in ("paradigm", "bbs.p", "spa", "dvi", "wi")} == {
+        "paradigm": "video2mask", "bbs.p": 0.5, "spa": True, "dvi": True, "wi": True}
+    assert next(t for t in trials if t.params["row"] == "base").params["bbs.p"] == 0.0
+    assert h0.user_attrs["mlflow_url"].endswith(f"/runs/{h0.user_attrs['mlflow_run_id']}")
+    # Re-running a finished study runs nothing and reuses the parent run (and replaces its table).
     assert sweep.main(cli(f, env)) == 0
     assert len(study_trials(env)) == 4
     parent2, kids2 = children(env)
     assert parent2.info.run_id == parent.info.run_id and len(kids2) == 4
+    again = client.load_table(parent.info.experiment_id, "table.json", run_ids=[parent.info.run_id])
+    assert len(again) == 2
     # Changing what a row means under an existing study is refused.
     f2 = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir, max_steps=4))
     assert sweep.main(cli(f2, env)) == 2
@@ -194,7 +227,7 @@ def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test
 def test_failing_trial_is_failed_in_optuna_and_mlflow_and_the_study_goes_on(tiny_benchmark, test_bundle_dir, tmp_path, env):
     rows = [ROWS[0], {"id": "div", "label": "diverges", "overrides": ["+paradigm=video2mask", "optim.lr=1e30"]}]
     f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir), rows=rows, seeds=[0])
-    assert sweep.main(cli(f, env)) == 0
+    assert sweep.main(cli(f, env)) == 1  # the others ran; a failed trial makes the sweep fail
     states = {t.params["row"]: t.state.name for t in study_trials(env)}
     assert states == {"base": "COMPLETE", "div": "FAIL"}
     fail = next(t for t in study_trials(env) if t.params["row"] == "div")
@@ -205,10 +238,14 @@ def test_failing_trial_is_failed_in_optuna_and_mlflow_and_the_study_goes_on(tiny
     assert by_row["base"].info.status == "FINISHED"
     table = pd.read_csv(env["out"] / "t-test.csv")
     assert table.set_index("id").loc["div", "failed"] == 1 and pd.isna(table.set_index("id").loc["div", "JF_mean"])
-    # A re-run does not repeat the failure; --retry-failed does.
-    assert sweep.main(cli(f, env)) == 0
+    md = (env["out"] / "t-test.md").read_text()
+    assert "0 (1 failed)" in md and "Failed: row div seed 0" in md  # the table marks the failed row
+    parent, _ = children(env)
+    assert parent.info.status == "FAILED"
+    # A re-run does not repeat the failure (and still says the sweep failed); --retry-failed does.
+    assert sweep.main(cli(f, env)) == 1
     assert len(study_trials(env)) == 2
-    assert sweep.main(cli(f, env, "--retry-failed")) == 0
+    assert sweep.main(cli(f, env, "--retry-failed")) == 1
     assert [t.state.name for t in study_trials(env) if t.params["row"] == "div"] == ["FAIL", "FAIL"]
 
 
@@ -225,7 +262,9 @@ def test_tpe_search_with_pruning(tiny_benchmark, test_bundle_dir, tmp_path, env)
     f.write_text(yaml.safe_dump(spec))
     assert sweep.main(cli(f, env)) == 0
     trials = study_trials(env, "s-test")
-    assert len(trials) == 3 and all(set(t.params) == {"bbs.p", "optim.lr"} for t in trials)
+    # the searched params, and the settings the search holds fixed as one-choice params
+    assert len(trials) == 3 and all(set(t.params) == {"bbs.p", "optim.lr", "paradigm", "spa", "dvi", "wi"} for t in trials)
+    assert all(t.distributions["spa"].choices == (False,) for t in trials)
     assert [t.state.name for t in trials] == ["PRUNED"] * 3
     # reported at the first in-training validation (global step 2), pruned there: never reached step 4
     assert all(list(t.intermediate_values) == [2] for t in trials)
@@ -266,7 +305,9 @@ def test_sigkill_mid_trial_then_rerun_retries_it_and_keeps_finished_ones(tiny_be
     # Let one trial finish, then kill while the next one runs.
     wait_for(lambda: any(t.state.name == "COMPLETE" for t in study_trials(env)), proc=proc)
     wait_for(lambda: any(t.state.name == "RUNNING" for t in study_trials(env)), proc=proc)
-    time.sleep(1.5)  # inside run(): the MLflow child run exists
+    # inside run(), training: its MLflow child run exists (created after the config and data checks)
+    wait_for(lambda: any(k.info.status == "RUNNING" for k in children(env)[1]), proc=proc)
+    time.sleep(0.5)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = study_trials(env)

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
+from rvosflow.schema import ConfigError
 from rvosflow.data.datasets import ClipDataset, VideoDataset, as_list
 from rvosflow.data.formats.base import first_videos
 from rvosflow.data.transforms import model_size
@@ -123,7 +124,7 @@ class RefDAVISDataModule(ReferringDataModule):
         super().__init__(root, **kwargs)
         self.annotators = tuple(int(a) for a in annotators)
         if not self.annotators or any(a not in (0, 1, 2, 3) for a in self.annotators):
-            raise ValueError(f"data.annotators: expected a non-empty subset of [0, 1, 2, 3], got {list(annotators)}")
+            raise ConfigError(f"data.annotators: expected a non-empty subset of [0, 1, 2, 3], got {list(annotators)}")
 
     def make_source(self, split: str):
         from rvosflow.data.formats.davis import RefDAVISSource
@@ -143,7 +144,7 @@ def refcoco_source(root, datasets: Sequence[str], split: str, images=None):
     if isinstance(datasets, str):
         datasets = [datasets]
     if not datasets:
-        raise ValueError("data.datasets: name at least one of refcoco, refcoco+, refcocog")
+        raise ConfigError("data.datasets: name at least one of refcoco, refcoco+, refcocog")
     return ConcatSource([(d, RefCOCOSource(root, d, split, images)) for d in datasets])
 
 
@@ -175,9 +176,9 @@ class MixedBatchSampler(Sampler[list[int]]):
 
     def __init__(self, num_images: int, num_videos: int, batch_size: int, image_ratio: float, seed: int = 0):
         if not 0 <= image_ratio <= 1:
-            raise ValueError(f"data.image_ratio: expected a number in [0, 1], got {image_ratio}")
+            raise ConfigError(f"data.image_ratio: expected a number in [0, 1], got {image_ratio}")
         if (image_ratio > 0 and num_images < batch_size) or (image_ratio < 1 and num_videos < batch_size):
-            raise ValueError(f"mixed data: need at least batch_size={batch_size} images and video clips, "
+            raise ConfigError(f"mixed data: need at least batch_size={batch_size} images and video clips, "
                              f"got {num_images} and {num_videos}")
         self.n_img, self.n_vid, self.bs, self.ratio, self.seed = num_images, num_videos, batch_size, image_ratio, seed
         self.epoch = 0
@@ -221,9 +222,9 @@ class MixedDataModule(ReferringDataModule):
                  image_ratio: float = 0.5, image_frames: int = 1, seed: int = 0, **kwargs):
         super().__init__(root, **kwargs)
         if video_format not in DATAMODULES or video_format == "mixed" or video_format == "refcoco":
-            raise ValueError(f"data.video_format: expected a video benchmark, got {video_format!r}")
+            raise ConfigError(f"data.video_format: expected a video benchmark, got {video_format!r}")
         if image_root is None:
-            raise ValueError("data.image_root: the RefCOCO root is required for mixed training")
+            raise ConfigError("data.image_root: the RefCOCO root is required for mixed training")
         self.video = DATAMODULES[video_format](root, **kwargs)
         self.image_root, self.image_datasets, self.image_split = Path(image_root), image_datasets, image_split
         self.images, self.image_ratio, self.image_frames, self.seed = images, image_ratio, image_frames, seed

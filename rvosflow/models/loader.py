@@ -24,6 +24,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from rvosflow.errors import UserError
+
 COMPONENTS: tuple[str, ...] = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
 # The release samples with shift 3 (DESIGN §3); Wan2.1's own scheduler config stores it as flow_shift.
@@ -41,7 +43,7 @@ _TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 _WEIGHTS = {"transformer": _DIFFUSERS_WEIGHTS, "vae": _DIFFUSERS_WEIGHTS, "text_encoder": _TRANSFORMERS_WEIGHTS}
 
 
-class BundleError(FileNotFoundError):
+class BundleError(UserError, FileNotFoundError):
     """A bundle directory is missing, incomplete or not in the diffusers Wan layout."""
 
 
@@ -91,8 +93,8 @@ def check_bundle(path: str | Path, components: Iterable[str] = COMPONENTS) -> Pa
     """Raise :class:`BundleError` naming every missing file; return the resolved path otherwise."""
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise BundleError(f"Wan bundle directory not found: {root} (run `make tiny-wan`, or point to a "
-                          "local Wan2.1-T2V-1.3B-Diffusers download)")
+        raise BundleError(f"{root}: expected a Wan bundle directory (run `make tiny-wan`, or point to a "
+                          "local Wan2.1-T2V-1.3B-Diffusers download), found nothing")
     components = tuple(components)
     unknown = set(components) - set(COMPONENTS)
     if unknown:
@@ -115,7 +117,7 @@ def check_bundle(path: str | Path, components: Iterable[str] = COMPONENTS) -> Pa
             if not (d / "scheduler_config.json").is_file():
                 missing.append(str(d / "scheduler_config.json"))
     if missing:
-        raise BundleError(f"incomplete Wan bundle at {root}; missing: " + ", ".join(missing))
+        raise BundleError(f"{root}: expected a complete Wan bundle, found it missing: " + ", ".join(missing))
     return root
 
 
@@ -211,18 +213,31 @@ def load_wan_bundle(
     dt = resolve_dtype(dtype)
     vdt = dt if vae_dtype is None else resolve_dtype(vae_dtype)
     b = WanBundle(path=root)
-    if "transformer" in components:
-        b.transformer = load_diffusers_model(WanTransformer3DModel, root / "transformer", dt).to(device).eval()
-    if "vae" in components:
-        b.vae = load_diffusers_model(AutoencoderKLWan, root / "vae", vdt).to(device).eval()
-    if "text_encoder" in components:
-        b.text_encoder = UMT5EncoderModel.from_pretrained(
-            str(root / "text_encoder"), dtype=dt, local_files_only=True).to(device).eval()
-    if "tokenizer" in components:
-        b.tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"), local_files_only=True)
-    if "scheduler" in components:
-        b.scheduler = load_scheduler(root)
+    loaders = {
+        "transformer": lambda: load_diffusers_model(WanTransformer3DModel, root / "transformer", dt).to(device).eval(),
+        "vae": lambda: load_diffusers_model(AutoencoderKLWan, root / "vae", vdt).to(device).eval(),
+        "text_encoder": lambda: UMT5EncoderModel.from_pretrained(
+            str(root / "text_encoder"), dtype=dt, local_files_only=True).to(device).eval(),
+        "tokenizer": lambda: AutoTokenizer.from_pretrained(str(root / "tokenizer"), local_files_only=True),
+        "scheduler": lambda: load_scheduler(root),
+    }
+    for name in COMPONENTS:
+        if name in components:
+            setattr(b, name, _loading(root / name, loaders[name]))
     return b
+
+
+def _loading(comp_dir: Path, load):
+    """``load()``, a library's error (weights of other sizes than ``config.json`` says, a broken
+    file) re-raised naming the component folder."""
+    try:
+        return load()
+    except BundleError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (diffusers/transformers/safetensors name no file)
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise BundleError(f"{comp_dir}: expected weights that fit its config.json, found a mismatch or a "
+                          f"broken file ({type(exc).__name__}: {first[:300]})") from exc
 
 
 def model_index(bundle: WanBundle) -> dict:

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from rvosflow.data.formats.base import DatasetFormatError
 from rvosflow.models import encoding as E
 from rvosflow.models.loader import WanBundle, check_bundle, is_complete_bundle, save_wan_bundle
 from rvosflow.models.tiny import build_random_bundle, get_config
@@ -117,7 +118,7 @@ def load_split(split_dir: str | Path, max_videos: int | None = None, with_masks:
     clips, exprs = [], []
     for vid in vids:
         if vid not in captions:
-            raise FileNotFoundError(f"{cap_file}: no caption for video {vid!r}")
+            raise DatasetFormatError(f"{cap_file}: expected a caption for video {vid!r}, found none")
         c = Clip(vid, src.load_frames(vid), captions[vid])
         if with_masks and src.has_masks:
             for e in by_video[vid]:
@@ -466,8 +467,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     root = cfg.mevis_root
     for split in ("train", "valid_u"):
         if not (root / split).is_dir():
-            raise FileNotFoundError(f"{root / split} not found; run `make data` "
-                                    f"(python -m rvosflow.data.synthetic --out {cfg.data}) first")
+            raise DatasetFormatError(f"{root / split}: expected a MeViS-layout split (run `make data`, or "
+                                     f"python -m rvosflow.data.synthetic --out {cfg.data}), found nothing")
     t0 = time.perf_counter()
     train, train_exprs = load_split(root / "train", cfg.train_max_videos)
     valid, valid_exprs = load_split(root / "valid_u")
@@ -479,7 +480,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     T, H, W = train[0].frames.shape[:3]
     mult = E.spatial_multiple(bundle.vae, bundle.transformer)
     if H % mult or W % mult:
-        raise ValueError(f"clips are {H}x{W}; H and W must be multiples of {mult}")
+        raise DatasetFormatError(f"{root / 'train'}: expected clips whose H and W are multiples of {mult}, found {H}x{W}")
 
     # a. VAE
     vae_log = train_vae(bundle.vae, train, cfg, rng)
@@ -548,6 +549,13 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; bad input is one line, exit 2 (:func:`rvosflow.errors.cli`)."""
+    from rvosflow.errors import cli
+
+    return cli(_main, argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     d = PretrainConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=d.data, help="synthetic benchmark root (holds mevis/train, mevis/valid_u)")

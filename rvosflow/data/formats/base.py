@@ -12,8 +12,10 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from rvosflow.errors import UserError
 
-class DatasetFormatError(ValueError):
+
+class DatasetFormatError(UserError, ValueError):
     """A dataset on disk does not follow its format; the message names the file and the entry."""
 
 
@@ -66,7 +68,32 @@ class ReferringSource:
         paths = self.frame_paths(video_id)
         if indices is not None:
             paths = [paths[i] for i in indices]
-        return np.stack([read_rgb(p) for p in paths])
+        return stack_frames([read_rgb(p) for p in paths], paths)
+
+    def check_files(self):
+        """The problems of the files this source references, read from headers only (cheap: no
+        pixel is decoded): every frame exists, is non-empty and has an image header, the frames
+        of a video share one size, and the masks (``_check_targets``) match it. Yields messages."""
+        by_video: dict[str, list[ExpressionRef]] = {}
+        for e in self.expressions:
+            by_video.setdefault(e.video_id, []).append(e)
+        for vid, exprs in by_video.items():
+            paths = self.frame_paths(vid)
+            first = None
+            for p in paths:
+                problem, hw = header_size(p, "frame")
+                if problem:
+                    yield problem
+                elif first is None:
+                    first = (p, hw)
+                elif hw != first[1]:
+                    yield f"{p}: expected {first[1][1]}x{first[1][0]} like {first[0].name}, found {hw[1]}x{hw[0]}"
+            if first is not None and self.has_masks:
+                yield from self._check_targets(vid, first[1], exprs)
+
+    def _check_targets(self, video_id: str, hw: tuple[int, int], exprs: list[ExpressionRef]):
+        """Problems of the ground truth of a video's expressions given its frame size (H, W)."""
+        return ()
 
     def load_target(self, expr: ExpressionRef, indices: Sequence[int] | None = None) -> np.ndarray:
         """bool [T, H, W]: union of the expression's objects."""
@@ -146,7 +173,7 @@ def read_kinds(directory: Path) -> dict[tuple[str, str], str]:
 
 def require(path: Path, what: str = "file") -> Path:
     if not path.exists():
-        raise DatasetFormatError(f"{path}: {what} not found")
+        raise DatasetFormatError(f"{path}: expected a {what}, found nothing")
     return path
 
 
@@ -170,9 +197,49 @@ def read_rgb(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except FileNotFoundError as e:
-        raise DatasetFormatError(f"{path}: frame file not found") from e
+        raise DatasetFormatError(f"{path}: expected a frame file, found nothing") from e
     except OSError as e:
         raise DatasetFormatError(f"{path}: unreadable image ({e})") from e
+
+
+def stack_frames(frames: Sequence[np.ndarray], paths: Sequence[Path]) -> np.ndarray:
+    """``np.stack(frames)``; a frame at another size than the first is named with its file
+    (NumPy's own error names none)."""
+    for f, p in zip(frames[1:], paths[1:]):
+        if f.shape != frames[0].shape:
+            raise DatasetFormatError(f"{p}: expected {frames[0].shape[1]}x{frames[0].shape[0]} like {paths[0]}, "
+                                     f"found {f.shape[1]}x{f.shape[0]}")
+    return np.stack(frames)
+
+
+def header_size(path: Path, what: str) -> tuple[str | None, tuple[int, int] | None]:
+    """``(problem, (H, W))`` of an image file from its header alone: a missing, empty or
+    undecodable file is a problem message naming it."""
+    try:
+        if path.stat().st_size == 0:
+            return f"{path}: expected a {what} image, found an empty file", None
+        with Image.open(path) as im:
+            w, h = im.size
+    except FileNotFoundError:
+        return f"{path}: expected a {what} image, found nothing", None
+    except OSError as e:
+        return f"{path}: expected a {what} image, found an undecodable file ({e})", None
+    return None, (h, w)
+
+
+def rle_problem(rle, hw: tuple[int, int], where: str) -> str | None:
+    """What is wrong with a COCO RLE (or null) for a frame of size (H, W), without decoding it."""
+    if rle is None:
+        return None
+    try:
+        size, counts = [int(s) for s in rle["size"]], rle["counts"]
+    except (TypeError, KeyError, ValueError):
+        return f"{where}: expected a COCO RLE {{size, counts}} or null, found {str(rle)[:80]}"
+    if tuple(size) != tuple(hw):
+        return f"{where}: expected an RLE of size {list(hw)} (the frame's), found {size}"
+    if not isinstance(counts, (str, list)):
+        return f"{where}: expected RLE counts as a string or a list, found {type(counts).__name__}"
+    return None
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -181,7 +248,9 @@ def image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:
             w, h = im.size
     except FileNotFoundError as e:
-        raise DatasetFormatError(f"{path}: frame file not found") from e
+        raise DatasetFormatError(f"{path}: expected a frame file, found nothing") from e
+    except OSError as e:  # not an image (zero bytes, garbage)
+        raise DatasetFormatError(f"{path}: expected an image, found an unreadable file ({e})") from e
     return h, w
 
 
@@ -223,7 +292,7 @@ def read_index_png(path: Path) -> np.ndarray:
                 raise DatasetFormatError(f"{path}: annotation must be a palette PNG, got mode {im.mode!r}")
             return np.asarray(im)
     except FileNotFoundError as e:
-        raise DatasetFormatError(f"{path}: annotation file not found") from e
+        raise DatasetFormatError(f"{path}: expected an annotation file, found nothing") from e
 
 
 def id_map(masks: dict[int, np.ndarray], t: int) -> np.ndarray:
@@ -256,4 +325,7 @@ def rle_decode(rle: dict | None, hw: tuple[int, int], where: str) -> np.ndarray:
         rle = mask_utils.frPyObjects({"size": list(size), "counts": counts}, *size)
     else:
         rle = {"size": list(size), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(rle).astype(bool)
+    try:
+        return mask_utils.decode(rle).astype(bool)
+    except Exception as e:  # noqa: BLE001  (pycocotools: "Invalid RLE mask representation", no file)
+        raise DatasetFormatError(f"{where}: expected COCO RLE counts for {list(size)}, found invalid counts ({e})") from e

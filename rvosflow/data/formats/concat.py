@@ -54,6 +54,10 @@ class ConcatSource(ReferringSource):
         src, vid = self._resolve(video_id)
         return src.frame_paths(vid)
 
+    def _check_targets(self, video_id: str, hw: tuple[int, int], exprs: list[ExpressionRef]):
+        src, vid = self._resolve(video_id)
+        return src._check_targets(vid, hw, [self._origin[e][1] for e in exprs])
+
     def load_frames(self, video_id: str, indices: Sequence[int] | None = None) -> np.ndarray:
         src, vid = self._resolve(video_id)
         return src.load_frames(vid, indices)

@@ -22,6 +22,7 @@ from rvosflow.data.formats.base import (
     read_json,
     require,
     rle_decode,
+    rle_problem,
     read_kinds,
     rle_encode,
     write_jpeg,
@@ -122,6 +123,15 @@ class MevisSource(ReferringSource):
                 where = f"{self.root / 'mask_dict.json'}: anno_id {a!r} frame {n!r} (video {expr.video_id!r})"
                 out[j] |= rle_decode(rles[index[n]], hw, where)
         return out
+
+    def _check_targets(self, video_id: str, hw: tuple[int, int], exprs: list[ExpressionRef]):
+        names = self._frames[video_id]
+        annos = dict.fromkeys(a for e in exprs for a in self._annos[(video_id, e.exp_id)])
+        for a in annos:
+            for n, rle in zip(names, self._mask_dict[a]):
+                problem = rle_problem(rle, hw, f"{self.root / 'mask_dict.json'}: anno_id {a!r} frame {n!r} (video {video_id!r})")
+                if problem:
+                    yield problem
 
     def captions(self) -> dict[str, str]:
         """The synthetic sidecar ``captions.json`` ({vid: caption}); empty for real MeViS."""

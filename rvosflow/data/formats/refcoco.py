@@ -25,6 +25,7 @@ from rvosflow.data.formats.base import (
     read_json,
     require,
     rle_decode,
+    rle_problem,
     rle_encode,
     write_jpeg,
     write_json,
@@ -203,6 +204,20 @@ class RefCOCOSource(ReferringSource):
 
     def _frame_names(self, video_id: str) -> list[str]:
         return [Path(self.frame_paths(video_id)[0]).stem]
+
+    def _check_targets(self, video_id: str, hw: tuple[int, int], exprs: list[ExpressionRef]):
+        im = self._images[int(video_id)]
+        inst = self.root / self.dataset / "instances.json"
+        if (int(im["height"]), int(im["width"])) != tuple(hw):
+            yield (f"{self.image_root / im['file_name']}: expected {im['width']}x{im['height']} as {inst} says, "
+                   f"found {hw[1]}x{hw[0]}")
+            return
+        for a in dict.fromkeys(o for e in exprs for o in e.obj_ids):
+            seg = self._anns[a]["segmentation"]
+            if isinstance(seg, dict):  # polygons carry no size; an RLE must match the image
+                problem = rle_problem(seg, hw, f"{inst}: annotation {a} (image {video_id})")
+                if problem:
+                    yield problem
 
     def _load_target_frames(self, expr: ExpressionRef, names: list[str]) -> np.ndarray:
         im = self._images[int(expr.video_id)]

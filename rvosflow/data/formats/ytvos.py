@@ -14,6 +14,8 @@ import numpy as np
 
 from rvosflow.data.formats.base import (
     DatasetFormatError,
+    header_size,
+    stack_frames,
     ExpressionRef,
     ReferringSource,
     iter_meta_videos,
@@ -116,7 +118,15 @@ class RefYTVOSSource(ReferringSource):
         except KeyError as e:
             raise DatasetFormatError(f"{self._meta_path}: unknown video {video_id!r}") from e
 
+    def _check_targets(self, video_id: str, hw: tuple[int, int], exprs: list[ExpressionRef]):
+        d = self.root / self.split / "Annotations" / video_id
+        for n in self._frames[video_id]:
+            problem, size = header_size(d / f"{n}.png", "palette annotation")
+            if problem or size != hw:
+                yield problem or f"{d / f'{n}.png'}: expected {hw[1]}x{hw[0]} (the frame's), found {size[1]}x{size[0]}"
+
     def _load_target_frames(self, expr: ExpressionRef, names: list[str]) -> np.ndarray:
         d = self.root / self.split / "Annotations" / expr.video_id
-        ids = np.stack([read_index_png(d / f"{n}.png") for n in names])
+        paths = [d / f"{n}.png" for n in names]
+        ids = stack_frames([read_index_png(p) for p in paths], paths)
         return np.isin(ids, np.asarray(expr.obj_ids, dtype=ids.dtype))

@@ -13,6 +13,13 @@ from rvosflow.paths import SYNTHETIC_ROOT
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; bad input is one line, exit 2 (:func:`rvosflow.errors.cli`)."""
+    from rvosflow.errors import cli
+
+    return cli(_main, argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rvosflow.data.synthetic", description=__doc__)
     p.add_argument("--out", type=Path, default=SYNTHETIC_ROOT, help=f"output directory (default {SYNTHETIC_ROOT})")
     for f in dataclasses.fields(SyntheticConfig):

@@ -78,8 +78,22 @@ class SyntheticConfig:
     crowded_prob: float = 0.3  # default tier: chance of 3..max_objects objects rather than min_objects
 
     def __post_init__(self) -> None:
+        from rvosflow.schema import ConfigError
+
         if self.tier not in TIERS:
-            raise ValueError(f"tier: expected one of {', '.join(TIERS)}, got {self.tier!r}")
+            raise ConfigError(f"tier: expected one of {', '.join(TIERS)}, got {self.tier!r}")
+        least = {"frames": 1, "height": 16, "width": 16, "train_videos": 1, "valid_u_videos": 1, "valid_videos": 1,
+                 "min_objects": 2, "max_expressions": 1}  # 2 objects: every expression needs a distractor
+        for key, lo in least.items():
+            if getattr(self, key) < lo:
+                raise ConfigError(f"{key}: expected an integer >= {lo}, got {getattr(self, key)!r}")
+        if self.max_objects < self.min_objects:
+            raise ConfigError(f"max_objects: expected >= min_objects ({self.min_objects}), got {self.max_objects}")
+        for key in ("twin_prob", "pair_prob", "crowded_prob"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{key}: expected a number in [0, 1], got {getattr(self, key)!r}")
+        if self.noise_std < 0:
+            raise ConfigError(f"noise_std: expected a number >= 0, got {self.noise_std!r}")
 
     def videos(self, split: str) -> int:
         if split not in SPLITS:

@@ -1,0 +1,60 @@
+"""Bad input is one line: ``error: <file or key>: <what was expected>, <what was found>``, exit 2.
+
+Every error about the user's input (a config key, a sweep file, a dataset file, a bundle, a
+checkpoint, an evaluation input) is a :class:`UserError`. The command-line entry points run
+through :func:`cli`, which prints such an error as one line and returns 2; anything else is a bug
+and keeps its traceback. ``RVOSFLOW_TRACEBACK=1`` shows the traceback of user errors too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+TRACEBACK_ENV = "RVOSFLOW_TRACEBACK"
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """Bad input from the user; the message starts with the file or key it is about."""
+
+
+def want_traceback() -> bool:
+    return os.environ.get(TRACEBACK_ENV, "").lower() not in ("", "0", "false", "no")
+
+
+def as_user_error(exc: BaseException) -> UserError | None:
+    """``exc`` as a user error, or None when it is not about the user's input."""
+    if isinstance(exc, UserError):
+        return exc
+    if isinstance(exc, FileNotFoundError) and exc.filename:  # open() of a path the user gave
+        return UserError(f"{exc.filename}: expected a file, found nothing")
+    if isinstance(exc, (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError)) and exc.filename:
+        return UserError(f"{exc.filename}: expected a path this command can use, found: {exc.strerror}")
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    """The error's message on one line (the first line carries the key or file and what is wrong)."""
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def report(exc: BaseException) -> int:
+    """Print a user error as one line on stderr and return 2; re-raise anything else."""
+    err = as_user_error(exc)
+    if err is None:
+        raise exc
+    if want_traceback():
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
+def cli(main, argv=None) -> int:
+    """``main(argv)`` with user errors printed as one line (exit 2)."""
+    try:
+        return main(argv)
+    except Exception as exc:  # noqa: BLE001  (report re-raises what is not the user's input)
+        return report(exc)

@@ -1,0 +1,40 @@
+"""Sweeps on Optuna: the tables of the paper as grids (row x seed), and searches (TPE + pruning).
+
+    python -m rvosflow.sweep sweeps/table2.yaml --profile default [--workers N] [--storage URL]
+    python -m rvosflow.sweep sweeps/bbs_p.yaml --profile smoke --workers 2
+    python -m rvosflow.sweep sweeps/table2.yaml --table-only          # print/write the table so far
+
+A sweep file (``sweeps/*.yaml``) names its rows (grids) or parameters (searches) as Hydra override
+strings for :func:`rvosflow.config.compose`, and *profiles* (run length, data, model, seeds).
+One Optuna study per file + profile (``<name>-<profile>``) lives in an RDB storage (SQLite
+``<project>/sweeps.db`` by default; any SQLAlchemy URL, e.g. ``postgresql://...``, so that the same
+command on many machines shares one study). Each trial is one :func:`rvosflow.train.run`, logged as
+an MLflow child run of the study's parent run, which holds the results table and plot.
+
+The package, one module per concept: :mod:`.spec` (the sweep file and its schema), :mod:`.study`
+(Optuna storage, samplers, pruners, retries), :mod:`.strategy` (grid vs search), :mod:`.tracking`
+(MLflow parent and child runs), :mod:`.worker` (the trial loop), :mod:`.report` (the table) and
+:mod:`.cli` (``python -m rvosflow.sweep``).
+
+Guarantees:
+
+* **no duplicates** -- grid trials are assigned by Optuna's GridSampler (the first N trials take
+  grid ids 0..N-1 by trial number); any other trial whose (row, seed) already has a COMPLETE
+  trial, or a RUNNING trial with a lower number, is skipped (state PRUNED, user attr
+  ``duplicate_of``) before it trains;
+* **resume** -- re-running the same command loads the study (``load_if_exists``): completed trials
+  are kept; trials whose worker died stop sending heartbeats and, after ``grace_period`` seconds,
+  are marked FAIL and re-queued (RetryHeartbeatStaleTrialCallback, ``max_retry`` times); a worker
+  with nothing left to start waits for running trials so it can pick such retries up;
+* **failures** -- a trial that raises (a NaN loss raises FloatingPointError in training_step) is
+  FAIL in Optuna and FAILED in MLflow and the study goes on (``--retry-failed`` re-queues them);
+  the command then exits 1 and the table marks the failed rows.
+"""
+
+from rvosflow.sweep.cli import main
+from rvosflow.sweep.spec import Row, Spec, SpecError, load_spec, read_sweep_file
+from rvosflow.sweep.strategy import compose_rows, strategy_for
+from rvosflow.sweep.tracking import PARENT_TAG, STUDY_TAG, UID_TAG
+
+__all__ = ["main", "Row", "Spec", "SpecError", "load_spec", "read_sweep_file", "compose_rows", "strategy_for",
+           "PARENT_TAG", "STUDY_TAG", "UID_TAG"]

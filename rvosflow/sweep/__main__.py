@@ -1,0 +1,5 @@
+import sys
+
+from rvosflow.sweep.cli import main
+
+sys.exit(main())

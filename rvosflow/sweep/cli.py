@@ -1,0 +1,165 @@
+"""``python -m rvosflow.sweep FILE [--profile P] [--workers N] ...``: set the study up (every row's
+config validated first), run the workers, report. Exit 0 when every trial finished, 1 when some
+failed (after the others ran) or a worker died, 2 on bad input, 130 when interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from rvosflow.paths import PROJECT_ROOT
+from rvosflow.sweep.report import report
+from rvosflow.sweep.spec import Spec, SpecError, load_spec, settings_fingerprint
+from rvosflow.sweep.strategy import strategy_for
+from rvosflow.sweep.study import create_study, default_storage, redact, retrying
+from rvosflow.sweep.tracking import Tracking
+from rvosflow.sweep.worker import Context, quiet, work, worker_main
+
+_DESCRIPTION = "Sweeps on Optuna: the tables of the paper as grids (row x seed), and searches (TPE + pruning)."
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def base_logger_settings(spec: Spec, extra: list[str]) -> tuple[str, str]:
+    from rvosflow import config as run_config
+    from rvosflow.train import default_tracking_uri
+
+    cfg = run_config.compose([*spec.overrides, *extra])
+    return cfg.logger.tracking_uri or default_tracking_uri(), str(cfg.logger.experiment_name)
+
+
+def setup(spec: Spec, storage_url: str, extra: list[str], study_name: str | None, runs_root: Path | None,
+          reset: bool = False, tracking_uri: str | None = None) -> Context:
+    """Validate every trial's config, then open (or create) the study and its MLflow parent run."""
+    strategy = strategy_for(spec)
+    study_name = study_name or f"{spec.name}-{spec.profile}"
+    if tracking_uri:
+        extra = [*extra, f"logger.tracking_uri={tracking_uri}"]
+    strategy.compose(extra)  # every row / search point, before any work
+    uri, experiment = base_logger_settings(spec, extra)
+    study = create_study(storage_url, study_name, strategy, reset=reset)
+    fp = settings_fingerprint(spec, extra)
+    attrs = study.user_attrs
+    if "uid" not in attrs:
+        study.set_user_attr("uid", uuid.uuid4().hex)
+        study.set_user_attr("settings", fp)
+        study.set_user_attr("sweep_file", str(spec.path))
+        time.sleep(0.5)  # several workers starting together converge on the last write
+        attrs = study.user_attrs
+    elif attrs.get("settings") != fp:
+        raise SpecError(
+            f"{spec.path}: profile {spec.profile!r}: expected the settings study {study_name!r} in {redact(storage_url)} "
+            f"was run with, got other settings (rows, profile overrides or --set changed). "
+            f"Use --study NAME for a new study, or --reset to delete this one.")
+    uid = attrs["uid"]
+    tracking = retrying(Tracking, uri, experiment)
+    retrying(tracking.experiment_id)
+    params = {"sweep.file": spec.path, "sweep.profile": spec.profile, "sweep.kind": spec.kind,
+              "sweep.seeds": spec.seeds, "sweep.overrides": " ".join(spec.overrides), "sweep.extra": " ".join(extra),
+              "optuna.study": study_name, "optuna.storage": redact(storage_url), **strategy.params()}
+    parent_id = tracking.parent_run(study_name, uid, params, tags={"sweep": spec.name, "profile": spec.profile})
+    if study.user_attrs.get("mlflow_parent_run_id") != parent_id:
+        study.set_user_attr("mlflow_parent_run_id", parent_id)
+    # One folder per study (its uid): a --reset study never writes into an earlier one's trials.
+    runs_root = Path(runs_root or PROJECT_ROOT / "outputs" / "sweeps" / study_name) / f"study-{uid[:8]}"
+    return Context(spec=spec, storage_url=storage_url, tracking_uri=uri, experiment_name=experiment, extra=extra,
+                   runs_root=Path(runs_root), study_name=study_name, uid=uid, parent_id=parent_id)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m rvosflow.sweep", description=_DESCRIPTION,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sweep", help="a sweep file, e.g. sweeps/table2.yaml")
+    ap.add_argument("--profile", default="default", help="profile in the sweep file (default, smoke, gpu, ...)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes on this machine (each gets cores/workers torch threads)")
+    ap.add_argument("--storage", default=None, help=f"Optuna RDB URL (default sqlite:///<project>/sweeps.db)")
+    ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the run config's)")
+    ap.add_argument("--study", default=None, help="study name (default <name>-<profile>)")
+    ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override added to every trial (repeatable), e.g. --set data.num_workers=2")
+    ap.add_argument("--out", default=str(PROJECT_ROOT / "results"), help="where the tables go")
+    ap.add_argument("--runs-dir", default=None, help="trial run folders go to <runs-dir>/study-<uid>/ (default outputs/sweeps/<study>)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per worker (default cores/workers)")
+    ap.add_argument("--heartbeat-interval", type=int, default=None, help="seconds between trial heartbeats")
+    ap.add_argument("--grace-period", type=int, default=None, help="seconds without heartbeat before a trial is retried")
+    ap.add_argument("--retry-failed", action="store_true", help="queue another attempt for failed grid points")
+    ap.add_argument("--reset", action="store_true", help="start the study afresh (the old Optuna study is deleted; its trial folders and MLflow runs are kept)")
+    ap.add_argument("--table-only", action="store_true", help="run nothing: write and print the table so far")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    """The CLI; bad input (sweep file, a row's override, a setting) is one line, exit 2."""
+    from rvosflow.errors import cli
+
+    args = parse_args(argv)
+    quiet()
+    return cli(lambda _: _main(args), None)
+
+
+def _main(args) -> int:
+    spec = load_spec(args.sweep, args.profile)
+    if args.heartbeat_interval:
+        spec.heartbeat_interval = args.heartbeat_interval
+    if args.grace_period:
+        spec.grace_period = args.grace_period
+    storage_url = args.storage or default_storage()
+    t0 = time.monotonic()
+    ctx = setup(spec, storage_url, list(args.extra), args.study, Path(args.runs_dir) if args.runs_dir else None,
+                reset=args.reset, tracking_uri=args.tracking_uri)
+    out_dir = Path(args.out)
+    if args.table_only:
+        report(ctx, out_dir, finished=False)
+        return 0
+    workers = max(1, args.workers)
+    threads = args.threads or max(1, cpu_count() // workers)
+    print(f"sweep {spec.path} profile {spec.profile}: {ctx.strategy.describe()} "
+          f"| study {ctx.study_name} in {redact(storage_url)} | MLflow {ctx.tracking_uri} parent run {ctx.parent_id} "
+          f"| {workers} worker(s) x {threads} thread(s)", flush=True)
+    if args.retry_failed:
+        print(f"re-queued {ctx.strategy.retry_failed(ctx.study())} failed trial(s)", flush=True)
+    try:
+        if workers == 1:
+            import torch
+
+            torch.set_num_threads(threads)
+            work(ctx)
+        else:
+            import multiprocessing as mp
+
+            mpctx = mp.get_context("spawn")
+            procs = []
+            for w in range(workers):
+                wctx = Context(**{**ctx.__dict__, "worker": f"w{w}"})
+                p = mpctx.Process(target=worker_main, args=(wctx, threads), name=f"sweep-w{w}")
+                p.start()
+                procs.append(p)
+            for p in procs:
+                p.join()
+            bad = [p.name for p in procs if p.exitcode != 0]
+            if bad:
+                print(f"worker(s) exited abnormally: {', '.join(bad)}; re-run the same command to finish", flush=True)
+                report(ctx, out_dir, finished=False)
+                return 1
+    except (KeyboardInterrupt, SystemExit):
+        print("interrupted; re-run the same command to resume", flush=True)
+        report(ctx, out_dir, finished=False)
+        return 130
+    report(ctx, out_dir, finished=True)
+    print(f"sweep time {time.monotonic() - t0:.0f} s", flush=True)
+    failed = ctx.strategy.failed(ctx.study())
+    if failed:  # after every other trial ran: the table marks them; --retry-failed queues them again
+        print(f"{len(failed)} trial(s) failed: {', '.join(failed)}; see the table, or re-run with --retry-failed",
+              file=sys.stderr, flush=True)
+        return 1
+    return 0

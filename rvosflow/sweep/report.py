@@ -1,0 +1,81 @@
+"""The sweep's table: trials as records, the strategy's table written to
+``results/<name>[-<profile>].{md,csv,tex,png}``, logged onto the study's MLflow parent run and
+printed; failed rows are marked (a grid's ``Seeds`` column, a search's ``State``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rvosflow.sweep.study import counts
+
+TABLE_ARTIFACT = "table.json"  # the parent run's MLflow table (mlflow's log_table)
+
+
+def trial_records(study, strategy) -> list[dict]:
+    """Optuna trials as plain records for :mod:`rvosflow.tables`."""
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        if not strategy.is_record(t):
+            continue
+        out.append({"number": t.number, "state": t.state.name, "row": t.params.get("row", "search"),
+                    "seed": t.params.get("seed", t.user_attrs.get("seed")), "params": dict(t.params),
+                    "JF": t.value if t.state.name == "COMPLETE" else None,
+                    "J": t.user_attrs.get("J"), "F": t.user_attrs.get("F"),
+                    **{f"JF/{kind}": v["JF"] for kind, v in (t.user_attrs.get("per_kind") or {}).items()},
+                    "duplicate_of": t.user_attrs.get("duplicate_of"), "error": t.user_attrs.get("error")})
+    return out
+
+
+def log_table(client, run_id: str, table) -> None:
+    """The table as the parent run's MLflow table (``table.json``), replaced on every report:
+    ``log_table`` appends to an existing one, so later reports overwrite the file it wrote."""
+    import tempfile
+
+    if TABLE_ARTIFACT not in {a.path for a in client.list_artifacts(run_id)}:
+        client.log_table(run_id, table, TABLE_ARTIFACT)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / TABLE_ARTIFACT
+        table.to_json(path, orient="split", index=False)  # log_table's own format
+        client.log_artifact(run_id, str(path))
+
+
+def report(ctx, out_dir: Path, finished: bool) -> dict[str, Path]:
+    """Build the table from the study, write results/<name>[-<profile>].{md,csv,tex,png}, log
+    them to the parent run, print the Markdown."""
+    import matplotlib.pyplot as plt
+
+    from rvosflow import tables
+
+    spec, strategy = ctx.spec, ctx.strategy
+    study = ctx.study()
+    stem = spec.name if spec.profile == "default" else f"{spec.name}-{spec.profile}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "tex", "png")}
+    made = strategy.table(trial_records(study, strategy), title=f"{spec.title} [{spec.profile}]")
+    failed = strategy.failed(study)
+    md = tables.to_markdown(made["table"]) + made["md_footer"]
+    if failed:
+        md += f"\nFailed: {', '.join(failed)} (errors: the trials' `error` user attr and the MLflow runs' tag).\n"
+    paths["md"].write_text(md)
+    paths["csv"].write_text(made["csv"])
+    paths["tex"].write_text(tables.to_latex(made["table"], caption=f"{spec.title} ({spec.profile} profile)",
+                                            label=f"tab:{stem}"))
+    made["figure"].savefig(paths["png"], dpi=120)
+    plt.close(made["figure"])
+    client = ctx.tracking.client
+    for p in paths.values():
+        client.log_artifact(ctx.parent_id, str(p), "results")
+    log_table(client, ctx.parent_id, made["table"].astype(str))
+    for name, value in made["metrics"].items():
+        client.log_metric(ctx.parent_id, name, value)
+    done, total = strategy.progress(study)
+    client.set_tag(ctx.parent_id, "rvosflow.progress", f"{done}/{total}")
+    if finished:
+        client.set_terminated(ctx.parent_id, "FAILED" if failed else "FINISHED")
+    c = counts(study)
+    print(f"\n{spec.title} -- profile {spec.profile}, study {ctx.study_name}: {done}/{total} complete, "
+          + ", ".join(f"{k.lower()} {v}" for k, v in sorted(c.items())) + "\n", flush=True)
+    print(md, flush=True)
+    print("written: " + ", ".join(str(p) for p in paths.values()), flush=True)
+    return paths
