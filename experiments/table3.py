@@ -28,7 +28,7 @@ from rvosflow.paths import PROJECT_ROOT
 log = logging.getLogger(__name__)
 
 PROFILE_KEYS = {"overrides", "flow", "decoder", "recon_limit"}
-FILE_KEYS = {"name", "title", "rows", "profiles"}
+FILE_KEYS = {"command", "name", "title", "rows", "profiles"}
 
 
 class Table3Error(ValueError):
