@@ -31,7 +31,10 @@ PROFILE_KEYS = {"overrides", "flow", "decoder", "recon_limit"}
 FILE_KEYS = {"command", "name", "title", "rows", "profiles"}
 
 
-class Table3Error(ValueError):
+from rvosflow.errors import UserError
+
+
+class Table3Error(UserError, ValueError):
     """A table3 file or profile that is not what this module reads."""
 
 
@@ -186,8 +189,13 @@ def run_table3(profile: str = "default", spec_file=PROJECT_ROOT / "sweeps" / "ta
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rvosflow.config import ConfigError
+    """The CLI; bad input is one line, exit 2 (:func:`rvosflow.errors.cli`)."""
+    from rvosflow.errors import cli
 
+    return cli(_main, argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.table3", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="default")
     parser.add_argument("--file", default=str(PROJECT_ROOT / "sweeps" / "table3.yaml"))
@@ -198,12 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every stage")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        results = run_table3(args.profile, args.file, args.out, args.work_dir, args.overrides, args.flow_ckpt)
-    except (ConfigError, Table3Error) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    r = results
+    r = run_table3(args.profile, args.file, args.out, args.work_dir, args.overrides, args.flow_ckpt)
     print(f"Table 3 ({args.profile}, {r['seconds']['total'] / 60:.1f} min): "
           f"frozen Recon {r['recon']['frozen']['JF']:.1f} Perf {r['perf_frozen']['JF']:.1f} | "
           f"tuned Recon {r['recon']['tuned']['JF']:.1f} Perf {r['perf_tuned']['JF']:.1f}  -> "

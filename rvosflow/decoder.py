@@ -305,7 +305,14 @@ def tune(cfg, out_dir, score: bool = True, recon_limit: int | None = None) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rvosflow.config import ConfigError, compose
+    """The CLI; bad input is one line, exit 2 (:func:`rvosflow.errors.cli`)."""
+    from rvosflow.errors import cli
+
+    return cli(_main, argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    from rvosflow.config import compose
 
     parser = argparse.ArgumentParser(prog="python -m rvosflow.decoder", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for the tuned VAE (diffusers layout)")
@@ -313,11 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides as run.py takes them (data=..., decoder.lr=...)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        report = tune(compose(args.overrides), args.out, score=not args.no_score)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    report = tune(compose(args.overrides), args.out, score=not args.no_score)
     line = f"decoder tuned: {report['steps']} steps in {report['seconds']:.0f} s -> {report['out']}"
     if "recon_frozen" in report:
         line += f"; Recon J&F frozen {report['recon_frozen']['JF']:.1f}, tuned {report['recon_tuned']['JF']:.1f}"

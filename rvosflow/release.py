@@ -145,6 +145,13 @@ def export(ckpt_path, out_dir, decoder: str | None = None) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; bad input is one line, exit 2 (:func:`rvosflow.errors.cli`)."""
+    from rvosflow.errors import cli
+
+    return cli(_main, argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rvosflow.release", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="a run's checkpoint -> mevis_ckpt.pth (+ decoder.pth) in the release layout")
@@ -153,12 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--decoder", default=None, help="a tuned decoder: python -m rvosflow.decoder's folder or a decoder.pth")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        files = export(args.ckpt, args.out, args.decoder)
-    except ReleaseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for name, path in files.items():
+    for name, path in export(args.ckpt, args.out, args.decoder).items():
         print(f"{name}: {path}")
     return 0
 
