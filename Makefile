@@ -16,7 +16,7 @@ STORAGE ?=
 SWEEP_ARGS = --profile $(PROFILE) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE),) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data tiny-wan train ablation-table2 sweep mlflow-ui optuna-dashboard test test-slow bench clean protocol-ytvos protocol-mevis bench-dataloading
+.PHONY: help venv data tiny-wan train ablation-table2 ablation-table3 decoder sweep mlflow-ui optuna-dashboard test test-slow bench clean protocol-ytvos protocol-mevis bench-dataloading
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,12 @@ train: data  ## train and score one configuration (the paper's final model) on t
 
 ablation-table2: tiny-wan  ## every row of Table 2 x seeds as one Optuna study -> results/table2.{md,csv,tex} (PROFILE=smoke: minutes)
 	$(PY) -m rvosflow.sweep sweeps/table2.yaml $(SWEEP_ARGS)
+
+ablation-table3: tiny-wan  ## Table 3: frozen vs tuned VAE decoder (Recon, Perf) -> results/table3-$(PROFILE).{md,csv,tex} (PROFILE=smoke: ~2 min)
+	$(PY) -m experiments.table3 --profile $(PROFILE) $(ARGS)
+
+decoder: tiny-wan  ## tune the VAE decoder (1-channel logit head, focal + dice) -> OUT=outputs/decoder/tiny (ARGS: overrides)
+	$(PY) -m rvosflow.decoder --out $(or $(OUT),outputs/decoder/tiny) $(ARGS)
 
 sweep: tiny-wan  ## run a sweep file: SWEEP=sweeps/bbs_p.yaml PROFILE=default WORKERS=1 STORAGE=<db url>
 	$(PY) -m rvosflow.sweep $(SWEEP) $(SWEEP_ARGS)

@@ -17,6 +17,8 @@ from rvosflow.schema import ConfigError
 
 if not OmegaConf.has_resolver("root"):
     OmegaConf.register_new_resolver("root", lambda: str(PROJECT_ROOT))
+if not OmegaConf.has_resolver("tuned_if_given"):  # model.vae_decoder's default follows the decoder files
+    OmegaConf.register_new_resolver("tuned_if_given", lambda *paths: "tuned" if any(paths) else "frozen")
 
 __all__ = ["ConfigError", "validate", "compose", "flat_params", "apply_checkpoint_config", "check_init_from"]
 
@@ -36,6 +38,28 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}: paradigm '{name}' cannot take {toggle.upper()} (it accepts: {allowed})")
     if cfg.trainer.strategy == "fsdp" and cfg.get("fsdp") is None:
         raise ConfigError("trainer.strategy: fsdp needs the fsdp.* settings, add +strategy=fsdp; got no fsdp block")
+    _check_weights(cfg)
+
+
+def _check_weights(cfg: DictConfig) -> None:
+    """Which decoder and which DiT weights: the files must agree with model.vae_decoder, and one
+    source of DiT weights at a time."""
+    m = cfg.model
+    path, ckpt = m.vae_decoder_path, m.vae_ckpt
+    if path and ckpt:
+        raise ConfigError(f"model.vae_ckpt: expected one tuned decoder, found model.vae_ckpt={ckpt} "
+                          f"and model.vae_decoder_path={path}")
+    if m.vae_decoder == "tuned" and not (path or ckpt):
+        raise ConfigError("model.vae_decoder: tuned needs model.vae_decoder_path=<python -m rvosflow.decoder folder> "
+                          "or model.vae_ckpt=<decoder.pth>, found neither")
+    if m.vae_decoder == "frozen" and (path or ckpt):
+        key = "model.vae_ckpt" if ckpt else "model.vae_decoder_path"
+        raise ConfigError(f"model.vae_decoder: frozen, but {key}={ckpt or path} is a tuned decoder "
+                          "(leave model.vae_decoder unset or set it to tuned)")
+    if m.dit_ckpt:
+        for other in ("ckpt_path", "init_from"):
+            if cfg.get(other):
+                raise ConfigError(f"model.dit_ckpt: expected one source of DiT weights, found model.dit_ckpt and {other}")
 
 
 # What a checkpoint was trained as: its stored run config decides these when it is validated,
@@ -45,7 +69,8 @@ CHECKPOINT_KEYS = (
     "flow.start_at_noise_end", "flow.normalize_mask_latent", "model.name", "model.text_max_length",
 )
 # Inference settings: taken from the checkpoint too, unless the command line sets them.
-CHECKPOINT_INFERENCE_KEYS = ("solver.steps", "solver.shift", "solver.sigma_min")
+CHECKPOINT_INFERENCE_KEYS = ("solver.steps", "solver.shift", "solver.sigma_min", "solver.round_timesteps",
+                             "ema.enabled")
 # What must agree for `init_from` to start from a checkpoint's DiT.
 INIT_FROM_KEYS = ("paradigm.name", "dvi.enabled", "model.name")
 

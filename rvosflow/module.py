@@ -11,6 +11,8 @@ captions it misses on the fly.
 
 from __future__ import annotations
 
+import logging
+import copy
 from dataclasses import dataclass
 
 import lightning as L
@@ -22,12 +24,35 @@ from rvosflow.latents import LatentCache
 from rvosflow.metrics import JandF, by_kind
 from rvosflow.metrics.functional import jandf_per_expression
 from rvosflow.models import encoding
-from rvosflow.models.dit import build_dit
+from rvosflow.models.dit import build_dit, negate_output
 from rvosflow.paradigms import Paradigm
 from rvosflow.text_cache import TextCache
 
+log = logging.getLogger(__name__)
 
 LR_SCHEDULES = ("constant", "cosine")
+
+# Checkpoints record the sign convention of their DiT's output (DESIGN §3). "wan": the DiT emits
+# Wan's dz/dsigma (noise - data; z_video - z_mask for video2mask), as the release and WI priors do.
+# A checkpoint without the tag was written before the switch, when velocity paradigms trained the
+# DiT on the paper's +v: it is converted exactly on load (models.dit.negate_output).
+CONVENTION_KEY = "dit_convention"
+DIT_CONVENTION = "wan"
+# With ema.enabled the state dict (and so every checkpoint) holds the EMA of the DiT under this prefix.
+EMA_PREFIX = "ema_transformer."
+
+
+def convert_old_convention(state: dict, paradigm: Paradigm, prefixes=("transformer.",)) -> tuple[dict, bool]:
+    """``state`` of an untagged (pre-"wan") checkpoint in Wan's sign; True when it was negated.
+
+    Only a velocity paradigm under the release's time mapping changes sign (with
+    ``flow.start_at_noise_end=false`` dz/dsigma = +v, and onestep_mask's output is a latent)."""
+    if not paradigm.outputs_velocity or not paradigm.settings.start_at_noise_end:
+        return state, False
+    for prefix in prefixes:
+        if f"{prefix}proj_out.weight" in state:
+            state = negate_output(state, prefix)
+    return state, True
 
 
 @dataclass(frozen=True)
@@ -82,6 +107,7 @@ class FlowRVSModule(L.LightningModule):
         trajectory_steps: int = 5,
         seed: int = 0,
         run_config: dict | None = None,
+        ema_decay: float | None = None,
     ):
         super().__init__()
         # The resolved run config is stored with checkpoints so they can be rebuilt. Not logged by
@@ -95,6 +121,12 @@ class FlowRVSModule(L.LightningModule):
         )
         if gradient_checkpointing:  # each block's activations are recomputed in backward
             self.transformer.enable_gradient_checkpointing()
+        # EMA of the DiT weights (the release keeps an ema_model): updated after every optimizer
+        # step, used for validation and prediction, saved beside the trained weights.
+        self.ema_decay = ema_decay
+        self.ema_transformer = None
+        if ema_decay is not None:
+            self.ema_transformer = copy.deepcopy(self.transformer).requires_grad_(False).eval()
         self.optim = optim
         self.text_max_length = text_max_length
         # What the DiT computes in (its weights' dtype, or FSDP's param_dtype): latents and text
@@ -150,14 +182,55 @@ class FlowRVSModule(L.LightningModule):
     def start_latent(self, mean: torch.Tensor, std: torch.Tensor | None, augment: bool) -> torch.Tensor:
         return start_point(self.frozen.vae, mean, std, augment)
 
-    def dit(self, text: torch.Tensor):
+    @property
+    def inference_transformer(self):
+        """The DiT validation and prediction use: the EMA weights when ``ema.enabled``."""
+        return self.ema_transformer if self.ema_transformer is not None else self.transformer
+
+    def dit(self, text: torch.Tensor, net=None):
+        net = net if net is not None else self.transformer
+
         def model(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-            return self.transformer(
+            return net(
                 hidden_states=x.to(self.compute_dtype), timestep=timestep, encoder_hidden_states=text,
                 return_dict=False,
             )[0]
 
         return model
+
+    # ----------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CONVENTION_KEY] = DIT_CONVENTION
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Lightning calls this before loading the state dict: an old-sign checkpoint is converted,
+        and one saved without an EMA starts the EMA (ema.enabled) from its trained weights."""
+        self._convert_convention(checkpoint)
+        state = checkpoint["state_dict"]
+        if self.ema_transformer is not None and not any(k.startswith(EMA_PREFIX) for k in state):
+            log.warning("checkpoint without EMA weights: the EMA starts from its trained DiT weights")
+            state.update({EMA_PREFIX + k[len("transformer."):]: v for k, v in list(state.items())
+                          if k.startswith("transformer.")})
+        elif self.ema_transformer is None:
+            for k in [k for k in state if k.startswith(EMA_PREFIX)]:
+                del state[k]  # ema.enabled=false: the trained weights are scored
+
+    def _convert_convention(self, checkpoint: dict) -> None:
+        tag = checkpoint.get(CONVENTION_KEY)
+        if tag == DIT_CONVENTION:
+            return
+        if tag is not None:
+            raise ValueError(f"ckpt_path: expected a DiT in the {DIT_CONVENTION!r} convention, found {tag!r}")
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.state.fn == "fit":
+            raise ValueError("ckpt_path: an untagged checkpoint (written before the DiT switched to Wan's sign) "
+                             "cannot resume training (its optimizer moments are in the old sign); start from it "
+                             "with init_from=<path> instead")
+        checkpoint["state_dict"], negated = convert_old_convention(
+            checkpoint["state_dict"], self.paradigm, ("transformer.", EMA_PREFIX))
+        log.warning("checkpoint without a %r tag: written before the DiT switched to Wan's sign; %s",
+                    CONVENTION_KEY, "its output layer (proj_out) was negated to convert it exactly" if negated
+                    else f"nothing to convert for {self.paradigm.name} (its DiT output has no velocity sign here)")
 
     # ----------------------------------------------------------------- training
     def on_fit_start(self) -> None:
@@ -181,6 +254,14 @@ class FlowRVSModule(L.LightningModule):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["video_id"]))
         return loss
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema_transformer is None:
+            return
+        ema = list(self.ema_transformer.parameters())
+        live = [p.detach() for p in self.transformer.parameters()]
+        torch._foreach_lerp_(ema, [p.to(e.dtype) for p, e in zip(live, ema)], 1.0 - self.ema_decay)
 
     def configure_optimizers(self):
         o = self.optim
@@ -213,7 +294,7 @@ class FlowRVSModule(L.LightningModule):
 
     def _predict_same_shape(self, samples: list[dict]) -> list[torch.Tensor]:
         text = self.text_embeddings([s["caption"] for s in samples])
-        model = self.dit(text)
+        model = self.dit(text, self.inference_transformer)
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
         num_frames = len(samples[0]["frames"])
         probs = []
@@ -254,7 +335,6 @@ class FlowRVSModule(L.LightningModule):
             return None
         from dataclasses import replace
 
-        from rvosflow.flow import inference_times
         from rvosflow.paradigms import build_paradigm
 
         settings = replace(self.paradigm.settings, steps=self.trajectory_steps)
@@ -262,7 +342,7 @@ class FlowRVSModule(L.LightningModule):
         frames = sample["frames"][: self.window_frames]
         clip = pad_frames(frames, padded_frame_count(len(frames), self.temporal_factor))
         mean, _ = self.video_posteriors([clip], [(sample["frames_key"], "window", 0, len(frames), len(clip))])
-        model = self.dit(self.text_embeddings([sample["caption"]]))
+        model = self.dit(self.text_embeddings([sample["caption"]]), self.inference_transformer)
         channels = mean.shape[1]
         states = []
 
@@ -272,7 +352,7 @@ class FlowRVSModule(L.LightningModule):
 
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
         states.append(paradigm.predict(recording, self.start_latent(mean, None, False), generator).float())
-        times = inference_times(settings.steps, settings.shift, settings.sigma_min).tolist()
+        times = paradigm.inference_grid().tolist()
         middle = len(frames) // 2
         pictures = []
         for t, z in zip(times, states):
@@ -280,6 +360,7 @@ class FlowRVSModule(L.LightningModule):
             # un-normalise by the same mix so both ends decode to what they are.
             raw = z if self.normalize_mask_latent else t * z + (1 - t) * encoding.denormalize_latents(self.frozen.vae, z)
             pixels = encoding.decode_video(self.frozen.vae, raw, normalized=self.normalize_mask_latent)
+            pixels = pixels.expand(-1, 3, -1, -1, -1)  # a tuned decoder's 1 channel (clamped logits) as grey
             pictures.append(((pixels[0, :, middle].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu())
         target = sample.get("target")
         return {"times": times, "pictures": pictures, "caption": sample["caption"], "video_id": sample["video_id"],

@@ -93,6 +93,7 @@ class Solver:
     steps: int = _num(1, 1)
     shift: float = _num(3.0, 0)
     sigma_min: float = _num(0.001, 0, 1)
+    round_timesteps: bool = True  # release: integer inference timesteps
 
 
 @dataclass(kw_only=True)
@@ -108,6 +109,34 @@ class Model:
     dtype: DTYPE = "float32"
     text_max_length: int = _num(MISSING, 1)
     gradient_checkpointing: bool = False
+    vae_decoder: Literal["frozen", "tuned"] = "frozen"  # config.yaml: tuned when a file below is given
+    vae_decoder_path: Optional[str] = None  # python -m rvosflow.decoder's folder (diffusers layout)
+    vae_ckpt: Optional[str] = None          # the release's decoder.pth
+    dit_ckpt: Optional[str] = None          # the release's mevis_ckpt.pth
+    dit_weights: Literal["ema", "model"] = "ema"
+
+
+@dataclass(kw_only=True)
+class Ema:
+    enabled: bool = False
+    decay: float = _num(0.999, 0, 1)
+
+
+@dataclass(kw_only=True)
+class Decoder:
+    """``python -m rvosflow.decoder`` (Table 4: lr 8e-5, 1 epoch, batch 4, focal + dice)."""
+
+    lr: float = _num(8e-5, 0)
+    epochs: int = _num(1, 1)
+    batch_size: int = _num(4, 1)
+    weight_decay: float = _num(5e-4, 0)
+    focal_alpha: float = _num(0.25, 0, 1)
+    focal_gamma: float = _num(2.0, 0)
+    dice_weight: float = _num(1.0, 0)
+    head_init: Literal["mean", "random"] = "mean"
+    max_steps: Optional[int] = _num(None, 1)
+    crop: Optional[int] = _num(None, 1)
+    frames: Optional[int] = _num(None, 1, rule=_ONE_PLUS_4K)
 
 
 @dataclass(kw_only=True)
@@ -243,6 +272,8 @@ class RunConfig:
     solver: Solver = field(default_factory=Solver)
     flow: Flow = field(default_factory=Flow)
     model: Model = field(default_factory=Model)
+    ema: Ema = field(default_factory=Ema)
+    decoder: Decoder = field(default_factory=Decoder)
     optim: Optim = field(default_factory=Optim)
     data: Data = field(default_factory=Data)
     cache_latents: bool = True

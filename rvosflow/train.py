@@ -53,6 +53,7 @@ def flow_settings(cfg: DictConfig):
     return FlowSettings(
         bbs_p=float(cfg.bbs.p), spa=bool(cfg.spa.enabled), dvi=bool(cfg.dvi.enabled),
         steps=int(cfg.solver.steps), shift=float(cfg.solver.shift), sigma_min=float(cfg.solver.sigma_min),
+        round_timesteps=bool(cfg.solver.round_timesteps),
         start_at_noise_end=bool(cfg.flow.start_at_noise_end), onestep_timestep=float(cfg.paradigm.timestep),
     )
 
@@ -82,7 +83,14 @@ def init_transformer_from(module, path: str | Path) -> None:
     (e.g. the RefCOCO pre-training stage before Ref-YTVOS fine-tuning). Optimizer state and step
     are not taken; every DiT weight must match (same paradigm/DVI)."""
     ckpt = run_config.load_checkpoint(path, "init_from")  # plain data only: code is refused, never run
-    state = {k[len("transformer."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("transformer.")}
+    from rvosflow.module import CONVENTION_KEY, DIT_CONVENTION, convert_old_convention
+
+    full = ckpt.get("state_dict", {})
+    if ckpt.get(CONVENTION_KEY) != DIT_CONVENTION:
+        full, negated = convert_old_convention(full, module.paradigm)
+        log.warning("init_from: %s has no %r tag (written before the DiT switched to Wan's sign)%s", path,
+                    CONVENTION_KEY, ": its proj_out was negated to convert it exactly" if negated else "")
+    state = {k[len("transformer."):]: v for k, v in full.items() if k.startswith("transformer.")}
     if not state:
         raise run_config.ConfigError(f"init_from: {path}: expected transformer.* weights, found none")
     try:
@@ -90,13 +98,37 @@ def init_transformer_from(module, path: str | Path) -> None:
     except RuntimeError as e:
         raise run_config.ConfigError(f"init_from: {path}: expected weights that fit this DiT (same paradigm/DVI/model), "
                                      f"found a mismatch ({str(e).splitlines()[0]})") from e
+    if module.ema_transformer is not None:  # the EMA starts from the same weights
+        module.ema_transformer.load_state_dict(state, strict=True)
     log.info("DiT initialised from %s (%d tensors)", path, len(state))
+
+
+def load_dit_ckpt(module, cfg: DictConfig) -> None:
+    """``model.dit_ckpt``: the DiT weights (``model.dit_weights``: ``ema_model`` or ``model``) of a
+    release-layout ``mevis_ckpt.pth`` into the run's DiT (and its EMA). DVI is read off the patch
+    embedding; a file that disagrees with the config is an error naming both."""
+    from rvosflow import release
+
+    path = cfg.model.dit_ckpt
+    state = release.read_dit(path, cfg.model.dit_weights)
+    latent_channels = int(module.frozen.vae.config.z_dim)
+    expected = module.paradigm.input_channels(latent_channels)
+    release.check_dit_channels(state, latent_channels, expected, bool(cfg.dvi.enabled), path)
+    for net in filter(None, (module.transformer, module.ema_transformer)):
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+            raise release.ReleaseError(f"model.dit_ckpt: {path} does not fit model={cfg.model.name}: {first}") from None
+    log.info("DiT weights from %s [%s] (%d tensors)", path, cfg.model.dit_weights, len(state))
 
 
 def latent_cache_dir(cfg: DictConfig) -> str | None:
     """A cache folder per (VAE weights, dtype, resolution, latent convention). Entries inside are
     keyed by the content of the encoded pixels (``latents.content_key``), so the same folder is
-    right for any dataset and a changed frame is encoded again."""
+    right for any dataset and a changed frame is encoded again. The decoder is not in the key: a
+    tuned decoder (``model.vae_decoder=tuned``) only ever replaces the decoder half of the VAE
+    (``rvosflow.decoder.tuned_vae`` keeps the bundle's encoder), and only the encoder is cached."""
     if not cfg.cache_latents or not cfg.latent_cache_dir:
         return None
     from rvosflow.latents import file_identity, fingerprint
@@ -147,6 +179,7 @@ def build_module(cfg: DictConfig, bundle, text_cache=None):
         window_frames=cfg.window_frames, cache_latents=cfg.cache_latents, latent_cache_dir=latent_cache_dir(cfg),
         num_overlays=cfg.num_overlays, trajectory_steps=cfg.trajectory_steps,
         seed=cfg.seed, run_config=OmegaConf.to_container(cfg, resolve=True),
+        ema_decay=float(cfg.ema.decay) if cfg.ema.enabled else None,
     )
 
 
@@ -279,6 +312,7 @@ def bundle_spatial_multiple(path) -> int:
 
 
 def _run(cfg: DictConfig, run_dir: Path, datamodule, callbacks, tracked: TrackedRun) -> dict:
+    from rvosflow.decoder import select_vae
     from rvosflow.models.loader import load_wan_bundle
     from rvosflow.text_cache import TextCache, cache_dir, ensure, run_captions
 
@@ -288,11 +322,14 @@ def _run(cfg: DictConfig, run_dir: Path, datamodule, callbacks, tracked: Tracked
     # No text encoder: every caption the run reads is embedded once into the text cache first
     # (a no-op when `python -m rvosflow.text_cache` or an earlier run did it), so it never sits on the GPU.
     bundle = load_wan_bundle(cfg.model.path, dtype=cfg.model.dtype, components=("transformer", "vae", "scheduler"))
+    bundle.vae = select_vae(cfg.model, bundle.vae)  # model.vae_decoder: frozen, or the tuned logit head
     text = TextCache(cache_dir(cfg), int(cfg.model.text_max_length))
     ensure(text, cfg, run_captions(datamodule, cfg.mode))
     module = build_module(cfg, bundle, text)
     if cfg.get("init_from") and cfg.mode == "train":
         init_transformer_from(module, cfg.init_from)
+    if cfg.model.get("dit_ckpt"):
+        load_dit_ckpt(module, cfg)
 
     logger = tracked.logger
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -394,8 +431,16 @@ def _predict(cfg, run_dir: Path, module, datamodule, logger, trainer_args, callb
     trainer.predict(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, return_predictions=False)
     results = {
         "predictions": str(out_dir), "split": datamodule.predict_split, "expressions": writer.expressions,
-        "frames": writer.frames, "checkpoint": cfg.ckpt_path, "results_path": str(run_dir / "results.json"),
+        "frames": writer.frames, "checkpoint": cfg.ckpt_path or cfg.model.get("dit_ckpt"),
+        "results_path": str(run_dir / "results.json"),
         "mlflow_run_id": logger.run_id, "mlflow_url": run_url(cfg, logger), "config": OmegaConf.to_container(cfg, resolve=True),
     }
+    source = datamodule.eval_source(datamodule.predict_split)
+    if not source.has_masks and cfg.data.format in ("mevis", "ref_ytvos"):  # server-scored: the zip it takes
+        from rvosflow.evaluate import write_submission
+
+        sub = write_submission(source, out_dir, run_dir / f"{cfg.data.format}_{datamodule.predict_split}_submission.zip")
+        results["submission"] = sub["zip"]
+        log.info("submission zip (%d PNGs, %d expressions missing) -> %s", sub["pngs"], len(sub["missing"]), sub["zip"])
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results

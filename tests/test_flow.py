@@ -3,7 +3,16 @@
 import pytest
 import torch
 
-from rvosflow.flow import euler_integrate, inference_times, interpolate, sample_bbs_times, shift_sigma, to_wan_timestep
+from rvosflow.flow import (
+    euler_integrate,
+    from_dit_velocity,
+    inference_times,
+    interpolate,
+    sample_bbs_times,
+    shift_sigma,
+    to_dit_velocity,
+    to_wan_timestep,
+)
 
 
 def test_release_maps_start_to_wan_noise_end():
@@ -43,10 +52,23 @@ def test_inference_grid_is_the_release_schedule():
     # N=1: one model call at t=0 (Wan timestep 1000) then straight to the mask.
     assert inference_times(1).tolist() == [0.0, 1.0]
     steps = 4
-    times = inference_times(steps, shift=3.0)
     sigmas = shift_sigma(torch.linspace(1, 0.001, steps + 1, dtype=torch.float64), 3.0)[:-1]
-    assert torch.allclose(to_wan_timestep(times[:-1]), sigmas * 1000)
-    assert times[0] == 0 and times[-1] == 1 and torch.all(times[1:] > times[:-1])
+    exact = inference_times(steps, shift=3.0, round_timesteps=False)
+    assert torch.allclose(to_wan_timestep(exact[:-1]), sigmas * 1000)
+    rounded = inference_times(steps, shift=3.0)  # the release's default: integer timesteps
+    assert to_wan_timestep(rounded[:-1]).tolist() == pytest.approx(torch.round(sigmas * 1000).tolist(), abs=1e-9)
+    for times in (exact, rounded):
+        assert times[0] == 0 and times[-1] == 1 and torch.all(times[1:] > times[:-1])
+
+
+def test_dit_velocity_is_wans_sign_under_the_release_mapping():
+    v = torch.randn(2, 3)
+    assert torch.equal(to_dit_velocity(v), -v) and torch.equal(from_dit_velocity(-v), v)
+    assert torch.equal(to_dit_velocity(v, start_at_noise_end=False), v)
+    # Euler in sigma (Wan's scheduler: z += (sigma_next - sigma) u) is Euler in t on v
+    z0, z1 = torch.randn(2, 3), torch.randn(2, 3)
+    u = to_dit_velocity(z1 - z0)
+    assert torch.allclose(z0 + (0.0 - 1.0) * u, z1, atol=1e-6)
 
 
 @pytest.mark.parametrize("steps", [1, 3, 10])

@@ -45,7 +45,7 @@ def test_training_pairs_follow_the_definitions():
     g = torch.Generator().manual_seed(0)
     v2m = build_paradigm("video2mask", FlowSettings(bbs_p=1.0))  # p=1: always at the video end
     pair = v2m.training_pair(zv, zm, g)
-    assert torch.equal(pair.model_input, zv) and torch.equal(pair.target, zm - zv)
+    assert torch.equal(pair.model_input, zv) and torch.equal(pair.target, zv - zm)  # Wan's sign
     assert pair.timestep.tolist() == [1000.0, 1000.0]
 
     dvi = build_paradigm("video2mask", FlowSettings(bbs_p=0.0, dvi=True)).training_pair(zv, zm, g)
@@ -54,26 +54,61 @@ def test_training_pairs_follow_the_definitions():
     assert torch.allclose(dvi.model_input[:, :C], z_t, atol=1e-6) and torch.equal(dvi.model_input[:, C:], zv)
 
     ov = build_paradigm("onestep_velocity", FlowSettings()).training_pair(zv, zm, g)
-    assert torch.equal(ov.model_input, zv) and torch.equal(ov.target, zm - zv) and ov.timestep.tolist() == [1000.0] * 2
+    assert torch.equal(ov.model_input, zv) and torch.equal(ov.target, zv - zm) and ov.timestep.tolist() == [1000.0] * 2
 
     om = build_paradigm("onestep_mask", FlowSettings(onestep_timestep=0.0)).training_pair(zv, zm, g)
     assert torch.equal(om.model_input, zv) and torch.equal(om.target, zm) and om.timestep.tolist() == [0.0, 0.0]
 
     n2m = build_paradigm("noise2mask", FlowSettings()).training_pair(zv, zm, g)
     assert n2m.model_input.shape[1] == 2 * C and torch.equal(n2m.model_input[:, C:], zv)
-    noise = zm - n2m.target  # target = z1 - noise
+    noise = zm + n2m.target  # target = noise - z1 (Wan's noise - data)
     t = (1 - n2m.timestep / 1000).view(-1, 1, 1, 1, 1)
     assert torch.allclose(n2m.model_input[:, :C], (1 - t) * noise + t * zm, atol=1e-5)
+
+
+def test_video2mask_target_at_t0_is_wans_and_one_euler_step_lands_on_the_mask():
+    """The release's convention at the DiT boundary (DESIGN §3): at t=0 (timestep 1000) the DiT is
+    trained on u = z_video - z_mask, and z += (sigma_next - sigma) * u from sigma=1 to 0 lands on the mask."""
+    zv, zm = latents()
+    for dvi in (False, True):
+        p = build_paradigm("video2mask", FlowSettings(bbs_p=1.0, dvi=dvi, steps=1))
+        pair = p.training_pair(zv, zm, torch.Generator().manual_seed(0))
+        assert pair.timestep.tolist() == [1000.0, 1000.0]
+        assert torch.equal(pair.target, zv - zm)
+        calls = []
+
+        def dit(x, ts):  # returns that target
+            calls.append(ts.clone())
+            return x[:, :C] - zm
+        assert torch.allclose(p.predict(dit, zv, None), zm, atol=1e-6)
+        assert [c.tolist() for c in calls] == [[1000.0, 1000.0]]  # one DiT call, at the video end
+        # the same step written as Wan's scheduler does it: sigma 1 -> 0
+        assert torch.allclose(zv + (0.0 - 1.0) * pair.target, zm, atol=1e-6)
 
 
 def test_inference_with_an_oracle_velocity_recovers_the_mask():
     zv, zm = latents()
     for steps in (1, 4):
-        p = build_paradigm("video2mask", FlowSettings(steps=steps, dvi=True))
-        oracle = lambda x, ts: zm - x[:, C:]  # noqa: E731  (z1 - z0, z0 is the injected half)
-        assert torch.allclose(p.predict(oracle, zv, None), zm, atol=1e-5)
+        for rounding in (True, False):
+            p = build_paradigm("video2mask", FlowSettings(steps=steps, dvi=True, round_timesteps=rounding))
+            oracle = lambda x, ts: x[:, C:] - zm  # noqa: E731  (Wan's z_video - z_mask, z_video is the injected half)
+            assert torch.allclose(p.predict(oracle, zv, None), zm, atol=1e-5)
     ov = build_paradigm("onestep_velocity", FlowSettings())
-    assert torch.allclose(ov.predict(lambda x, ts: zm - x, zv, None), zm, atol=1e-6)
+    assert torch.allclose(ov.predict(lambda x, ts: x - zm, zv, None), zm, atol=1e-6)
+    # the linear mapping (flow.start_at_noise_end=false): sigma = t, so dz/dsigma = +v
+    lin = build_paradigm("video2mask", FlowSettings(steps=3, start_at_noise_end=False))
+    assert torch.allclose(lin.predict(lambda x, ts: zm - zv, zv, None), zm, atol=1e-5)
+
+
+def test_inference_timesteps_are_rounded_integers_by_default():
+    zv, zm = latents()
+    seen = {}
+    for rounding in (True, False):
+        p = build_paradigm("video2mask", FlowSettings(steps=4, round_timesteps=rounding))
+        seen[rounding] = []
+        p.predict(lambda x, ts: seen[rounding].append(ts[0].item()) or torch.zeros_like(x), zv, None)
+    assert seen[True][0] == 1000.0 and all(t == int(t) for t in seen[True])
+    assert any(t != int(t) for t in seen[False])
 
 
 def test_dvi_at_init_leaves_the_output_unchanged(bundle):

@@ -3,7 +3,11 @@
 The code's API speaks the paper's time: ``z_t = (1 - t) z0 + t z1`` with the start point at
 t=0 and the mask at t=1. Wan's DiT embeds a timestep in [0, 1000] where 1000 is its noise end.
 The public release puts the *start* (video, or noise for noise2mask) at Wan's noise end, so
-``timestep = (1 - t) * 1000``; :func:`to_wan_timestep` is the one place that converts.
+``timestep = (1 - t) * 1000``. Wan's DiT also emits the velocity in its own time: it predicts
+``dz/dsigma`` (``noise - data``) with sigma = timestep / 1000, where the paper's velocity is
+``v = dz/dt``. With the release's mapping (sigma = 1 - t) the DiT's output is ``-v``: with the
+video in the noise slot it is trained on ``u = z_video - z_mask`` (DESIGN §3, "Velocity sign").
+:func:`to_wan_timestep` and :func:`wan_velocity_factor` are the one place that converts.
 """
 
 from __future__ import annotations
@@ -23,6 +27,26 @@ def to_wan_timestep(t: torch.Tensor, start_at_noise_end: bool = True) -> torch.T
     """
     sigma = (1.0 - t) if start_at_noise_end else t
     return sigma * WAN_NUM_TRAIN_TIMESTEPS
+
+
+def wan_velocity_factor(start_at_noise_end: bool = True) -> float:
+    """``dsigma/dt``: the DiT's velocity ``dz/dsigma`` = factor x the paper's ``dz/dt``.
+
+    -1 for the release's mapping (sigma = 1 - t: the DiT predicts ``z_start - z_end``, Wan's
+    ``noise - data`` with the start in the noise slot), +1 for the linear one (sigma = t). The
+    factor is its own inverse, so the same product converts either way.
+    """
+    return -1.0 if start_at_noise_end else 1.0
+
+
+def to_dit_velocity(v: torch.Tensor, start_at_noise_end: bool = True) -> torch.Tensor:
+    """Paper velocity ``dz/dt`` -> the DiT's training target ``dz/dsigma`` (Wan's convention)."""
+    return wan_velocity_factor(start_at_noise_end) * v
+
+
+def from_dit_velocity(u: torch.Tensor, start_at_noise_end: bool = True) -> torch.Tensor:
+    """The DiT's output ``dz/dsigma`` -> the paper velocity ``dz/dt`` the solver integrates."""
+    return wan_velocity_factor(start_at_noise_end) * u
 
 
 def interpolate(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -47,16 +71,21 @@ def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * sigma / (1.0 + (shift - 1.0) * sigma)
 
 
-def inference_times(steps: int, shift: float = 3.0, sigma_min: float = 0.001) -> torch.Tensor:
+def inference_times(steps: int, shift: float = 3.0, sigma_min: float = 0.001,
+                    round_timesteps: bool = True) -> torch.Tensor:
     """Paper-time grid of ``steps + 1`` points from 0 (start) to exactly 1 (mask).
 
-    The release evaluates the DiT at ``shift(linspace(1, sigma_min, N + 1))`` with the last value
-    dropped, and (as diffusers' flow-matching Euler scheduler does) steps to sigma = 0 at the end,
-    so the final point is the end point itself. With N=1 the model is evaluated once, at t=0.
+    The release evaluates the DiT at ``shift(linspace(1, sigma_min, N + 1))`` x 1000 with the last
+    value dropped and the timesteps **rounded to integers** (``round_timesteps``, the release's
+    choice), and (as diffusers' flow-matching Euler scheduler does) steps with sigma = timestep /
+    1000 to sigma = 0 at the end, so the final point is the end point itself. With N=1 the model
+    is evaluated once, at t=0 (timestep 1000), whatever the rounding.
     """
     if steps < 1:
         raise ValueError(f"solver.steps must be >= 1, got {steps}")
     sigmas = shift_sigma(torch.linspace(1.0, sigma_min, steps + 1, dtype=torch.float64), shift)
+    if round_timesteps:
+        sigmas = torch.round(sigmas * WAN_NUM_TRAIN_TIMESTEPS) / WAN_NUM_TRAIN_TIMESTEPS
     sigmas = torch.cat([sigmas[:-1], torch.zeros(1, dtype=torch.float64)])
     return 1.0 - sigmas
 

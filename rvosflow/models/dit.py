@@ -34,6 +34,20 @@ def widen_patch_embedding(transformer: WanTransformer3DModel, in_channels: int) 
     transformer.register_to_config(in_channels=in_channels)
 
 
+def negate_output(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """A copy of a DiT state dict whose model emits exactly the negative of the original's output.
+
+    The DiT's output is ``proj_out(...)`` (a linear layer) followed by an unpatchify (a
+    rearrangement), so negating ``proj_out``'s weight and bias negates every output exactly; this
+    converts a checkpoint trained on the paper's ``+v`` into Wan's ``noise - data`` sign.
+    """
+    keys = [f"{prefix}proj_out.weight", f"{prefix}proj_out.bias"]
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise KeyError(f"not a WanTransformer3DModel state dict: no {', '.join(missing)}")
+    return {k: (-v if k in keys else v) for k, v in state.items()}
+
+
 def build_dit(
     pretrained: WanTransformer3DModel, in_channels: int, weight_init: bool, seed: int
 ) -> WanTransformer3DModel:

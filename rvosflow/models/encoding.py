@@ -9,6 +9,7 @@ Every tensor layout follows diffusers' Wan classes: pixels and latents are ``[B,
   ``latents_mean`` / ``latents_std`` (``(z - mean) / std``); the release leaves the mask latent
   raw (REM normalises both), hence ``encode_mask(normalize=False)`` by default.
 * Frozen-decoder masks: decode, map the 3 channels back to [0, 1], average, threshold at 0.5.
+  Tuned-decoder masks (a 1-channel logit head, ``rvosflow.decoder``): sigmoid, threshold at 0.5.
 * Shapes: ``1 + 4k`` frames (the causal VAE silently drops the rest); H, W multiples of
   ``spatial_multiple(vae, transformer)`` = VAE spatial factor x DiT patch size (16 for Wan2.1).
 """
@@ -165,6 +166,34 @@ def decode_video(vae, latents: torch.Tensor, normalized: bool = True) -> torch.T
     return vae.decode(z.to(_vae_dtype(vae))).sample
 
 
+def is_logit_decoder(vae) -> bool:
+    """True for a tuned mask decoder: its last conv gives 1 channel of logits (DESIGN §3 "Decoder")."""
+    return int(vae.decoder.conv_out.out_channels) == 1
+
+
+def decode_raw(vae, z: torch.Tensor) -> torch.Tensor:
+    """RAW latents -> the decoder's output ``[B, out_channels, T, H, W]`` *unclamped*.
+
+    ``AutoencoderKLWan.decode`` clamps its output to [-1, 1], right for pixels but not for a logit
+    head; this is the same frame-by-frame causal decode (``AutoencoderKLWan._decode`` without
+    tiling, patching or the clamp), differentiable, for the tuned decoder's training and masks.
+    """
+    if vae.config.patch_size is not None:
+        raise ValueError("decode_raw: a patchified VAE (Wan2.2) is not supported")
+    z = z.to(_vae_dtype(vae))
+    vae.clear_cache()
+    try:
+        x = vae.post_quant_conv(z)
+        outs = []
+        for i in range(x.shape[2]):
+            vae._conv_idx = [0]
+            outs.append(vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                    first_chunk=(i == 0)))
+        return torch.cat(outs, dim=2)
+    finally:
+        vae.clear_cache()
+
+
 def decode_mask(vae, latents: torch.Tensor, normalized: bool = False, threshold: float = 0.5) -> torch.Tensor:
     """Frozen-decoder masks: decode, map the 3 channels to [0, 1], average, ``> threshold`` -> bool ``[B, T, H, W]``.
 
@@ -175,6 +204,10 @@ def decode_mask(vae, latents: torch.Tensor, normalized: bool = False, threshold:
 
 
 def mask_probs(vae, latents: torch.Tensor, normalized: bool = False) -> torch.Tensor:
-    """The soft mask ``[B, T, H, W]`` in [0, 1] that ``decode_mask`` thresholds."""
+    """The soft mask ``[B, T, H, W]`` in [0, 1] that ``decode_mask`` thresholds: the sigmoid of a
+    tuned decoder's logits, else the frozen decoder's 3 channels mapped to [0, 1] and averaged."""
+    if is_logit_decoder(vae):
+        z = denormalize_latents(vae, latents) if normalized else latents
+        return torch.sigmoid(decode_raw(vae, z).float())[:, 0]
     x = decode_video(vae, latents, normalized=normalized)
     return ((x.float() + 1.0) / 2.0).mean(dim=1)

@@ -1,7 +1,9 @@
 """What a paradigm is: how it builds the DiT's input, target and timestep, and how it infers.
 
-Everything in paper time (DESIGN §2); Wan timesteps come from :func:`to_wan_timestep` only.
-Latents are ``[B, C, F, H, W]``; ``z_video`` is the (normalised) video latent, ``z_mask`` the
+Everything in paper time (DESIGN §2). The DiT sees and emits Wan's convention (DESIGN §3):
+its timestep comes from :meth:`Paradigm.wan_timestep` and a velocity paradigm's target and output
+pass through :meth:`Paradigm.dit_target` / :meth:`Paradigm.velocity_field`, which are the only
+callers of the conversions in ``rvosflow.flow``. Latents are ``[B, C, F, H, W]``; ``z_video`` is the (normalised) video latent, ``z_mask`` the
 mask latent. ``model(x, timestep)`` is the DiT with its text condition already bound.
 """
 
@@ -14,7 +16,7 @@ from typing import ClassVar
 
 import torch
 
-from rvosflow.flow import to_wan_timestep
+from rvosflow.flow import from_dit_velocity, inference_times, to_dit_velocity, to_wan_timestep
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -32,6 +34,7 @@ class FlowSettings:
     steps: int = 1  # Euler steps at inference (the release's default is 1)
     shift: float = 3.0
     sigma_min: float = 0.001
+    round_timesteps: bool = True  # release: inference timesteps rounded to integers
     start_at_noise_end: bool = True  # release: the start point sits at Wan's timestep 1000
     onestep_timestep: float = 0.0  # onestep_mask's fixed DiT timestep (REM uses 0)
 
@@ -46,6 +49,8 @@ class TrainingPair:
 class Paradigm(ABC):
     name: ClassVar[str]
     accepts: ClassVar[frozenset[str]] = frozenset()
+    # The DiT's output is a velocity (sign set by the convention); False: it is the mask latent itself.
+    outputs_velocity: ClassVar[bool] = True
     multistep: ClassVar[bool] = False  # integrates a path over solver.steps (so it has a trajectory to draw)
 
     def __init__(self, settings: FlowSettings):
@@ -57,6 +62,27 @@ class Paradigm(ABC):
 
     def wan_timestep(self, t: torch.Tensor) -> torch.Tensor:
         return to_wan_timestep(t, self.settings.start_at_noise_end)
+
+    def dit_target(self, v: torch.Tensor) -> torch.Tensor:
+        """The DiT's training target for the paper velocity ``v = dz/dt`` (Wan's sign)."""
+        return to_dit_velocity(v, self.settings.start_at_noise_end)
+
+    def inference_grid(self) -> torch.Tensor:
+        """Paper times of the Euler solver (the release's shifted, rounded schedule)."""
+        s = self.settings
+        return inference_times(s.steps, s.shift, s.sigma_min, s.round_timesteps)
+
+    def velocity_field(self, model: ModelFn, model_input: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
+        """``(z, t) -> dz/dt`` in paper time from the DiT: its input is ``model_input(z)``, its
+        timestep Wan's (rounded to an integer when ``round_timesteps``), its output converted from
+        Wan's ``dz/dsigma``."""
+        def velocity(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            timestep = self.wan_timestep(t)
+            if self.settings.round_timesteps:
+                timestep = torch.round(timestep)
+            return from_dit_velocity(model(model_input(z), timestep), self.settings.start_at_noise_end)
+
+        return velocity
 
     @abstractmethod
     def training_pair(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from rvosflow.flow import euler_integrate, inference_times, interpolate
+from rvosflow.flow import euler_integrate, interpolate
 from rvosflow.paradigms.base import Paradigm, TrainingPair, register, with_video
 
 
@@ -25,14 +25,11 @@ class Noise2Mask(Paradigm):
         return TrainingPair(
             model_input=with_video(interpolate(noise, z_mask, t), z_video, True),
             timestep=self.wan_timestep(t),
-            target=z_mask - noise,
+            target=self.dit_target(z_mask - noise),  # Wan's sign: noise - z_mask
         )
 
     def predict(self, model, z_video, generator) -> torch.Tensor:
         noise = torch.randn(z_video.shape, generator=generator, device=z_video.device)
 
-        def velocity(z, t):
-            return model(with_video(z, z_video, True), self.wan_timestep(t))
-
-        times = inference_times(self.settings.steps, self.settings.shift, self.settings.sigma_min)
-        return euler_integrate(velocity, noise, times)
+        velocity = self.velocity_field(model, lambda z: with_video(z, z_video, True))
+        return euler_integrate(velocity, noise, self.inference_grid())

@@ -12,6 +12,7 @@ from rvosflow.paradigms.base import Paradigm, TrainingPair, register
 class OneStepMask(Paradigm):
     name = "onestep_mask"
     accepts = frozenset({"spa"})
+    outputs_velocity = False  # the DiT's output is the mask latent: no sign to convert
 
     def _timestep(self, z: torch.Tensor) -> torch.Tensor:
         # A DiT timestep, not paper time: REM feeds the pretrained model timestep 0 directly.

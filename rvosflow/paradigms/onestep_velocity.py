@@ -1,4 +1,5 @@
-"""(c) One-step velocity: predict v = z1 - z0 at t=0 and take one step z1 = z0 + v."""
+"""(c) One-step velocity: predict v = z1 - z0 at t=0 and take one step z1 = z0 + v (the DiT
+predicts it in Wan's sign, ``z0 - z1``, at timestep 1000 with the release's mapping)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ class OneStepVelocity(Paradigm):
 
     def training_pair(self, z_video, z_mask, generator) -> TrainingPair:
         t = torch.zeros(z_video.shape[0], device=z_video.device)
-        return TrainingPair(z_video, self.wan_timestep(t), z_mask - z_video)
+        return TrainingPair(z_video, self.wan_timestep(t), self.dit_target(z_mask - z_video))
 
     def predict(self, model, z_video, generator) -> torch.Tensor:
         t = torch.zeros(z_video.shape[0], device=z_video.device)
-        return z_video + model(z_video, self.wan_timestep(t))
+        return z_video + self.velocity_field(model, lambda z: z)(z_video, t)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rvosflow.flow import euler_integrate, inference_times, interpolate, sample_bbs_times
+from rvosflow.flow import euler_integrate, interpolate, sample_bbs_times
 from rvosflow.paradigms.base import Paradigm, TrainingPair, register, with_video
 
 
@@ -23,12 +23,9 @@ class Video2Mask(Paradigm):
         return TrainingPair(
             model_input=with_video(z_t, z_video, self.settings.dvi),
             timestep=self.wan_timestep(t),
-            target=z_mask - z_video,
+            target=self.dit_target(z_mask - z_video),  # Wan's sign: z_video - z_mask
         )
 
     def predict(self, model, z_video, generator) -> torch.Tensor:
-        def velocity(z, t):
-            return model(with_video(z, z_video, self.settings.dvi), self.wan_timestep(t))
-
-        times = inference_times(self.settings.steps, self.settings.shift, self.settings.sigma_min)
-        return euler_integrate(velocity, z_video, times)
+        velocity = self.velocity_field(model, lambda z: with_video(z, z_video, self.settings.dvi))
+        return euler_integrate(velocity, z_video, self.inference_grid())

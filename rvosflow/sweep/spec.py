@@ -140,6 +140,8 @@ def read_sweep_file(path: str | Path) -> SweepFile:
     raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping, found {type(raw).__name__}")
+    if raw.get("command"):  # a table with its own pipeline (sweeps/table3.yaml), not an Optuna sweep
+        raise SpecError(f"{path}: expected an Optuna sweep file, found a table run by `{raw['command']}`")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(SweepFile), raw)
         data = OmegaConf.to_object(merged)
