@@ -175,11 +175,11 @@ def decode_raw(vae, z: torch.Tensor) -> torch.Tensor:
     """RAW latents -> the decoder's output ``[B, out_channels, T, H, W]`` *unclamped*.
 
     ``AutoencoderKLWan.decode`` clamps its output to [-1, 1], right for pixels but not for a logit
-    head; this is the same frame-by-frame causal decode (``AutoencoderKLWan._decode`` without
-    tiling, patching or the clamp), differentiable, for the tuned decoder's training and masks.
+    head nor for training (the clamp has zero gradient outside [-1, 1]: a decoder that overshoots
+    would never be corrected). This is the same frame-by-frame causal decode
+    (``AutoencoderKLWan._decode`` without tiling or the clamp), differentiable; used by the tuned
+    decoder's training and masks and by the tiny bundle's VAE pretraining.
     """
-    if vae.config.patch_size is not None:
-        raise ValueError("decode_raw: a patchified VAE (Wan2.2) is not supported")
     z = z.to(_vae_dtype(vae))
     vae.clear_cache()
     try:
@@ -189,7 +189,12 @@ def decode_raw(vae, z: torch.Tensor) -> torch.Tensor:
             vae._conv_idx = [0]
             outs.append(vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
                                     first_chunk=(i == 0)))
-        return torch.cat(outs, dim=2)
+        out = torch.cat(outs, dim=2)
+        if vae.config.patch_size is not None:  # Wan2.2's patchified VAE
+            from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+            out = unpatchify(out, patch_size=vae.config.patch_size)
+        return out
     finally:
         vae.clear_cache()
 

@@ -164,31 +164,6 @@ def _subclip(arr: np.ndarray, n: int, rng: np.random.Generator, crop: int | None
     return arr
 
 
-def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
-    """``AutoencoderKLWan.decode`` without its final clamp to [-1, 1], for training.
-
-    The clamp has zero gradient outside [-1, 1]: a decoder that overshoots (e.g. to -1.3 on a
-    mask's foreground) would never be corrected. Same causal frame-by-frame loop as diffusers'
-    ``_decode``; falls back to ``vae.decode`` if its internals differ.
-    """
-    if not all(hasattr(vae, a) for a in ("clear_cache", "post_quant_conv", "decoder", "_feat_map")):
-        return vae.decode(z).sample
-    vae.clear_cache()
-    x = vae.post_quant_conv(z)
-    outs = []
-    for i in range(x.shape[2]):
-        vae._conv_idx = [0]
-        outs.append(vae.decoder(x[:, :, i: i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
-                                first_chunk=(i == 0)))
-    out = torch.cat(outs, 2)
-    if getattr(vae.config, "patch_size", None) is not None:
-        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
-
-        out = unpatchify(out, patch_size=vae.config.patch_size)
-    vae.clear_cache()
-    return out
-
-
 def _pbar(total, desc, enabled):
     return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True, file=sys.stderr)
 
@@ -220,7 +195,7 @@ def train_vae(vae, clips: list[Clip], cfg: PretrainConfig, rng: np.random.Genera
         if rng.random() < 0.5:  # horizontal flip: appearance only, no caption involved here
             x = x.flip(-1)
         dist = vae.encode(x).latent_dist
-        rec = decode_unclamped(vae, dist.sample())
+        rec = E.decode_raw(vae, dist.sample())
         err = (rec - x).abs() + (rec - x).pow(2)
         n_v = x_v.shape[0]
         loss_v = err[:n_v].mean()
