@@ -75,9 +75,10 @@ CHECKPOINT_INFERENCE_KEYS = ("solver.steps", "solver.shift", "solver.sigma_min",
 INIT_FROM_KEYS = ("paradigm.name", "dvi.enabled", "model.name")
 
 
-def load_checkpoint(path, key: str) -> dict:
+def load_checkpoint(path, key: str, what: str = "a Lightning checkpoint") -> dict:
     """``torch.load`` of plain data only (a checkpoint carrying code is refused, never run); any
-    problem is a ConfigError naming ``key`` and the file (torch's own errors name neither)."""
+    problem is a ConfigError naming ``key`` and the file (torch's own errors name neither).
+    ``what`` says what the file should be (a Lightning checkpoint, or a release file)."""
     import pickle
     import zipfile
     from pathlib import Path
@@ -90,18 +91,18 @@ def load_checkpoint(path, key: str) -> dict:
     if path.is_dir():
         raise ConfigError(f"{key}: {path}: expected a checkpoint file, found a folder")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a text file is not one
-        raise ConfigError(f"{key}: {path}: expected a Lightning checkpoint (a torch.save archive), "
+        raise ConfigError(f"{key}: {path}: expected {what} (a torch.save archive), "
                           f"found another kind of file ({path.stat().st_size} bytes)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ConfigError(f"{key}: {path}: expected a plain-data checkpoint, found code "
-                          f"({str(e).splitlines()[0][:200]})") from e
+                          f"(torch.load weights_only: {str(e).splitlines()[0][:200]})") from e
     except Exception as e:  # noqa: BLE001  (a truncated archive: torch's errors name no file)
-        raise ConfigError(f"{key}: {path}: expected a Lightning checkpoint, found an unreadable file "
+        raise ConfigError(f"{key}: {path}: expected {what}, found an unreadable file "
                           f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
     if not isinstance(ckpt, dict):
-        raise ConfigError(f"{key}: {path}: expected a Lightning checkpoint (a dict), found {type(ckpt).__name__}")
+        raise ConfigError(f"{key}: {path}: expected {what} (a dict), found {type(ckpt).__name__}")
     return ckpt
 
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import pickle
 import sys
 from pathlib import Path
 
 import torch
+
+from rvosflow.config import ConfigError, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -28,23 +29,16 @@ _DIT_KEY = {"ema": "ema_model", "model": "model"}
 DECODER_PREFIX = "vae."
 
 
-from rvosflow.config import ConfigError
-
-
 class ReleaseError(ConfigError):
     """A release-layout file that is missing, not plain data, or not in the published layout."""
 
 
 def _load(path, key: str) -> dict:
+    """A release file as plain data (``config.load_checkpoint``: code refused, every problem named)."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ReleaseError(f"{key}: expected a file, found nothing at {path}") from None
-    except pickle.UnpicklingError as e:
-        raise ReleaseError(f"{key}: {path}: expected plain tensors (weights_only), found code ({e})") from e
-    if not isinstance(obj, dict):
-        raise ReleaseError(f"{key}: {path}: expected a dict, found {type(obj).__name__}")
-    return obj
+        return load_checkpoint(path, key, what="a release-layout file")
+    except ConfigError as e:
+        raise ReleaseError(str(e)) from e
 
 
 def _strip(state: dict, prefix: str) -> dict:
