@@ -97,17 +97,15 @@ class Tracking:
     """The parent MLflow run and the children that are not `run()`s (decoder tuning)."""
 
     def __init__(self, cfg, name: str):
-        import mlflow
+        from rvosflow.sweep.tracking import tracking_for
+        from rvosflow.tracking import context_tags
+        from rvosflow.train import tracking_uri
 
-        from rvosflow.train import artifact_location, default_tracking_uri
-
-        self.uri = cfg.logger.tracking_uri or default_tracking_uri()
-        self.client = mlflow.MlflowClient(self.uri)
-        exp_name = cfg.logger.experiment_name
-        exp = self.client.get_experiment_by_name(exp_name)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            exp_name, artifact_location=artifact_location(self.uri, exp_name))
-        self.parent = self.client.create_run(self.experiment_id, run_name=name, tags={"table": "table3"}).info.run_id
+        # the sweeps' find-or-create of the experiment (this project's artifact folder, model-training kind)
+        shared = tracking_for(tracking_uri(cfg), str(cfg.logger.experiment_name))
+        self.client, self.experiment_id = shared.client, shared.experiment_id()
+        self.parent = self.client.create_run(self.experiment_id, run_name=name,
+                                             tags=context_tags({"table": "table3"})).info.run_id
 
     def child(self, name: str, params: dict, metrics: dict) -> str:
         run_id = self.client.create_run(self.experiment_id, run_name=name,

@@ -101,6 +101,15 @@ def display_table(summary: pd.DataFrame, digits: int = 1, pm: str = "±") -> pd.
     return out
 
 
+def _with_paper(summary: pd.DataFrame) -> pd.DataFrame:
+    """Our row means and the paper's J&F, over the rows that have both."""
+    return summary[["JF_mean", "paper_JF"]].astype(float).dropna()
+
+
+def _spearman(both: pd.DataFrame) -> float:
+    return float(both["JF_mean"].rank().corr(both["paper_JF"].rank()))  # Spearman = Pearson on ranks
+
+
 def agreement(summary: pd.DataFrame) -> dict[str, float]:
     """Numbers that sum a table up: the Spearman ρ of our row means with the paper's J&F (rows that
     have both), the span of our row means, the best row mean, the mean seed std, rows scored."""
@@ -111,21 +120,20 @@ def agreement(summary: pd.DataFrame) -> dict[str, float]:
     stds = summary["JF_std"].astype(float).dropna()
     if len(stds):
         out["JF_seed_std_mean"] = float(stds.mean())
-    both = summary[["JF_mean", "paper_JF"]].astype(float).dropna()
-    if len(both) >= 2:  # Spearman = Pearson on ranks
-        out["spearman_rho_paper"] = float(both["JF_mean"].rank().corr(both["paper_JF"].rank()))
+    both = _with_paper(summary)
+    if len(both) >= 2:
+        out["spearman_rho_paper"] = _spearman(both)
     return out
 
 
 def paper_agreement(summary: pd.DataFrame) -> str:
     """A footer line: the Spearman rank correlation between our rows' mean J&F and the paper's
     (over rows that have both), and the span of our row means."""
-    both = summary[["JF_mean", "paper_JF"]].astype(float).dropna()
+    both = _with_paper(summary)
     if len(both) < 2:
         return "Spearman ρ with the paper's J&F: – (fewer than two scored rows)"
-    rho = both["JF_mean"].rank().corr(both["paper_JF"].rank())
     span = both["JF_mean"].max() - both["JF_mean"].min()
-    return (f"Spearman ρ between our row means and the paper's J&F: {rho:.2f} over {len(both)} rows; "
+    return (f"Spearman ρ between our row means and the paper's J&F: {_spearman(both):.2f} over {len(both)} rows; "
             f"our rows span {span:.1f} J&F points.")
 
 

@@ -25,6 +25,11 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
+def tracking_uri(cfg: DictConfig) -> str:
+    """``logger.tracking_uri``, or the project's ``mlflow.db`` when it is null."""
+    return cfg.logger.tracking_uri or default_tracking_uri()
+
+
 class OverlayLogger(Callback):
     """Logs each validation's overlays (one expression per video, with its J&F) and, for the
     multistep paradigms, the flow's trajectory for the first of them, as PNGs in MLflow."""
@@ -225,7 +230,7 @@ def make_logger(cfg: DictConfig, tags: dict | None = None) -> MLFlowLogger:
 
     from rvosflow import tracking
 
-    uri = cfg.logger.tracking_uri or default_tracking_uri()
+    uri = tracking_uri(cfg)
     location = artifact_location(uri, cfg.logger.experiment_name)
     name = cfg.logger.run_name or tracking.unique_run_name(
         mlflow.MlflowClient(uri), cfg.logger.experiment_name, tracking.run_name(cfg))
@@ -242,7 +247,7 @@ def make_logger(cfg: DictConfig, tags: dict | None = None) -> MLFlowLogger:
 def run_url(cfg: DictConfig, logger: MLFlowLogger) -> str:
     from rvosflow.tracking import run_url as url
 
-    return url(cfg.logger.tracking_uri or default_tracking_uri(), logger.experiment_id, logger.run_id)
+    return url(tracking_uri(cfg), logger.experiment_id, logger.run_id)
 
 
 def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None = None, tags: dict | None = None) -> dict:

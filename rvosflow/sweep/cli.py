@@ -31,10 +31,10 @@ def cpu_count() -> int:
 
 def base_logger_settings(spec: Spec, extra: list[str]) -> tuple[str, str]:
     from rvosflow import config as run_config
-    from rvosflow.train import default_tracking_uri
+    from rvosflow.train import tracking_uri
 
     cfg = run_config.compose([*spec.overrides, *extra])
-    return cfg.logger.tracking_uri or default_tracking_uri(), str(cfg.logger.experiment_name)
+    return tracking_uri(cfg), str(cfg.logger.experiment_name)
 
 
 def setup(spec: Spec, storage_url: str, extra: list[str], study_name: str | None, runs_root: Path | None,
