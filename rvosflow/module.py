@@ -205,7 +205,7 @@ class FlowRVSModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Lightning calls this before loading the state dict: an old-sign checkpoint is converted,
         and one saved without an EMA starts the EMA (ema.enabled) from its trained weights."""
-        self._convert_convention(checkpoint)
+        self.convert_convention(checkpoint)
         state = checkpoint["state_dict"]
         if self.ema_transformer is not None and not any(k.startswith(EMA_PREFIX) for k in state):
             log.warning("checkpoint without EMA weights: the EMA starts from its trained DiT weights")
@@ -215,21 +215,23 @@ class FlowRVSModule(L.LightningModule):
             for k in [k for k in state if k.startswith(EMA_PREFIX)]:
                 del state[k]  # ema.enabled=false: the trained weights are scored
 
-    def _convert_convention(self, checkpoint: dict) -> None:
+    def convert_convention(self, checkpoint: dict, key: str = "ckpt_path") -> None:
+        """An untagged (old-sign) Lightning checkpoint's DiT converted in place to Wan's sign, for
+        ``ckpt_path`` (validate, predict; resuming is refused) and ``init_from`` alike."""
         tag = checkpoint.get(CONVENTION_KEY)
         if tag == DIT_CONVENTION:
             return
         if tag is not None:
-            raise ValueError(f"ckpt_path: expected a DiT in the {DIT_CONVENTION!r} convention, found {tag!r}")
+            raise ValueError(f"{key}: expected a DiT in the {DIT_CONVENTION!r} convention, found {tag!r}")
         trainer = getattr(self, "_trainer", None)
         if trainer is not None and trainer.state.fn == "fit":
-            raise ValueError("ckpt_path: an untagged checkpoint (written before the DiT switched to Wan's sign) "
+            raise ValueError(f"{key}: an untagged checkpoint (written before the DiT switched to Wan's sign) "
                              "cannot resume training (its optimizer moments are in the old sign); start from it "
                              "with init_from=<path> instead")
         checkpoint["state_dict"], negated = convert_old_convention(
-            checkpoint["state_dict"], self.paradigm, ("transformer.", EMA_PREFIX))
-        log.warning("checkpoint without a %r tag: written before the DiT switched to Wan's sign; %s",
-                    CONVENTION_KEY, "its output layer (proj_out) was negated to convert it exactly" if negated
+            checkpoint.get("state_dict", {}), self.paradigm, ("transformer.", EMA_PREFIX))
+        log.warning("%s: checkpoint without a %r tag: written before the DiT switched to Wan's sign; %s",
+                    key, CONVENTION_KEY, "its output layer (proj_out) was negated to convert it exactly" if negated
                     else f"nothing to convert for {self.paradigm.name} (its DiT output has no velocity sign here)")
 
     # ----------------------------------------------------------------- training

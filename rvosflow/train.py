@@ -88,13 +88,8 @@ def init_transformer_from(module, path: str | Path) -> None:
     (e.g. the RefCOCO pre-training stage before Ref-YTVOS fine-tuning). Optimizer state and step
     are not taken; every DiT weight must match (same paradigm/DVI)."""
     ckpt = run_config.load_checkpoint(path, "init_from")  # plain data only: code is refused, never run
-    from rvosflow.module import CONVENTION_KEY, DIT_CONVENTION, convert_old_convention
-
+    module.convert_convention(ckpt, "init_from")  # an old-sign DiT is converted exactly
     full = ckpt.get("state_dict", {})
-    if ckpt.get(CONVENTION_KEY) != DIT_CONVENTION:
-        full, negated = convert_old_convention(full, module.paradigm)
-        log.warning("init_from: %s has no %r tag (written before the DiT switched to Wan's sign)%s", path,
-                    CONVENTION_KEY, ": its proj_out was negated to convert it exactly" if negated else "")
     state = {k[len("transformer."):]: v for k, v in full.items() if k.startswith("transformer.")}
     if not state:
         raise run_config.ConfigError(f"init_from: {path}: expected transformer.* weights, found none")

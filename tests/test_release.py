@@ -103,7 +103,7 @@ def test_release_layout_round_trip_gives_identical_predictions(tiny_benchmark, t
         run(compose([*base, "mode=validate", f"model.dit_ckpt={files['dit']}", "dvi.enabled=false"]), tmp_path / "vc")
 
 
-def test_old_convention_checkpoint_is_converted_exactly(tiny_benchmark, test_bundle_dir, tracking_uri, tmp_path):
+def test_old_convention_checkpoint_is_converted_exactly(tiny_benchmark, test_bundle_dir, test_bundle, tracking_uri, tmp_path):
     """A checkpoint without the convention tag holds a DiT trained on +v: the same weights with
     proj_out negated, untagged, must score exactly as the tagged original; resuming it is refused."""
     base = tiny_overrides(tiny_benchmark, test_bundle_dir, tracking_uri, "trainer.max_steps=2")
@@ -116,6 +116,14 @@ def test_old_convention_checkpoint_is_converted_exactly(tiny_benchmark, test_bun
     new = run(compose([*base, "mode=validate", f"ckpt_path={trained['checkpoint']}"]), tmp_path / "vnew")
     conv = run(compose([*base, "mode=validate", f"ckpt_path={tmp_path / 'old.ckpt'}"]), tmp_path / "vold")
     assert conv["JF"] == pytest.approx(new["JF"], abs=1e-9)
+    # init_from converts it the same way: the DiT starts from the tagged original's weights
+    from rvosflow.module import FlowRVSModule
+    from rvosflow.paradigms import FlowSettings, build_paradigm
+    from rvosflow.train import init_transformer_from
+
+    module = FlowRVSModule(test_bundle, build_paradigm("video2mask", FlowSettings(bbs_p=0.5, spa=True, dvi=True)))
+    init_transformer_from(module, tmp_path / "old.ckpt")
+    assert torch.equal(module.transformer.proj_out.weight, ckpt["state_dict"]["transformer.proj_out.weight"])
     with pytest.raises(ValueError, match="cannot resume training"):
         run(compose([*base, "trainer.max_steps=4", f"ckpt_path={tmp_path / 'old.ckpt'}"]), tmp_path / "resume")
     with pytest.raises(ConfigError, match="predates"):
