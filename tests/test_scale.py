@@ -211,3 +211,51 @@ def test_bench_scale_runs_at_cpu_size():
     assert on["step_s"] > 0 and on["tokens_per_s"] > 0 and on["tflop_per_step"] > off["tflop_per_step"]
     whole, windowed = report["inference"]
     assert (whole["window_frames"], windowed["window_frames"]) == (33, 17) and whole["seconds"] > 0
+
+
+# ----------------------------------------------------------------------------- what a 1.3B run holds in memory
+def test_checkpoints_are_written_without_an_in_memory_copy(tmp_path):
+    """Lightning's own save buffers the whole file in memory first (11+ GB at 1.3B with EMA and
+    AdamW state); the run's CheckpointIO streams it into a temporary file and renames it."""
+    import tracemalloc
+
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from rvosflow.checkpoint_io import StreamingCheckpointIO
+
+    state = {"state_dict": {"w": torch.arange(8 * 2**20, dtype=torch.float32)}}  # 32 MB of tensor data
+    peaks = {}
+    for name, io in (("lightning", TorchCheckpointIO()), ("streaming", StreamingCheckpointIO())):
+        tracemalloc.start()  # Python-heap allocations: the buffer's bytes, not the tensor's own storage
+        io.save_checkpoint(state, tmp_path / f"{name}.ckpt")
+        peaks[name] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks["lightning"] > 32e6 > 8 * peaks["streaming"], peaks
+    loaded = StreamingCheckpointIO().load_checkpoint(tmp_path / "streaming.ckpt", weights_only=True)
+    assert torch.equal(loaded["state_dict"]["w"], state["state_dict"]["w"])
+    # A failed save leaves the previous checkpoint whole and no temporary file behind.
+    with pytest.raises(Exception):
+        StreamingCheckpointIO().save_checkpoint({"bad": lambda: None}, tmp_path / "streaming.ckpt")
+    assert torch.equal(torch.load(tmp_path / "streaming.ckpt", weights_only=True)["state_dict"]["w"], state["state_dict"]["w"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lightning.ckpt", "streaming.ckpt"]
+
+
+def test_a_run_trains_without_the_bundles_copy_of_the_dit(tiny_benchmark, test_bundle_dir, tmp_path, monkeypatch):
+    """The module trains its own DiT (a copy with WI): the loaded bundle's is released before fit,
+    or a 1.3B run holds 2.8 GB of weights it never uses."""
+    from lightning.pytorch.callbacks import Callback
+
+    from rvosflow import train
+
+    bundles, seen = [], {}
+    build = train.build_module
+    monkeypatch.setattr(train, "build_module", lambda cfg, bundle, text=None: bundles.append(bundle) or build(cfg, bundle, text))
+
+    class Look(Callback):
+        def on_fit_start(self, trainer, module):
+            seen["bundle_dit"] = bundles[0].transformer
+            seen["checkpoint_io"] = type(trainer.strategy.checkpoint_io).__name__
+
+    results = train.run(compose(run_overrides(tiny_benchmark, test_bundle_dir, tmp_path)), tmp_path / "run", callbacks=[Look()])
+    assert seen == {"bundle_dit": None, "checkpoint_io": "StreamingCheckpointIO"}
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists() and 0 <= results["JF"] <= 100
