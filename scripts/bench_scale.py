@@ -33,13 +33,11 @@ from torch.utils._pytree import tree_flatten
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rvosflow.latents import content_key  # noqa: E402
-from rvosflow.models.scale import WAN21_T2V_1_3B, dit_param_count, dit_tokens, dit_train_flops  # noqa: E402
+from rvosflow.models.scale import (  # noqa: E402
+    REDUCED_DIT, REDUCED_VAE, WAN21_T2V_1_3B, dit_param_count, dit_tokens, dit_train_flops,
+)
 
-# Reduced sizes for CPU: the same classes and structure (8x VAE, 4x frames, 2x2 patches), narrow and short.
-CPU_DIT = {**WAN21_T2V_1_3B, "num_attention_heads": 2, "attention_head_dim": 32, "ffn_dim": 256, "num_layers": 2,
-           "text_dim": 64, "freq_dim": 32}
-CPU_VAE = {"base_dim": 8, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1,
-           "temperal_downsample": [False, True, True]}
+CPU_DIT, CPU_VAE = REDUCED_DIT, REDUCED_VAE  # reduced sizes for CPU (--size cpu)
 SIZES = {
     # name: DiT config, VAE kwargs (None = Wan2.1's, the class defaults), train clip, inference video, text length
     "real": (WAN21_T2V_1_3B, None, (17, 480, 832), (81, 480, 832), 64),

@@ -259,3 +259,33 @@ def test_a_run_trains_without_the_bundles_copy_of_the_dit(tiny_benchmark, test_b
     results = train.run(compose(run_overrides(tiny_benchmark, test_bundle_dir, tmp_path)), tmp_path / "run", callbacks=[Look()])
     assert seen == {"bundle_dit": None, "checkpoint_io": "StreamingCheckpointIO"}
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists() and 0 <= results["JF"] <= 100
+
+
+# ----------------------------------------------------------------------------- the random-weight 1.3B bundle
+def test_random_bundle_has_the_published_shapes_and_loads_like_a_download(tmp_path):
+    """Built at the reduced size (seconds); the real recipe differs only in the configs it is given."""
+    from rvosflow.models import encoding
+    from rvosflow.models.loader import load_wan_bundle
+    from rvosflow.models.random_bundle import SIZES, TEXT_ENCODER, RandomBundleError, build
+    from rvosflow.models.scale import WAN21_T2V_1_3B
+
+    assert SIZES["real"] == (WAN21_T2V_1_3B, None)  # the published DiT config, the VAE's defaults
+    dit_config, vae_kwargs = SIZES["reduced"]
+    out = build(tmp_path / "bundle", dit_config, vae_kwargs)
+    bundle = load_wan_bundle(out, dtype="bfloat16")
+    assert {k: bundle.transformer.config[k] for k in dit_config} == dit_config
+    assert bundle.transformer.dtype == torch.bfloat16 and bundle.vae.config.z_dim == 16
+    # the text side fits the DiT: its width is text_dim, its vocabulary the tokenizer's
+    assert bundle.text_encoder.config.d_model == dit_config["text_dim"] and bundle.text_encoder.config.num_layers == 1
+    assert bundle.text_encoder.config.vocab_size == len(bundle.tokenizer) == 77
+    emb = encoding.encode_text(bundle.text_encoder, bundle.tokenizer, ["the red circle"], 16)
+    assert emb.shape == (1, 16, dit_config["text_dim"]) and torch.isfinite(emb).all()
+    # the download's scheduler class (UniPC, flow_shift 3), converted to the release's Euler on load
+    assert type(bundle.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and bundle.scheduler.config.shift == 3.0
+    assert TEXT_ENCODER["num_layers"] == 1 and "d_model" not in TEXT_ENCODER
+    # the same recipe is kept as it is; a folder that is not a random bundle is never overwritten
+    stamp = (out / "transformer" / "config.json").stat().st_mtime_ns
+    assert build(out, dit_config, vae_kwargs) == out and (out / "transformer" / "config.json").stat().st_mtime_ns == stamp
+    (tmp_path / "download").mkdir()
+    with pytest.raises(RandomBundleError, match="not a random bundle"):
+        build(tmp_path / "download", dit_config, vae_kwargs)
