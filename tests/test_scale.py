@@ -289,3 +289,23 @@ def test_random_bundle_has_the_published_shapes_and_loads_like_a_download(tmp_pa
     (tmp_path / "download").mkdir()
     with pytest.raises(RandomBundleError, match="not a random bundle"):
         build(tmp_path / "download", dit_config, vae_kwargs)
+
+
+@pytest.mark.slow
+def test_bench_real_cpu_runs_the_preset_end_to_end_at_reduced_size(tmp_path):
+    """``make bench-real-cpu``'s path (bundle, data, the 1.3B preset's run in a child process,
+    phases, peak RSS) with the reduced DiT and VAE: 2 optimiser steps, then one validation."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_real_cpu", PROJECT_ROOT / "scripts" / "bench_real_cpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = bench.main(["--size", "reduced", "--work", str(tmp_path), "--frames", "5", "--height", "32", "--width", "32"])
+    run = report["run"]
+    assert [s["step"] for s in run["steps"]] == [1, 2] and len(run["validations"]) == 1
+    assert all(s["total_s"] > 0 and s["backward_s"] > 0 for s in run["steps"])
+    assert run["peak_rss_gb"] > 0.2 and report["settings"]["precision"] == "bf16-mixed"
+    assert report["accounted_gb"]["ema_weights"] == report["accounted_gb"]["dit_weights"] > 0  # EMA on
+    assert 0 <= report["JF"] <= 100 and report["checkpoint_gb"] > 0
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))  # deleted once measured
+    assert "model=wan2.1_t2v_1.3b" in report["command"] and "trainer.max_steps=2" in report["command"]
