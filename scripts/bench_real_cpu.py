@@ -187,6 +187,12 @@ def measured(cmd: list[str], **kwargs) -> dict:
     return {"wall_s": round(time.perf_counter() - start, 1), "peak_rss_gb": round(usage.ru_maxrss * 1024 / GB, 2)}
 
 
+def shown(path: Path) -> Path:
+    """``path`` relative to the project root when it is inside it (the report is then the same on
+    every checkout, and its command runs from the root)."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def summarise(events: dict) -> dict:
     """Seconds and peak sampled RSS per phase, per step."""
     spans, samples = events["spans"], events["samples"]
@@ -242,11 +248,14 @@ def main(argv: list[str] | None = None) -> dict:
     work = (args.work or ROOT / "outputs" / "bench-real-cpu" / args.size).resolve()
     bundle = (args.bundle or (ROOT / "data" / "wan2.1-t2v-1.3b-random" if args.size == "real" else work / "bundle")).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    report: dict = {"size": args.size, "bundle": str(bundle), "clip": [args.frames, args.height, args.width],
+    report: dict = {"size": args.size, "bundle": str(shown(bundle)), "clip": [args.frames, args.height, args.width],
                     "cpu_threads": os.cpu_count()}
 
+    recipe = bundle / "recipe.json"
+    before = recipe.stat().st_mtime_ns if recipe.exists() else None
     report["bundle_build"] = measured([sys.executable, "-m", "rvosflow.models.random_bundle", "--out", str(bundle),
                                        "--size", args.size], cwd=ROOT, stdout=subprocess.DEVNULL)
+    report["bundle_build"]["reused"] = before == recipe.stat().st_mtime_ns  # the same recipe was already there
     # 2 training videos (up to 2 captions each), 1 scored video: a few tiny clips, a couple of captions
     bench = write_benchmark(work / "synthetic", SyntheticConfig(
         seed=0, frames=args.frames, height=args.height, width=args.width, train_videos=2, valid_u_videos=1,
@@ -257,7 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
     ov = overrides(bundle, bench, work, args.frames, args.height, args.width)
     spec = work / "child.json"
     spec.write_text(json.dumps({"overrides": ov, "run_dir": str(run_dir), "events": str(work / "events.json")}))
-    report["command"] = shlex.join(["python", "run.py", *ov, f"hydra.run.dir={run_dir}"])
+    shown_ov = overrides(shown(bundle), shown(bench), shown(work), args.frames, args.height, args.width)
+    report["command"] = shlex.join(["python", "run.py", *shown_ov, f"hydra.run.dir={shown(run_dir)}"])
     report["run"] = measured([sys.executable, __file__, "--child", str(spec)], cwd=ROOT)
     events = json.loads((work / "events.json").read_text())
     report["run"].update(summarise(events))
