@@ -16,7 +16,7 @@ STORAGE ?=
 SWEEP_ARGS = --profile $(PROFILE) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE),) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data tiny-wan train ablation-table2 ablation-table3 decoder sweep mlflow-ui optuna-dashboard test test-slow bench clean protocol-ytvos protocol-mevis bench-dataloading bench-real-cpu
+.PHONY: help venv data tiny-wan train ablation-table2 ablation-table3 decoder sweep mlflow-ui optuna-dashboard test test-slow bench clean protocol-ytvos protocol-mevis bench-dataloading bench-real-cpu bench-per-token
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -71,6 +71,10 @@ bench-dataloading: $(STAMP)  ## clips/s per DataLoader worker, 17x480x832 clips 
 # Heavy on a shared machine: prefix with `flock /tmp/rvosflow-heavy.lock` where that is the convention.
 bench-real-cpu: $(STAMP)  ## the 1.3B architecture (random weights) trained 2 steps + validated on CPU: peak RSS, step time (~15 GB, ~10 min)
 	$(PY) scripts/bench_real_cpu.py --out results/bench-real-cpu.json $(ARGS)
+
+bench-per-token: $(STAMP)  ## memory per token of real-width Wan blocks on CPU, fitted, extrapolated to 1.3B (+ meta count; ~4 GB, ~10 min)
+	$(PY) scripts/bench_scale.py --size real --device cpu --per-token --meta --skip-training --skip-inference \
+		--out results/bench-per-token.json $(ARGS)
 
 test: $(STAMP)  ## fast test suite
 	$(PY) -m pytest -q

@@ -309,3 +309,37 @@ def test_bench_real_cpu_runs_the_preset_end_to_end_at_reduced_size(tmp_path):
     assert 0 <= report["JF"] <= 100 and report["checkpoint_gb"] > 0
     assert not list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))  # deleted once measured
     assert "model=wan2.1_t2v_1.3b" in report["command"] and "trainer.max_steps=2" in report["command"]
+
+
+# ----------------------------------------------------------------------------- memory per token; --meta
+def test_per_token_fit_separates_the_attention_term_and_the_checkpointed_inputs():
+    """At the reduced width in float32 the counts are exact: a block keeps a fixed number of bytes
+    per token; the math kernel adds one N x N matrix per head (heads x 4 bytes per token^2), the
+    CPU's flash kernel none; a checkpointed block keeps its input alone (dim x 4 bytes per token)."""
+    bench = bench_scale()
+    config = bench.CPU_DIT
+    rows = bench.measure_per_token(config, bench.PER_TOKEN_CLIPS["cpu"][:4], 16, torch.float32)
+    fits = bench.per_token_fits(rows, config["num_layers"])["fits"]
+    heads, dim = config["num_attention_heads"], config["num_attention_heads"] * config["attention_head_dim"]
+    flash = fits["train/default/no_checkpointing"]["saved"]
+    math = fits["train/math/no_checkpointing"]["saved"]
+    assert "_scaled_dot_product_flash_attention_for_cpu.default" in flash["kernels"]
+    assert abs(flash["per_block"]["bytes_per_token2"]) < 1e-6 and flash["per_block"]["bytes_per_token"] > 20 * dim
+    assert math["per_block"]["bytes_per_token2"] == pytest.approx(heads * 4, rel=1e-6)
+    assert flash["per_block"]["max_rel_residual"] < 1e-6  # linear in the token count, exactly
+    kept = fits["train/default/checkpointing"]
+    assert kept["retained"]["per_block"]["bytes_per_token"] == pytest.approx(dim * 4, rel=1e-6)
+    assert kept["saved"]["per_block"]["bytes_per_token"] == pytest.approx(dim * 4, rel=1e-6)  # the saved inputs
+    assert fits["train/default/no_checkpointing"]["peak"]["outside_blocks"]["bytes_per_token"] < \
+        kept["peak"]["outside_blocks"]["bytes_per_token"]  # the block recomputed in backward
+
+
+def test_meta_estimate_runs_with_checkpointing():
+    """It failed with a CheckpointError: the recomputation in backward ran without the flash
+    routing and saved other tensors than the forward."""
+    report = bench_scale().main(["--size", "cpu", "--dtype", "float32", "--meta", "--skip-training", "--skip-inference",
+                                 "--window-frames", "17"])
+    on, off = report["meta_estimate"]["training"]
+    assert on["checkpointing"] and not off["checkpointing"]
+    assert on["saved_activation_gb"] < off["saved_activation_gb"] / 4 and on["activation_peak_gb"] < off["activation_peak_gb"]
+    assert on["gradients_gb"] == on["weights_gb"] and on["total_gb"] > 4 * on["weights_gb"]
