@@ -31,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # bench_scale's helpers
 
 GB = 1e9
 
@@ -210,8 +211,8 @@ def summarise(events: dict) -> dict:
             if first <= a and b <= last and name in ("forward", "backward", "optimizer", "ema", "vae_encode"):
                 seconds[name] = seconds.get(name, 0.0) + (b - a)
         seconds["dit_forward"] = seconds["forward"] - seconds.get("vae_encode", 0.0)  # forward holds the encoding
-        steps.append({"step": step + 1, "total_s": round(last - first, 1),
-                      **{f"{k}_s": round(v, 1) for k, v in seconds.items() if k != "forward"},
+        steps.append({"step": step + 1, "total_s": round(last - first, 3),
+                      **{f"{k}_s": round(v, 3) for k, v in seconds.items() if k != "forward"},
                       "peak_rss_gb": peak(first, last)})
     writes = [(a, b) for n, _, a, b in spans if n == "checkpoint_write"]
     validation = [(a, b) for n, _, a, b in spans if n == "validation"]
@@ -241,6 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child:
         raise SystemExit(child(args.child))
 
+    from bench_scale import machine
+
     from rvosflow.data.synthetic import SyntheticConfig, write_benchmark
     from rvosflow.models.random_bundle import SIZES
     from rvosflow.models.scale import dit_param_count, dit_tokens
@@ -249,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     bundle = (args.bundle or (ROOT / "data" / "wan2.1-t2v-1.3b-random" if args.size == "real" else work / "bundle")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     report: dict = {"size": args.size, "bundle": str(shown(bundle)), "clip": [args.frames, args.height, args.width],
-                    "cpu_threads": os.cpu_count()}
+                    "machine": machine()}
 
     recipe = bundle / "recipe.json"
     before = recipe.stat().st_mtime_ns if recipe.exists() else None

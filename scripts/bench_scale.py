@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -449,6 +450,20 @@ def per_token_fits(rows: list[dict], num_layers: int) -> dict:
     return {"fits": fits, "extrapolated_gb": extrapolated}
 
 
+def machine() -> dict:
+    """What the figures were measured on."""
+    import platform
+
+    import psutil
+
+    info = Path("/proc/cpuinfo")
+    names = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines() if ln.startswith("model name")] \
+        if info.exists() else []
+    return {"cpu": names[0] if names else platform.processor(), "cores": os.cpu_count(),
+            "ram_gb": round(psutil.virtual_memory().total / 1e9, 1), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d")}
+
+
 def comparison(config: dict, report: dict) -> list[dict]:
     """The README's hand-counted estimates beside the CPU-measured, extrapolated figures (and the
     meta-device count when ``--meta`` ran): activations, and totals with weights, gradients and AdamW."""
@@ -522,7 +537,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["meta_estimate"] = meta_estimate(config, vae_kwargs, clip, video, text_len, dtype, args.window_frames)
     if args.per_token:
         rows = measure_per_token(config, PER_TOKEN_CLIPS[args.size], text_len, dtype)
-        report["per_token"] = {"label": "CPU-measured, extrapolated", "depths": DEPTHS, "rows": rows,
+        report["per_token"] = {"label": "CPU-measured, extrapolated", "machine": machine(), "depths": DEPTHS, "rows": rows,
                                **per_token_fits(rows, config["num_layers"])}
         if args.size == "real":  # the README's hand counts are the real model's
             report["comparison_gb"] = comparison(config, report)
