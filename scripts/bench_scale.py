@@ -332,12 +332,13 @@ def meta_estimate(config: dict, vae_kwargs, clip: tuple, video: tuple, text_len:
                                  "total_gb": (weights + live.peak) / 1e9})
     return out
 
+
 # ----------------------------------------------------------------------------- memory per token, measured on CPU
 # Clips of the per-token fit. real: 390 to 7,800 tokens (a quarter and a half of a 480x832 frame, then
 # 1, 2 and 5 latent frames of it; 5 = the 17x480x832 training clip). cpu: the reduced model's.
 PER_TOKEN_CLIPS = {"real": [(1, 240, 416), (1, 480, 416), (1, 480, 832), (5, 480, 832), (17, 480, 832)],
                    "cpu": [(1, 64, 64), (5, 64, 64), (9, 64, 64), (17, 64, 64), (17, 96, 96), (17, 128, 128)]}
-MATH_MAX_TOKENS = 3120  # the math kernel keeps 12 x N x N attention weights: 1.5 GB per block at 7,800 tokens
+MATH_MAX_TOKENS = 3120  # the math kernel keeps N x N weights per head: 48 bytes/token^2, 2.9 GB per block at 7,800
 DEPTHS = (1, 2)  # per block = depth 2 - depth 1; outside the blocks = depth 1 - per block
 # The README's hand-counted figures for the real model (the estimate this measurement checks), GB.
 HAND_COUNTED_GB = {"train_activations_per_block_7800": 1.0, "train_checkpointed_block_inputs_7800": 0.7,
