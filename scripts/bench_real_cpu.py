@@ -272,6 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     shown_ov = overrides(shown(bundle), shown(bench), shown(work), args.frames, args.height, args.width)
     report["command"] = shlex.join(["python", "run.py", *shown_ov, f"hydra.run.dir={shown(run_dir)}"])
     report["run"] = measured([sys.executable, __file__, "--child", str(spec)], cwd=ROOT)
+    report["machine"]["load_average_after"] = os.getloadavg()  # 1, 5, 15 min: the 5-minute one spans the run
     events = json.loads((work / "events.json").read_text())
     report["run"].update(summarise(events))
 

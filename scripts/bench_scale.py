@@ -462,7 +462,7 @@ def machine() -> dict:
         if info.exists() else []
     return {"cpu": names[0] if names else platform.processor(), "cores": os.cpu_count(),
             "ram_gb": round(psutil.virtual_memory().total / 1e9, 1), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d")}
+            "date": time.strftime("%Y-%m-%d"), "load_average": os.getloadavg()}  # a shared machine's times depend on it
 
 
 def comparison(config: dict, report: dict) -> list[dict]:
