@@ -3,7 +3,7 @@
 for 2 optimiser steps on tiny synthetic clips, then its one validation. Peak resident memory
 and the time of each phase, as one JSON object.
 
-    flock /tmp/rvosflow-heavy.lock python scripts/bench_real_cpu.py   # make bench-real-cpu: minutes, ~16 GB
+    flock /tmp/rvosflow-heavy.lock python scripts/bench_real_cpu.py   # make bench-real-cpu: 1-4 min, 16.4 GB
     python scripts/bench_real_cpu.py --size reduced                     # same path, reduced DiT and VAE: seconds
 
 The run is ``rvosflow.train.run`` on the config ``python run.py`` composes from the same overrides
