@@ -29,6 +29,7 @@ class FlowSettings:
     """The flow settings a paradigm reads; built from the run config by the registry."""
 
     bbs_p: float = 0.0
+    bbs_sampler: str = "release"  # release: integer timesteps, int(B * p) of a batch at the boundary
     spa: bool = False
     dvi: bool = False
     steps: int = 1  # Euler steps at inference (the release's default is 1)

@@ -15,14 +15,20 @@ class Video2Mask(Paradigm):
     multistep = True
 
     def sample_times(self, batch: int, generator, device) -> torch.Tensor:
-        return sample_bbs_times(batch, self.settings.bbs_p, generator, device)
+        return sample_bbs_times(batch, self.settings.bbs_p, generator, device, self.settings.bbs_sampler)
 
     def training_pair(self, z_video, z_mask, generator) -> TrainingPair:
-        t = self.sample_times(z_video.shape[0], generator, z_video.device)
+        return self.pair_at(z_video, z_mask, self.sample_times(z_video.shape[0], generator, z_video.device))
+
+    def pair_at(self, z_video, z_mask, t: torch.Tensor) -> TrainingPair:
+        """The training pair at paper times ``t`` [B]."""
         z_t = interpolate(z_video, z_mask, t)
+        timestep = self.wan_timestep(t).float()
+        if self.settings.bbs_sampler == "release":  # the release's DiT gets the integer it drew
+            timestep = torch.round(timestep)
         return TrainingPair(
             model_input=with_video(z_t, z_video, self.settings.dvi),
-            timestep=self.wan_timestep(t),
+            timestep=timestep,
             target=self.dit_target(z_mask - z_video),  # Wan's sign: z_video - z_mask
         )
 
