@@ -38,6 +38,9 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}: paradigm '{name}' cannot take {toggle.upper()} (it accepts: {allowed})")
     if cfg.trainer.strategy == "fsdp" and cfg.get("fsdp") is None:
         raise ConfigError("trainer.strategy: fsdp needs the fsdp.* settings, add +strategy=fsdp; got no fsdp block")
+    if cfg.trainer.strategy == "fsdp" and cfg.ema.enabled:  # each rank holds a shard: EMAModel's shadows would not fit it
+        raise ConfigError("ema.enabled: expected false with trainer.strategy=fsdp (the EMA keeps whole-model shadows), "
+                          "got true (use +strategy=ddp, or ema.enabled=false)")
     _check_weights(cfg)
 
 
@@ -65,22 +68,43 @@ def _check_weights(cfg: DictConfig) -> None:
 # What a checkpoint was trained as: its stored run config decides these when it is validated,
 # predicted with or resumed, and a command-line value that differs is an error.
 CHECKPOINT_KEYS = (
-    "paradigm.name", "paradigm.timestep", "bbs.p", "spa.enabled", "dvi.enabled", "wi.enabled",
-    "flow.start_at_noise_end", "flow.normalize_mask_latent", "model.name", "model.text_max_length",
+    "paradigm.name", "paradigm.timestep", "bbs.p", "bbs.sampler", "spa.enabled", "dvi.enabled", "wi.enabled",
+    "flow.start_at_noise_end", "flow.normalize_mask_latent", "model.name", "text.max_length",
 )
 # Inference settings: taken from the checkpoint too, unless the command line sets them.
 CHECKPOINT_INFERENCE_KEYS = ("solver.steps", "solver.shift", "solver.sigma_min", "solver.round_timesteps",
-                             "ema.enabled")
+                             "ema.enabled", "text.clean", "text.lowercase", "model.mask_rule", "window_frames",
+                             "data.size_multiple")
+# A checkpoint whose stored config predates a key was made with the behaviour these values name
+# (what rvosflow did before the release's conventions became settings), or under an older key.
+LEGACY_VALUES = {"bbs.sampler": "bernoulli", "text.clean": "whitespace", "text.lowercase": "always",
+                 "model.mask_rule": "antialias", "window_frames": 81, "data.size_multiple": None}
+LEGACY_KEYS = {"text.max_length": "model.text_max_length"}
+
+
+def stored_value(stored: DictConfig, key: str):
+    """``key`` of a checkpoint's stored config, read as an older config wrote it where it did."""
+    if key in LEGACY_KEYS and OmegaConf.select(stored, key) is None:
+        return OmegaConf.select(stored, LEGACY_KEYS[key])
+    if key in LEGACY_VALUES and OmegaConf.select(stored, key, default="<absent>") == "<absent>":
+        return LEGACY_VALUES[key]
+    return OmegaConf.select(stored, key)
 # What must agree for `init_from` to start from a checkpoint's DiT.
 INIT_FROM_KEYS = ("paradigm.name", "dvi.enabled", "model.name")
 
 
-def load_checkpoint(path, key: str, what: str = "a Lightning checkpoint") -> dict:
-    """``torch.load`` of plain data only (a checkpoint carrying code is refused, never run); any
-    problem is a ConfigError naming ``key`` and the file (torch's own errors name neither).
-    ``what`` says what the file should be (a Lightning checkpoint, or a release file)."""
+# The first bytes of what torch.save writes: a zip archive, or (legacy format, as the FlowRVS
+# release writes) a pickle stream, protocol 2 and up.
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = tuple(bytes([0x80, n]) for n in range(2, 6))
+
+
+def load_checkpoint(path, key: str, what: str = "a Lightning checkpoint", allowed: tuple = ()) -> dict:
+    """``torch.load`` of plain data only, from either container torch writes (zip, or the legacy
+    pickle); ``allowed`` names the extra classes a file may hold (the release's ``args`` Namespace).
+    A checkpoint carrying anything else is refused, never run. Any problem is a ConfigError naming
+    ``key`` and the file (torch's own errors name neither); ``what`` says what the file should be."""
     import pickle
-    import zipfile
     from pathlib import Path
 
     import torch
@@ -90,13 +114,16 @@ def load_checkpoint(path, key: str, what: str = "a Lightning checkpoint") -> dic
         raise ConfigError(f"{key}: expected a checkpoint file, found nothing at {path}")
     if path.is_dir():
         raise ConfigError(f"{key}: {path}: expected a checkpoint file, found a folder")
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a text file is not one
-        raise ConfigError(f"{key}: {path}: expected {what} (a torch.save archive), "
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)):  # a text file is neither
+        raise ConfigError(f"{key}: {path}: expected {what} (a torch.save file), "
                           f"found another kind of file ({path.stat().st_size} bytes)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allowed)):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ConfigError(f"{key}: {path}: expected a plain-data checkpoint, found code "
+        raise ConfigError(f"{key}: {path}: expected a plain-data checkpoint, found code or a class it may not hold "
                           f"(torch.load weights_only: {str(e).splitlines()[0][:200]})") from e
     except Exception as e:  # noqa: BLE001  (a truncated archive: torch's errors name no file)
         raise ConfigError(f"{key}: {path}: expected {what}, found an unreadable file "
@@ -130,9 +157,9 @@ def apply_checkpoint_config(cfg: DictConfig, path) -> DictConfig:
     defaults = compose([])
     out = copy.deepcopy(cfg)
     for key in (*CHECKPOINT_KEYS, *CHECKPOINT_INFERENCE_KEYS):
-        theirs = OmegaConf.select(stored, key)
+        theirs = stored_value(stored, key)
         ours = OmegaConf.select(cfg, key)
-        if theirs is None or ours == theirs:
+        if (theirs is None and key not in LEGACY_VALUES) or ours == theirs:
             continue
         if _given(cfg, defaults, key):
             if key in CHECKPOINT_KEYS:
@@ -146,8 +173,8 @@ def apply_checkpoint_config(cfg: DictConfig, path) -> DictConfig:
 def check_init_from(cfg: DictConfig, path) -> None:
     """``init_from`` needs a checkpoint of the same paradigm, DVI and model: name what differs."""
     stored = _stored_run_config(path, "init_from")
-    diffs = [f"{k}={OmegaConf.select(stored, k)!r} there, {OmegaConf.select(cfg, k)!r} here"
-             for k in INIT_FROM_KEYS if OmegaConf.select(stored, k) != OmegaConf.select(cfg, k)]
+    diffs = [f"{k}={stored_value(stored, k)!r} there, {OmegaConf.select(cfg, k)!r} here"
+             for k in INIT_FROM_KEYS if stored_value(stored, k) != OmegaConf.select(cfg, k)]
     if diffs:
         raise ConfigError(f"init_from: {path} is incompatible with this run: {'; '.join(diffs)}")
 

@@ -10,8 +10,8 @@ saves the tuned VAE in the diffusers layout (``config.json`` with ``out_channels
 ``model.vae_decoder=frozen|tuned``: ``tuned`` reads ``model.vae_decoder_path`` (such a folder) or
 ``model.vae_ckpt`` (the release's ``decoder.pth``), and giving either selects ``tuned``.
 
-Frozen decoder: the mean of the 3 decoded channels, thresholded at 0.5; tuned: the sigmoid of the
-logits, thresholded at 0.5 (``encoding.mask_probs``).
+Frozen decoder: the mean of the 3 decoded channels; tuned: the logits; either brought to the
+frame size and thresholded by ``model.mask_rule`` (``encoding.field_to_masks``).
 
 Only the decoder (``decoder.*``, ``post_quant_conv.*``) of a tuned file is used: the encoder stays
 the bundle's, so the latent cache (keyed by the bundle's VAE files) is right for either decoder.
@@ -220,12 +220,13 @@ def train_decoder(vae, loader, settings: DecoderSettings = DecoderSettings(), de
 
 # ----------------------------------------------------------------------------- Recon
 @torch.no_grad()
-def reconstruction_scores(vaes: dict, source, size_fn, window_frames: int = 81, device="cpu",
-                          limit: int | None = None, batch_size: int = 8) -> dict[str, dict]:
+def reconstruction_scores(vaes: dict, source, size_fn, window_frames: int | None = None, device="cpu",
+                          limit: int | None = None, batch_size: int = 8, rule: str = "release") -> dict[str, dict]:
     """Table 3's Recon for each named VAE of ``vaes`` (they share the encoder): J&F (percent) of the
     reconstruction of the ground-truth masks of ``source``. Each mask is resized to the model's size,
-    encoded once (posterior mean), decoded by each VAE's decoder (frozen or tuned rule), resized back
-    and scored against the original. Equally shaped masks go through the VAE together."""
+    encoded once (posterior mean), decoded by each VAE's decoder and brought back to the original size
+    by the mask rule (``model.mask_rule``), and scored against the original. Equally shaped masks go
+    through the VAE together."""
     from rvosflow.data.transforms import pad_frames, padded_frame_count, resize_masks, windows
     from rvosflow.metrics import JandF, by_kind
 
@@ -242,15 +243,16 @@ def reconstruction_scores(vaes: dict, source, size_fn, window_frames: int = 81, 
         for k in range(0, len(members), batch_size):
             idx = members[k:k + batch_size]
             small = torch.stack([resize_masks(targets[i], size_fn(*shape[1:3])) for i in idx])
-            probs = {n: [] for n in names}
-            for a, b in windows(small.shape[1], window_frames):
+            fields = {n: [] for n in names}
+            for a, b in windows(small.shape[1], window_frames or small.shape[1]):
                 clip = pad_frames(small[:, a:b], padded_frame_count(b - a, tf), dim=1)
                 z = encoding.encode_mask(encoder, encoding.mask_to_pixels(clip).to(device))
                 for n in names:
-                    probs[n].append(encoding.mask_probs(vaes[n], z)[:, : b - a].float().cpu())
+                    fields[n].append(encoding.mask_field(vaes[n], z)[:, : b - a].cpu())
             for n in names:
+                logits = encoding.is_logit_decoder(vaes[n])
                 for j, i in enumerate(idx):
-                    pred = resize_masks(torch.cat([p[j] for p in probs[n]]), tuple(shape[1:3]))
+                    pred = encoding.field_to_masks(torch.cat([f[j] for f in fields[n]]), tuple(shape[1:3]), rule, logits)
                     metrics[n].update(pred, targets[i], kinds=[getattr(expressions[i], "kind", "")])
     out = {}
     for n in names:
@@ -298,7 +300,7 @@ def tune(cfg, out_dir, score: bool = True, recon_limit: int | None = None) -> di
     if score:
         t0 = time.perf_counter()
         recon = reconstruction_scores({FROZEN: base, TUNED: tuned}, dm.eval_source(dm.val_split), dm.size_fn,
-                                      int(cfg.window_frames), device, limit=recon_limit)
+                                      cfg.window_frames, device, limit=recon_limit, rule=cfg.model.mask_rule)
         report.update({f"recon_{name}": r for name, r in recon.items()}, recon_seconds=round(time.perf_counter() - t0, 1))
     (out_dir / "decoder_report.json").write_text(json.dumps(report, indent=2))
     return report

@@ -47,14 +47,19 @@ def content_key(x: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def save_atomically(obj, path: Path) -> None:
+def save_atomically(obj, path: Path, legacy: bool = False) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: readers (other sweep
-    workers, other ranks) never see a half-written entry."""
+    workers, other ranks) never see a half-written entry. ``legacy``: the non-zip format (what the
+    FlowRVS release writes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        torch.save(obj, fh)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh, _use_new_zipfile_serialization=not legacy)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class LatentCache:

@@ -12,7 +12,6 @@ captions it misses on the fly.
 from __future__ import annotations
 
 import logging
-import copy
 from dataclasses import dataclass
 
 import lightning as L
@@ -30,7 +29,7 @@ from rvosflow.text_cache import TextCache
 
 log = logging.getLogger(__name__)
 
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "multistep")
 
 # Checkpoints record the sign convention of their DiT's output (DESIGN §3). "wan": the DiT emits
 # Wan's dz/dsigma (noise - data; z_video - z_mask for video2mask), as the release and WI priors do.
@@ -38,8 +37,20 @@ LR_SCHEDULES = ("constant", "cosine")
 # DiT on the paper's +v: it is converted exactly on load (models.dit.negate_output).
 CONVENTION_KEY = "dit_convention"
 DIT_CONVENTION = "wan"
-# With ema.enabled the state dict (and so every checkpoint) holds the EMA of the DiT under this prefix.
+# With ema.enabled every checkpoint holds the EMA (diffusers' ``EMAModel.state_dict()``, shadows in
+# diffusers' parameter order) under this key. Checkpoints written before that held the EMA as a
+# second state dict under EMA_PREFIX, read back by ``ema_shadows_by_name``.
+EMA_KEY = "ema"
 EMA_PREFIX = "ema_transformer."
+
+
+def ema_shadows_by_name(ema_state: dict, names: list[str]) -> dict[str, torch.Tensor]:
+    """A checkpoint's ``EMAModel.state_dict()`` as ``{diffusers name: shadow}`` (its list follows
+    the DiT's ``parameters()`` order, which ``names`` gives)."""
+    shadows = ema_state["shadow_params"]
+    if len(shadows) != len(names):
+        raise ValueError(f"EMA state: expected {len(names)} shadow tensors, found {len(shadows)}")
+    return dict(zip(names, shadows))
 
 
 def convert_old_convention(state: dict, paradigm: Paradigm, prefixes=("transformer.",)) -> tuple[dict, bool]:
@@ -61,14 +72,19 @@ class OptimSettings:
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 5e-4
     schedule: str = "constant"  # the paper's Table 4: no schedule, no warm-up; cosine decays to 0
+    milestones: tuple[int, ...] = (30,)  # multistep (the release's MultiStepLR): epochs where lr *= gamma
+    gamma: float = 0.9
 
 
 def start_point(vae, mean: torch.Tensor, std: torch.Tensor | None, augment: bool,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """The normalised video latent z0. SPA (``augment``) draws z0 ~ N(mean, std^2) from the VAE
-    posterior instead of taking its mean, then normalises it like every latent (paper App. D.2)."""
+    posterior instead of taking its mean (``mean + std * noise``, noise drawn unless given), then
+    normalises it like every latent (paper App. D.2; the release's ``latent_dist.sample()``)."""
     if augment:
-        mean = mean + std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        if noise is None:
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        mean = mean + std * noise
     return encoding.normalize_latents(vae, mean)
 
 
@@ -95,12 +111,15 @@ class FlowRVSModule(L.LightningModule):
         paradigm: Paradigm,
         weight_init: bool = True,
         optim: OptimSettings = OptimSettings(),
-        text_max_length: int = 64,
+        text_max_length: int = 256,
+        text_clean: str = "release",
+        text_lowercase: str = "train",
+        mask_rule: str = "release",
         gradient_checkpointing: bool = False,
         compute_dtype: torch.dtype | None = None,
         text_cache: TextCache | None = None,
         normalize_mask_latent: bool = False,
-        window_frames: int = 81,
+        window_frames: int | None = None,
         cache_latents: bool = True,
         latent_cache_dir: str | None = None,
         num_overlays: int = 4,
@@ -121,20 +140,23 @@ class FlowRVSModule(L.LightningModule):
         )
         if gradient_checkpointing:  # each block's activations are recomputed in backward
             self.transformer.enable_gradient_checkpointing()
-        # EMA of the DiT weights (the release keeps an ema_model): updated after every optimizer
-        # step, used for validation and prediction, saved beside the trained weights.
+        # EMA of the DiT weights, as the release keeps it: diffusers' EMAModel (its warm-up decay
+        # min(decay, (1 + k) / (10 + k)) at step k + 1) with float32 shadows, stepped after every
+        # optimizer step; validation and prediction use it; checkpoints carry its state.
         self.ema_decay = ema_decay
-        self.ema_transformer = None
-        if ema_decay is not None:
-            self.ema_transformer = copy.deepcopy(self.transformer).requires_grad_(False).eval()
+        self.ema = None
+        self.reset_ema()
+        self._inference_weights: dict | None = None  # the EMA as the DiT's dtypes, while inferring
         self.optim = optim
         self.text_max_length = text_max_length
+        self.text_clean, self.text_lowercase, self.mask_rule = text_clean, text_lowercase, mask_rule
         # What the DiT computes in (its weights' dtype, or FSDP's param_dtype): latents and text
         # embeddings enter it in this dtype, so its residual stream and saved activations are too.
         self.compute_dtype = compute_dtype or self.transformer.patch_embedding.weight.dtype
         self.text = text_cache if text_cache is not None else TextCache(None, text_max_length)
         self.normalize_mask_latent = normalize_mask_latent
-        self.window_frames = padded_frame_count(window_frames, self.temporal_factor)
+        # null = whole videos in one pass (the release); a number = windows of that many frames (memory)
+        self.window_frames = None if window_frames is None else padded_frame_count(window_frames, self.temporal_factor)
         self.latents = LatentCache(latent_cache_dir, enabled=cache_latents)
         self.num_overlays = num_overlays
         self.trajectory_steps = trajectory_steps
@@ -151,8 +173,22 @@ class FlowRVSModule(L.LightningModule):
     def temporal_factor(self) -> int:
         return encoding.temporal_factor(self.frozen.vae)
 
+    def reset_ema(self) -> None:
+        """A fresh EMA of the DiT's current weights (after loading weights into it); None without ``ema.enabled``."""
+        if self.ema_decay is None:
+            return
+        from diffusers.training_utils import EMAModel
+
+        self.ema = EMAModel(self.transformer.parameters(), decay=self.ema_decay)
+        self.ema.to(dtype=torch.float32)  # the release: float32 shadows whatever the DiT's dtype
+
+    def caption(self, text: str, training: bool) -> str:
+        """What the text encoder sees of an expression (``text.clean``, ``text.lowercase``)."""
+        return encoding.clean_caption(text, training, self.text_clean, self.text_lowercase)
+
     @torch.no_grad()
-    def text_embeddings(self, captions: list[str]) -> torch.Tensor:
+    def text_embeddings(self, texts: list[str], training: bool = False) -> torch.Tensor:
+        captions = [self.caption(t, training) for t in texts]
         missing = self.text.missing(captions)
         if missing and self.frozen.text_encoder is not None:
             self.text.fill(missing, self.frozen.text_encoder, self.frozen.tokenizer)
@@ -179,41 +215,62 @@ class FlowRVSModule(L.LightningModule):
         entries = self.latents.get_many([("mask", self.normalize_mask_latent, *k) for k in keys], compute)
         return torch.stack([e[0] for e in entries]).to(self.device)
 
-    def start_latent(self, mean: torch.Tensor, std: torch.Tensor | None, augment: bool) -> torch.Tensor:
-        return start_point(self.frozen.vae, mean, std, augment)
+    def start_latent(self, mean: torch.Tensor, std: torch.Tensor | None, augment: bool,
+                     noise: torch.Tensor | None = None) -> torch.Tensor:
+        return start_point(self.frozen.vae, mean, std, augment, noise=noise)
 
-    @property
-    def inference_transformer(self):
-        """The DiT validation and prediction use: the EMA weights when ``ema.enabled``."""
-        return self.ema_transformer if self.ema_transformer is not None else self.transformer
-
-    def dit(self, text: torch.Tensor, net=None):
-        net = net if net is not None else self.transformer
-
+    def dit(self, text: torch.Tensor, weights: dict | None = None):
+        """``model(x, timestep)``: the DiT with its text condition bound, on its own weights or on
+        ``weights`` (``{name: tensor}``, the EMA at inference) without touching its own."""
         def model(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-            return net(
-                hidden_states=x.to(self.compute_dtype), timestep=timestep, encoder_hidden_states=text,
-                return_dict=False,
-            )[0]
+            kwargs = {"hidden_states": x.to(self.compute_dtype), "timestep": timestep, "encoder_hidden_states": text,
+                      "return_dict": False}
+            if weights is None:
+                return self.transformer(**kwargs)[0]
+            return torch.func.functional_call(self.transformer, weights, (), kwargs)[0]
 
         return model
+
+    def inference_dit(self, text: torch.Tensor):
+        """The DiT validation, prediction and the trajectory use: on the EMA weights with ``ema.enabled``."""
+        return self.dit(text, self._inference_weights)
+
+    def _start_inference(self) -> None:
+        """The EMA as the DiT's own dtypes, for functional calls during inference: the trained weights
+        stay untouched (a checkpoint saved meanwhile holds them), and nothing has to be restored."""
+        self.frozen.to(self.device)
+        self.overlays = []
+        if self.ema is not None:
+            self.ema.to(self.device)
+            self._inference_weights = {n: s.to(p.dtype) for (n, p), s in
+                                       zip(self.transformer.named_parameters(), self.ema.shadow_params)}
+
+    def _end_inference(self) -> None:
+        self._inference_weights = None
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CONVENTION_KEY] = DIT_CONVENTION
+        if self.ema is not None:
+            checkpoint[EMA_KEY] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Lightning calls this before loading the state dict: an old-sign checkpoint is converted,
-        and one saved without an EMA starts the EMA (ema.enabled) from its trained weights."""
+        """Lightning calls this before loading the state dict: an old-sign checkpoint is converted;
+        the EMA (ema.enabled) is read back -- from an older checkpoint's second state dict too --
+        or, for a checkpoint saved without one, starts from its trained weights."""
         self.convert_convention(checkpoint)
         state = checkpoint["state_dict"]
-        if self.ema_transformer is not None and not any(k.startswith(EMA_PREFIX) for k in state):
+        old = {k[len(EMA_PREFIX):]: state.pop(k) for k in [k for k in state if k.startswith(EMA_PREFIX)]}
+        if self.ema is None:
+            return  # ema.enabled=false: the trained weights are scored
+        names = [n for n, _ in self.transformer.named_parameters()]
+        if checkpoint.get(EMA_KEY):
+            self.ema.load_state_dict(checkpoint[EMA_KEY])
+        elif old:
+            self.ema.shadow_params = [old[n].float() for n in names]
+        else:
             log.warning("checkpoint without EMA weights: the EMA starts from its trained DiT weights")
-            state.update({EMA_PREFIX + k[len("transformer."):]: v for k, v in list(state.items())
-                          if k.startswith("transformer.")})
-        elif self.ema_transformer is None:
-            for k in [k for k in state if k.startswith(EMA_PREFIX)]:
-                del state[k]  # ema.enabled=false: the trained weights are scored
+            self.ema.shadow_params = [state["transformer." + n].detach().float().clone() for n in names]
 
     def convert_convention(self, checkpoint: dict, key: str = "ckpt_path") -> None:
         """An untagged (old-sign) Lightning checkpoint's DiT converted in place to Wan's sign, for
@@ -237,12 +294,16 @@ class FlowRVSModule(L.LightningModule):
     # ----------------------------------------------------------------- training
     def on_fit_start(self) -> None:
         self.frozen.to(self.device)
+        if self.ema is not None:
+            self.ema.to(self.device)
 
     def on_validation_start(self) -> None:
-        self.frozen.to(self.device)
-        self.overlays = []
+        self._start_inference()
 
-    on_predict_start = on_validation_start
+    def on_validation_end(self) -> None:
+        self._end_inference()
+
+    on_predict_start, on_predict_end = on_validation_start, on_validation_end
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # cache keys are content hashes of the pixels (computed by the dataset), never names
@@ -250,20 +311,18 @@ class FlowRVSModule(L.LightningModule):
         z_video = self.start_latent(mean, std, self.paradigm.settings.spa)
         z_mask = self.mask_latents(list(batch["mask"]), [(k,) for k in batch["mask_key"]])
         pair = self.paradigm.training_pair(z_video, z_mask, generator=None)
-        pred = self.dit(self.text_embeddings(batch["caption"]))(pair.model_input, pair.timestep)
+        pred = self.dit(self.text_embeddings(batch["caption"], training=True))(pair.model_input, pair.timestep)
         loss = F.mse_loss(pred.float(), pair.target.float())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["video_id"]))
         return loss
 
-    @torch.no_grad()
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self.ema_transformer is None:
-            return
-        ema = list(self.ema_transformer.parameters())
-        live = [p.detach() for p in self.transformer.parameters()]
-        torch._foreach_lerp_(ema, [p.to(e.dtype) for p, e in zip(live, ema)], 1.0 - self.ema_decay)
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """The optimizer's step, then the EMA's (once per optimizer step, also with gradient accumulation)."""
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.step(self.transformer.parameters())
 
     def configure_optimizers(self):
         o = self.optim
@@ -273,6 +332,9 @@ class FlowRVSModule(L.LightningModule):
         )
         if o.schedule == "constant":
             return optimizer
+        if o.schedule == "multistep":  # the release's main.py: MultiStepLR stepped after every epoch
+            steps = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(o.milestones), gamma=o.gamma)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": steps, "interval": "epoch"}}
         # cosine: lr * (1 + cos(pi * step / total)) / 2 over the run's optimizer steps
         total = max(1, int(self.trainer.estimated_stepping_batches))
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
@@ -296,19 +358,20 @@ class FlowRVSModule(L.LightningModule):
 
     def _predict_same_shape(self, samples: list[dict]) -> list[torch.Tensor]:
         text = self.text_embeddings([s["caption"] for s in samples])
-        model = self.dit(text, self.inference_transformer)
+        model = self.inference_dit(text)
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
         num_frames = len(samples[0]["frames"])
-        probs = []
-        for start, stop in windows(num_frames, self.window_frames):
-            n = padded_frame_count(stop - start, self.temporal_factor)
+        fields = []
+        for start, stop in windows(num_frames, self.window_frames or num_frames):
+            n = padded_frame_count(stop - start, self.temporal_factor)  # the last frame repeated, as the release
             clips = [pad_frames(s["frames"][start:stop], n) for s in samples]
             mean, _ = self.video_posteriors(clips, [(s["frames_key"], "window", start, stop, n) for s in samples])
             z_mask = self.paradigm.predict(model, self.start_latent(mean, None, False), generator)
-            soft = encoding.mask_probs(self.frozen.vae, z_mask.float(), normalized=self.normalize_mask_latent)
-            probs.append(soft[:, : stop - start].float().cpu())
-        probs = torch.cat(probs, dim=1)
-        return [resize_masks(p, s["orig_size"]) for p, s in zip(probs, samples)]
+            field = encoding.mask_field(self.frozen.vae, z_mask.float(), normalized=self.normalize_mask_latent)
+            fields.append(field[:, : stop - start].cpu())
+        fields = torch.cat(fields, dim=1)
+        logits = encoding.is_logit_decoder(self.frozen.vae)
+        return [encoding.field_to_masks(f, s["orig_size"], self.mask_rule, logits) for f, s in zip(fields, samples)]
 
     def validation_step(self, samples: list[dict], batch_idx: int) -> None:
         for sample, pred in zip(samples, self.predict_masks(samples)):
@@ -341,10 +404,10 @@ class FlowRVSModule(L.LightningModule):
 
         settings = replace(self.paradigm.settings, steps=self.trajectory_steps)
         paradigm = build_paradigm(self.paradigm.name, settings)
-        frames = sample["frames"][: self.window_frames]
+        frames = sample["frames"][: self.window_frames or len(sample["frames"])]
         clip = pad_frames(frames, padded_frame_count(len(frames), self.temporal_factor))
         mean, _ = self.video_posteriors([clip], [(sample["frames_key"], "window", 0, len(frames), len(clip))])
-        model = self.dit(self.text_embeddings([sample["caption"]]), self.inference_transformer)
+        model = self.inference_dit(self.text_embeddings([sample["caption"]]))
         channels = mean.shape[1]
         states = []
 

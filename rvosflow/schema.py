@@ -78,9 +78,27 @@ class Paradigm:
     timestep: float = _num(0.0, 0, 1000)
 
 
+def _bbs_samplers():
+    from rvosflow.flow.schedule import BBS_SAMPLERS
+    return list(BBS_SAMPLERS)
+
+
+def _mask_rules():
+    from rvosflow.models.encoding import MASK_RULES
+    return list(MASK_RULES)
+
+
 @dataclass(kw_only=True)
 class Bbs:
     p: float = _num(0.5, 0, 1)
+    sampler: str = _choice("release", _bbs_samplers)  # release: int(B*p) at timestep 1000 per batch | bernoulli
+
+
+@dataclass(kw_only=True)
+class Text:
+    max_length: int = _num(MISSING, 1)
+    clean: Literal["release", "whitespace"] = "release"     # release: prompt_clean (whitespace, HTML, quotes)
+    lowercase: Literal["train", "always", "never"] = "train"  # release: training captions only
 
 
 @dataclass(kw_only=True)
@@ -107,19 +125,19 @@ class Model:
     name: str = MISSING
     path: str = MISSING
     dtype: DTYPE = "float32"
-    text_max_length: int = _num(MISSING, 1)
     gradient_checkpointing: bool = False
     vae_decoder: Literal["frozen", "tuned"] = "frozen"  # config.yaml: tuned when a file below is given
     vae_decoder_path: Optional[str] = None  # python -m rvosflow.decoder's folder (diffusers layout)
     vae_ckpt: Optional[str] = None          # the release's decoder.pth
     dit_ckpt: Optional[str] = None          # the release's mevis_ckpt.pth
     dit_weights: Literal["ema", "model"] = "ema"
+    mask_rule: str = _choice("release", _mask_rules)  # release: clamp, bilinear resize, > 0 | antialias
 
 
 @dataclass(kw_only=True)
 class Ema:
     enabled: bool = False
-    decay: float = _num(0.999, 0, 1)
+    decay: float = _num(0.9999, 0, 1)
 
 
 @dataclass(kw_only=True)
@@ -145,6 +163,8 @@ class Optim:
     betas: List[float] = _num(MISSING, 0, 1)
     weight_decay: float = _num(0.0, 0)
     schedule: str = _choice("constant", _schedules)
+    milestones: List[int] = field(default_factory=lambda: [30], metadata={"range": (1, None)})  # multistep: epochs
+    gamma: float = _num(0.9, 0, 1)  # multistep: lr factor at each milestone
 
 
 @dataclass(kw_only=True)
@@ -161,8 +181,9 @@ class Data:
     eval_videos: Optional[int] = _num(None, 1)
     num_frames: int = _num(MISSING, 1, rule=_ONE_PLUS_4K)
     frame_sampler: str = _choice("global", _frame_samplers)
-    height: int = _num(MISSING, 16)          # rounded down to the model's spatial multiple (8 or 16)
+    height: int = _num(MISSING, 16)          # rounded down to data.size_multiple
     max_width: int = _num(MISSING, 16)
+    size_multiple: Optional[int] = _num(16, 1)  # release: 16 hard-coded; null = the model's (VAE factor x patch)
     batch_size: int = _num(1, 1)
     val_batch_size: int = _num(1, 1)
     num_workers: int = _num(0, 0)
@@ -266,6 +287,7 @@ class RunConfig:
     seed: int = _num(0, 0)
     paradigm: Paradigm = field(default_factory=Paradigm)
     bbs: Bbs = field(default_factory=Bbs)
+    text: Text = field(default_factory=Text)
     spa: Toggle = field(default_factory=Toggle)
     dvi: Toggle = field(default_factory=Toggle)
     wi: Toggle = field(default_factory=Toggle)
@@ -281,7 +303,7 @@ class RunConfig:
     text_cache_dir: Optional[str] = None
     num_overlays: int = _num(4, 0)
     trajectory_steps: int = _num(5, 0)
-    window_frames: int = _num(81, 1)
+    window_frames: Optional[int] = _num(None, 1)  # null: whole videos in one pass (the release)
     trainer: Trainer = field(default_factory=Trainer)
     fsdp: Optional[Fsdp] = None  # +strategy=fsdp
     logger: Logger = field(default_factory=Logger)

@@ -5,7 +5,7 @@
 encodes every caption of the splits a run reads (``data.train_split``, ``val_split`` and
 ``predict_split``) into ``<text_cache_dir>/<key>/``, where the key hashes what determines the
 embeddings: the text encoder's and tokenizer's files (``latents.file_identity``), the text length
-(``model.text_max_length``) and the dtype (``model.dtype``). One file per caption, named by the
+(``text.max_length``) and the dtype (``model.dtype``). One file per caption, named by the
 caption's hash, holding its embedding up to the caption's true token length (the rest is zero by
 the release's convention and is padded back on reading), written atomically so that several
 processes can fill one cache.
@@ -116,15 +116,20 @@ def cache_dir(cfg) -> str | None:
         return None
     bundle = Path(cfg.model.path)
     key = fingerprint(file_identity(bundle / "text_encoder"), file_identity(bundle / "tokenizer"),
-                      int(cfg.model.text_max_length), str(cfg.model.dtype))
+                      int(cfg.text.max_length), str(cfg.model.dtype))
     return str(Path(cfg.text_cache_dir) / key)
 
 
-def run_captions(datamodule, mode: str) -> list[str]:
-    """Every (normalised) caption a run in ``mode`` reads: what the cache must cover."""
-    from rvosflow.models.encoding import normalize_caption
+def run_captions(datamodule, mode: str, text_cfg) -> list[str]:
+    """Every caption a run in ``mode`` feeds the text encoder, cleaned as it will be (``text.*``:
+    training captions may be lower-cased, scored ones not): what the cache must cover."""
+    from rvosflow.models.encoding import clean_caption
 
-    return list(dict.fromkeys(normalize_caption(e.text) for s in datamodule.sources_read(mode) for e in s.expressions))
+    def cleaned(sources, training: bool):
+        return [clean_caption(e.text, training, text_cfg.clean, text_cfg.lowercase) for s in sources for e in s.expressions]
+
+    training = cleaned(datamodule.training_sources(), True) if mode == "train" else []
+    return list(dict.fromkeys([*training, *cleaned(datamodule.scored_sources(mode), False)]))
 
 
 def encoder_device() -> torch.device:
@@ -176,8 +181,8 @@ def _main(argv: list[str] | None = None) -> int:
     run_config.validate(cfg)
     ensure_data(cfg)
     datamodule = build_datamodule(cfg, spatial_multiple=16)  # captions do not depend on the frame size
-    captions = run_captions(datamodule, args.mode)
-    cache = TextCache(cache_dir(cfg), int(cfg.model.text_max_length))
+    captions = run_captions(datamodule, args.mode, cfg.text)
+    cache = TextCache(cache_dir(cfg), int(cfg.text.max_length))
     if cache.directory is None:
         raise run_config.ConfigError("text_cache_dir: expected a directory to write the cache to, got null")
     n = ensure(cache, cfg, captions, torch.device(args.device) if args.device else None)

@@ -56,7 +56,7 @@ def flow_settings(cfg: DictConfig):
     from rvosflow.paradigms import FlowSettings
 
     return FlowSettings(
-        bbs_p=float(cfg.bbs.p), spa=bool(cfg.spa.enabled), dvi=bool(cfg.dvi.enabled),
+        bbs_p=float(cfg.bbs.p), bbs_sampler=str(cfg.bbs.sampler), spa=bool(cfg.spa.enabled), dvi=bool(cfg.dvi.enabled),
         steps=int(cfg.solver.steps), shift=float(cfg.solver.shift), sigma_min=float(cfg.solver.sigma_min),
         round_timesteps=bool(cfg.solver.round_timesteps),
         start_at_noise_end=bool(cfg.flow.start_at_noise_end), onestep_timestep=float(cfg.paradigm.timestep),
@@ -98,28 +98,28 @@ def init_transformer_from(module, path: str | Path) -> None:
     except RuntimeError as e:
         raise run_config.ConfigError(f"init_from: {path}: expected weights that fit this DiT (same paradigm/DVI/model), "
                                      f"found a mismatch ({str(e).splitlines()[0]})") from e
-    if module.ema_transformer is not None:  # the EMA starts from the same weights
-        module.ema_transformer.load_state_dict(state, strict=True)
+    module.reset_ema()  # the EMA starts from the same weights
     log.info("DiT initialised from %s (%d tensors)", path, len(state))
 
 
 def load_dit_ckpt(module, cfg: DictConfig) -> None:
-    """``model.dit_ckpt``: the DiT weights (``model.dit_weights``: ``ema_model`` or ``model``) of a
-    release-layout ``mevis_ckpt.pth`` into the run's DiT (and its EMA). DVI is read off the patch
-    embedding; a file that disagrees with the config is an error naming both."""
+    """``model.dit_ckpt``: the DiT weights (``model.dit_weights``: its EMA over ``model``, as the
+    release's inference, or ``model``) of a release-layout ``mevis_ckpt.pth`` into the run's DiT (and
+    its EMA). DVI is read off the patch embedding; a file that disagrees with the config is an error
+    naming both."""
     from rvosflow import release
 
     path = cfg.model.dit_ckpt
-    state = release.read_dit(path, cfg.model.dit_weights)
     latent_channels = int(module.frozen.vae.config.z_dim)
     expected = module.paradigm.input_channels(latent_channels)
-    release.check_dit_channels(state, latent_channels, expected, bool(cfg.dvi.enabled), path)
-    for net in filter(None, (module.transformer, module.ema_transformer)):
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-            raise release.ReleaseError(f"model.dit_ckpt: {path} does not fit model={cfg.model.name}: {first}") from None
+    state = release.read_dit(path, cfg.model.dit_weights, module.transformer, check=lambda model: release.check_dit_channels(
+        model, latent_channels, expected, bool(cfg.dvi.enabled), path))
+    try:
+        module.transformer.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise release.ReleaseError(f"model.dit_ckpt: {path} does not fit model={cfg.model.name}: {first}") from None
+    module.reset_ema()
     log.info("DiT weights from %s [%s] (%d tensors)", path, cfg.model.dit_weights, len(state))
 
 
@@ -172,8 +172,10 @@ def build_module(cfg: DictConfig, bundle, text_cache=None):
     return FlowRVSModule(
         bundle, build_paradigm(cfg.paradigm.name, flow_settings(cfg)), weight_init=cfg.wi.enabled,
         optim=OptimSettings(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
-                            schedule=cfg.optim.get("schedule", "constant")),
-        text_max_length=cfg.model.text_max_length, gradient_checkpointing=cfg.model.gradient_checkpointing,
+                            schedule=cfg.optim.get("schedule", "constant"),
+                            milestones=tuple(cfg.optim.get("milestones", (30,))), gamma=float(cfg.optim.get("gamma", 0.9))),
+        text_max_length=cfg.text.max_length, text_clean=cfg.text.clean, text_lowercase=cfg.text.lowercase,
+        mask_rule=cfg.model.mask_rule, gradient_checkpointing=cfg.model.gradient_checkpointing,
         compute_dtype=resolve_dtype(cfg.fsdp.param_dtype if fsdp else cfg.model.dtype), text_cache=text_cache,
         normalize_mask_latent=cfg.flow.normalize_mask_latent,
         window_frames=cfg.window_frames, cache_latents=cfg.cache_latents, latent_cache_dir=latent_cache_dir(cfg),
@@ -261,7 +263,7 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None =
     if cfg.mode == "predict":
         prepare_predictions_dir(cfg, run_dir)
     ensure_data(cfg)
-    datamodule = build_datamodule(cfg, bundle_spatial_multiple(cfg.model.path))
+    datamodule = build_datamodule(cfg, size_multiple(cfg))
     check_sources(datamodule.sources_read(cfg.mode))  # every file the splits reference, all problems at once
     tracked = TrackedRun(cfg, tags)
     try:
@@ -300,6 +302,17 @@ class TrackedRun:
             log.exception("could not mark MLflow run %s %s", self._logger.run_id, status)
 
 
+def size_multiple(cfg: DictConfig) -> int:
+    """What frame sides are floored to: ``data.size_multiple`` (the release hard-codes 16), or the
+    model's own (VAE spatial factor x DiT patch) when null; it must be a multiple of the model's."""
+    own = bundle_spatial_multiple(cfg.model.path)
+    chosen = cfg.data.get("size_multiple", 16) or own
+    if chosen % own:
+        raise run_config.ConfigError(f"data.size_multiple: expected a multiple of {own} (this model's VAE factor x "
+                                     f"patch), got {chosen}")
+    return int(chosen)
+
+
 def bundle_spatial_multiple(path) -> int:
     """What H and W round to (VAE spatial factor x DiT patch), read from the bundle's config.json
     files so the data can be set up and checked before any weight is loaded."""
@@ -323,8 +336,8 @@ def _run(cfg: DictConfig, run_dir: Path, datamodule, callbacks, tracked: Tracked
     # (a no-op when `python -m rvosflow.text_cache` or an earlier run did it), so it never sits on the GPU.
     bundle = load_wan_bundle(cfg.model.path, dtype=cfg.model.dtype, components=("transformer", "vae", "scheduler"))
     bundle.vae = select_vae(cfg.model, bundle.vae)  # model.vae_decoder: frozen, or the tuned logit head
-    text = TextCache(cache_dir(cfg), int(cfg.model.text_max_length))
-    ensure(text, cfg, run_captions(datamodule, cfg.mode))
+    text = TextCache(cache_dir(cfg), int(cfg.text.max_length))
+    ensure(text, cfg, run_captions(datamodule, cfg.mode, cfg.text))
     module = build_module(cfg, bundle, text)
     if cfg.get("init_from") and cfg.mode == "train":
         init_transformer_from(module, cfg.init_from)
@@ -424,8 +437,8 @@ def _predict(cfg, run_dir: Path, module, datamodule, logger, trainer_args, callb
     from rvosflow.predict import MaskWriter
 
     out_dir = predictions_dir(cfg, run_dir)
-    if not cfg.ckpt_path:
-        log.warning("mode=predict without ckpt_path: predicting with the untrained DiT")
+    if not cfg.ckpt_path and not cfg.model.get("dit_ckpt"):
+        log.warning("mode=predict without ckpt_path or model.dit_ckpt: predicting with the untrained DiT")
     writer = MaskWriter(out_dir)
     trainer = L.Trainer(**trainer_args, logger=logger, default_root_dir=str(run_dir), callbacks=[*callbacks, writer])
     trainer.predict(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, return_predictions=False)

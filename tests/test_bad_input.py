@@ -29,7 +29,7 @@ def bench(tiny_benchmark, tmp_path):
 
 def overrides(root, bundle_dir, uri, *extra):
     return [f"data.root={root / 'mevis'}", "data.height=32", "data.max_width=32", "data.num_frames=9",
-            "data.batch_size=2", "data.val_limit=3", f"model.path={bundle_dir}", "model.text_max_length=16",
+            "data.batch_size=2", "data.val_limit=3", f"model.path={bundle_dir}", "text.max_length=16",
             "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
             f"logger.tracking_uri={uri}", "num_overlays=0", "latent_cache_dir=null", "text_cache_dir=null", *extra]
 
@@ -122,7 +122,7 @@ def test_a_text_file_as_checkpoint_is_named(tmp_path, capsys):
 
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint\n")
-    with pytest.raises(ConfigError, match=rf"^ckpt_path: {text}: expected a Lightning checkpoint \(a torch.save archive\), found another kind of file"):
+    with pytest.raises(ConfigError, match=rf"^ckpt_path: {text}: expected a Lightning checkpoint \(a torch.save file\), found another kind of file"):
         apply_checkpoint_config(compose(), text)
     truncated = tmp_path / "truncated.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(3)}}, truncated)

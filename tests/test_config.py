@@ -50,7 +50,7 @@ def test_command_line_toggles_apply_on_top_of_the_paradigm():
         (["+foo=1"], r"^foo: expected a key of the run config \(allowed: mode, .*\), got an unknown key$"),
         (["+data.fooo=1"], r"^data\.fooo: expected a key of data"),
         (["data.height=0"], r"data\.height: expected an integer >= 16, got 0"),
-        (["window_frames=0"], r"window_frames: expected an integer >= 1, got 0"),
+        (["window_frames=0"], r"window_frames: expected an integer >= 1 or null, got 0"),
         (["trainer.max_steps=abc"], r"trainer\.max_steps: expected an integer >= -1, got 'abc'"),
         (["data.val_limit=abc"], r"data\.val_limit: expected an integer >= 1 or null, got 'abc'"),
         (["data=synthetic_davis", "data.annotators=[0,7]"], r"data\.annotators: expected a list of integers in \[0, 3\], got \[0, 7\]"),

@@ -73,7 +73,7 @@ def test_blackened_frames_are_encoded_again(tiny_benchmark, test_bundle_dir, tmp
     shutil.copytree(tiny_benchmark / "mevis", root)
     base = [
         f"data.root={root}", "data.height=32", "data.max_width=32", "data.num_frames=9",
-        f"model.path={test_bundle_dir}", "model.text_max_length=16", "mode=validate",
+        f"model.path={test_bundle_dir}", "text.max_length=16", "mode=validate",
         "+paradigm=video2mask", "trainer.enable_progress_bar=false", "num_overlays=0",
         f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
     ]

@@ -18,7 +18,7 @@ from rvosflow.train import run
 def overrides(bench, bundle, tmp, data="synthetic_ytvos", sub="ref_ytvos", *extra):
     return [
         f"data={data}", f"data.root={bench / sub}", "data.height=32", "data.max_width=32", "data.num_frames=5",
-        "data.batch_size=2", "data.val_limit=3", f"model.path={bundle}", "model.text_max_length=16",
+        "data.batch_size=2", "data.val_limit=3", f"model.path={bundle}", "text.max_length=16",
         "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
         f"logger.tracking_uri=sqlite:///{tmp / 'mlflow.db'}", "num_overlays=0", "data.val_batch_size=4",
         "latent_cache_dir=null", "text_cache_dir=null", *extra,

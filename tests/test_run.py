@@ -25,7 +25,7 @@ def saved_expressions(tiny_benchmark) -> list:
 def tiny_overrides(tiny_benchmark, bundle_dir, uri, *extra):
     return [
         f"data.root={tiny_benchmark / 'mevis'}", "data.height=32", "data.max_width=32", "data.num_frames=9",
-        "data.batch_size=2", "data.val_limit=4", f"model.path={bundle_dir}", "model.text_max_length=16",
+        "data.batch_size=2", "data.val_limit=4", f"model.path={bundle_dir}", "text.max_length=16",
         "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
         "trainer.enable_progress_bar=false", f"logger.tracking_uri={uri}", "num_overlays=2",
         "data.val_batch_size=3", "latent_cache_dir=null", "text_cache_dir=null", *extra,

@@ -69,7 +69,7 @@ def test_module_enables_diffusers_checkpointing(test_bundle):
 def run_overrides(bench, bundle_dir, tmp_path, *extra):
     return [
         f"data.root={bench / 'mevis'}", "data.height=32", "data.max_width=32", "data.num_frames=9", "data.batch_size=2",
-        "data.val_limit=2", "data.eval_videos=1", f"model.path={bundle_dir}", "model.text_max_length=16",
+        "data.val_limit=2", "data.eval_videos=1", f"model.path={bundle_dir}", "text.max_length=16",
         "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false", "num_overlays=0",
         f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "latent_cache_dir=null",
         f"text_cache_dir={tmp_path / 'text'}", *extra,
@@ -96,7 +96,7 @@ def test_text_cache_command_encodes_every_caption_of_the_run_once(tiny_benchmark
     direct = encoding.encode_text(test_bundle.text_encoder, test_bundle.tokenizer, some, 16)
     torch.testing.assert_close(TextCache(directory, 16).embeddings(some), direct, rtol=1e-4, atol=1e-5)
     # The key: another text length is another cache.
-    assert cache_dir(compose(overrides + ["model.text_max_length=8"])) != directory
+    assert cache_dir(compose(overrides + ["text.max_length=8"])) != directory
 
 
 def test_a_run_on_a_covered_cache_never_loads_the_text_encoder(tiny_benchmark, test_bundle_dir, tmp_path):

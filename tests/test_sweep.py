@@ -29,7 +29,7 @@ def tiny(tiny_benchmark, bundle_dir, max_steps=2):
     return [
         f"data.root={tiny_benchmark / 'mevis'}", "data.height=32", "data.max_width=32", "data.num_frames=9",
         "data.batch_size=2", "data.val_limit=3", "data.val_batch_size=3", f"model.path={bundle_dir}",
-        "model.text_max_length=16", f"trainer.max_steps={max_steps}", "trainer.val_check_interval=2",
+        "text.max_length=16", f"trainer.max_steps={max_steps}", "trainer.val_check_interval=2",
         "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "num_overlays=1", "latent_cache_dir=null", "text_cache_dir=null",
     ]
 

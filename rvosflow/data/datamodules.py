@@ -66,13 +66,17 @@ class ReferringDataModule(L.LightningDataModule):
         ``rvosflow.evaluate --videos N`` scores the same subset)."""
         return first_videos(self.source(split), self.eval_videos)
 
+    def training_sources(self) -> list:
+        """The sources training clips come from."""
+        return [self.source(self.train_split)]
+
+    def scored_sources(self, mode: str) -> list:
+        """The sources a run in ``mode`` (train | validate | predict) scores or predicts."""
+        return [self.eval_source(self.predict_split if mode == "predict" else self.val_split)]
+
     def sources_read(self, mode: str) -> list:
-        """The sources a run in ``mode`` (train | validate | predict) reads: their captions are what
-        the text-embedding cache must hold (``rvosflow.text_cache``)."""
-        if mode == "predict":
-            return [self.eval_source(self.predict_split)]
-        scored = [self.eval_source(self.val_split)]
-        return scored if mode == "validate" else [self.source(self.train_split), *scored]
+        """The sources a run in ``mode`` reads (every file of them is checked at set-up)."""
+        return [*(self.training_sources() if mode == "train" else []), *self.scored_sources(mode)]
 
     def _loader(self, dataset, shuffle: bool, collate=None, batch_size: int = 1) -> DataLoader:
         return DataLoader(
@@ -241,8 +245,8 @@ class MixedDataModule(ReferringDataModule):
             self._sources["__images__"] = ConcatSource([("coco", inner)], prefix_videos=True)
         return self._sources["__images__"]
 
-    def sources_read(self, mode: str) -> list:
-        return super().sources_read(mode) + ([self.image_source()] if mode == "train" else [])
+    def training_sources(self) -> list:
+        return [*super().training_sources(), self.image_source()]
 
     def train_dataloader(self) -> DataLoader:
         images = ClipDataset(self.image_source(), self.image_frames, "first", self.size_fn)

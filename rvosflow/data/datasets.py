@@ -1,7 +1,7 @@
 """Torch datasets over any :class:`ReferringSource` (one per on-disk format), one sample schema.
 
 Training sample (fixed shapes, default-collatable):
-    frames uint8 [T, h, w, 3] at model resolution, mask bool [T, h, w], caption (normalised),
+    frames uint8 [T, h, w, 3] at model resolution, mask bool [T, h, w], caption (as written),
     video_id, exp_id, frame_indices long [T], frames_key and mask_key (content hashes of the
     frames and mask, the latent-cache keys).
 Evaluation sample (whole video; batches are lists of these):
@@ -21,7 +21,6 @@ from torch.utils.data import Dataset
 from rvosflow.data.sampling import sample_frames
 from rvosflow.data.transforms import resize_frames, resize_masks
 from rvosflow.latents import content_key
-from rvosflow.models.encoding import normalize_caption
 
 SizeFn = Callable[[int, int], tuple[int, int]]
 
@@ -50,7 +49,7 @@ class ClipDataset(Dataset):
         return {
             "frames": frames,
             "mask": mask,
-            "caption": normalize_caption(expr.text),
+            "caption": expr.text,  # as written; the module cleans it for the text encoder (text.*)
             "video_id": expr.video_id,
             "exp_id": expr.exp_id,
             "frame_indices": torch.tensor(idx),
@@ -84,7 +83,7 @@ class VideoDataset(Dataset):
             "frames": frames,
             "frames_key": content_key(frames),
             "target": torch.as_tensor(self.source.load_target(expr)) if self.with_target else None,
-            "caption": normalize_caption(expr.text),
+            "caption": expr.text,  # as written; the module cleans it for the text encoder (text.*)
             "video_id": expr.video_id,
             "exp_id": expr.exp_id,
             "frame_indices": torch.arange(len(frames)),

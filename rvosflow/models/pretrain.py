@@ -300,7 +300,8 @@ def train_t2v(bundle: WanBundle, latents: torch.Tensor, captions: list[str], cfg
         s = sample_noise_level(len(idx), cfg.t2v_t_sampling, gen)
         sv = s.view(-1, 1, 1, 1, 1)
         xs = (1 - sv) * x0 + sv * noise
-        emb = E.encode_text(te, bundle.tokenizer, [captions[i] for i in idx.tolist()], cfg.max_text_length, grad=True)
+        emb = E.encode_text(te, bundle.tokenizer, [E.normalize_caption(captions[i]) for i in idx.tolist()], cfg.max_text_length,
+                              grad=True)
         pred = tr(hidden_states=xs, timestep=s * 1000.0, encoder_hidden_states=emb).sample
         loss = F.mse_loss(pred, noise - x0)
         opt.zero_grad(set_to_none=True)
@@ -328,7 +329,7 @@ def t2v_validation_loss(bundle: WanBundle, latents: torch.Tensor, captions: list
                         seed: int = 1234, levels=(0.25, 0.5, 0.75)) -> dict:
     """Flow-matching loss at fixed noise levels on held-out latents (fixed noise), and with shuffled captions."""
     g = torch.Generator().manual_seed(seed)
-    emb = E.encode_text(bundle.text_encoder, bundle.tokenizer, captions, cfg.max_text_length)
+    emb = E.encode_text(bundle.text_encoder, bundle.tokenizer, [E.normalize_caption(c) for c in captions], cfg.max_text_length)
     perm = torch.roll(torch.arange(len(captions)), 1)
     out = {}
     for s in levels:
@@ -350,7 +351,7 @@ def generate(bundle: WanBundle, captions: list[str], latent_shape: tuple[int, ..
     sched.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((len(captions), *latent_shape), generator=g)
-    emb = E.encode_text(bundle.text_encoder, bundle.tokenizer, captions, max_length)
+    emb = E.encode_text(bundle.text_encoder, bundle.tokenizer, [E.normalize_caption(c) for c in captions], max_length)
     for t in sched.timesteps:
         v = bundle.transformer(hidden_states=x, timestep=t.expand(len(captions)), encoder_hidden_states=emb).sample
         x = sched.step(v, t, x, return_dict=False)[0]
