@@ -36,7 +36,7 @@ data: $(STAMP)  ## generate both synthetic tiers (default, hard) in all four rea
 	$(PY) -m rvosflow.data.synthetic --tier hard --out $(HARD_DATA_DIR)
 
 tiny-wan: data  ## pretrain the tiny Wan bundle on the synthetic train split (cached; FORCE=1 retrains)
-	$(PY) -m rvosflow.models.pretrain --data $(DATA_DIR) --out $(BUNDLE_DIR) $(if $(FORCE),--force,)
+	$(PY) -m rvosflow.pretrain --data $(DATA_DIR) --out $(BUNDLE_DIR) $(if $(FORCE),--force,)
 
 train: data  ## train and score one configuration (the paper's final model) on the embedded default
 	$(PY) run.py $(ARGS)
@@ -68,7 +68,7 @@ protocol-mevis: data  ## MeViS from scratch -> valid_u scored -> valid zipped (s
 bench-dataloading: $(STAMP)  ## clips/s per DataLoader worker, 17x480x832 clips from 720p JPEG (MeViS layout)
 	$(PY) scripts/bench_dataloading.py --compare-torch $(ARGS)
 
-test: $(STAMP)  ## fast test suite
+test: $(STAMP)  ## fast test suite (with the import contracts: layers, no cycles; tests/test_architecture.py)
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)  ## long tests only (end-to-end training and pretraining)

@@ -13,19 +13,22 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from rvosflow import config as run_config  # registers the schema Hydra composes on
+from rvosflow import errors
 
 _user_error: list = []  # a user error from the task, reported by cli() after Hydra returns
 
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    from rvosflow.errors import as_user_error
-    from rvosflow.train import run, summary
+    from rvosflow.console import summary
+    from rvosflow.train import run  # after Hydra has parsed the command line: `--help` stays quick
 
     try:
-        results = run(cfg, HydraConfig.get().runtime.output_dir)
+        hydra_cfg = HydraConfig.get()
+        results = run(run_config.with_overrides(cfg, hydra_cfg.overrides.task), hydra_cfg.runtime.output_dir)
     except Exception as exc:
-        if as_user_error(exc) is None:
+        if errors.as_user_error(exc) is None:
             raise
         _user_error.append(exc)  # raised through Hydra it would be prefixed by Hydra's own report
         return float("nan")
@@ -36,17 +39,14 @@ def main(cfg: DictConfig) -> float:
 def cli() -> int:
     from hydra.errors import HydraException
 
-    from rvosflow import errors
-    from rvosflow.config import hydra_error
-
     # Hydra re-raises instead of printing its own multi-line report; errors.report decides.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         main()
         if _user_error:
             return errors.report(_user_error[0])
-    except HydraException as exc:  # composition: an unknown key or group option, bad syntax
-        return errors.report(hydra_error(exc).with_traceback(exc.__traceback__))
+    except HydraException as exc:  # composition: an unknown key or group option, bad syntax, a refused value
+        return errors.report(run_config.hydra_error(exc, sys.argv[1:]).with_traceback(exc.__traceback__))
     except Exception as exc:  # noqa: BLE001  (report re-raises what is not the user's input)
         return errors.report(exc)
     return 0

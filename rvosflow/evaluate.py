@@ -33,31 +33,27 @@ Predictions are ``<predictions>/<video>/<exp_id>/<frame>.png`` (non-zero = objec
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
+from rvosflow.data.formats import MevisSource, RefDAVISSource, RefYTVOSSource
 from rvosflow.data.formats.base import first_videos, read_index_png, stack_frames
-from rvosflow.errors import UserError
+from rvosflow.data.formats.davis import ANNOTATOR_SETS
 from rvosflow.data.schema import EXPRESSION_KINDS
+from rvosflow.errors import ArgumentParser, EvaluationError, cli, positive_int
 from rvosflow.metrics.functional import jaccard_and_boundary_f
-from rvosflow.predict import read_mask
-
-
-class EvaluationError(UserError, ValueError):
-    """A bad evaluation input (predictions, options); the message names the file or option."""
+from rvosflow.predict import is_binary, read_mask, read_png_values
 
 BENCHMARKS = ("mevis", "ref_ytvos", "ref_davis")
 DAVIS_TASKS = ("unsupervised", "semi-supervised")
 
 
 def open_source(benchmark: str, root: str | Path, split: str):
-    from rvosflow.data.formats import MevisSource, RefDAVISSource, RefYTVOSSource
-
     root = Path(root)
     if benchmark == "mevis":
         return MevisSource(root / split)
@@ -83,8 +79,6 @@ def load_prediction(pred_dir: Path, video_id: str, exp_id: str, frame_names) -> 
 def check_binary(source, pred_dir: Path) -> None:
     """Every prediction PNG the split reads must be a mask (0/255 or 0/1): a soft or mixed PNG
     would be scored as object wherever it is non-zero, without a word."""
-    from rvosflow.predict import is_binary, read_png_values
-
     bad = []
     seen = set()
     for e in source.expressions:
@@ -195,7 +189,6 @@ def _pairwise_jf(gt: np.ndarray, res: np.ndarray, void: np.ndarray):
 
 def score_davis_video(gt_ids: np.ndarray, labels: np.ndarray, task: str, where: str):
     """Per ground-truth object (J, F) per-frame arrays for one video, DAVIS 2017 style."""
-    from scipy.optimize import linear_sum_assignment
 
     gt_ids = gt_ids.copy()
     void = gt_ids == 255
@@ -226,7 +219,6 @@ def score_davis_video(gt_ids: np.ndarray, labels: np.ndarray, task: str, where: 
 
 
 def score_ref_davis(source, pred_dir: Path, task: str = "unsupervised") -> dict:
-    from rvosflow.data.formats.davis import ANNOTATOR_SETS
 
     if task not in DAVIS_TASKS:
         raise EvaluationError(f"--davis-task: unknown {task!r}; allowed: {', '.join(DAVIS_TASKS)}")
@@ -305,20 +297,18 @@ def evaluate(benchmark: str, root, split: str, predictions, out=None, zip_path=N
 
 def main(argv=None) -> int:
     """The CLI; bad input is one line, exit 2 (:func:`rvosflow.errors.cli`)."""
-    from rvosflow.errors import cli
-
     return cli(_main, argv)
 
 
 def _main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rvosflow.evaluate", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m rvosflow.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     ap.add_argument("--root", required=True, help="the benchmark root (MeViS: the folder holding the splits)")
     ap.add_argument("--split", required=True, help="e.g. valid_u, train, valid")
     ap.add_argument("--predictions", required=True, help="<video>/<exp_id>/<frame>.png folder")
     ap.add_argument("--out", required=True, help="JSON file for the scores")
     ap.add_argument("--zip", default=None, help="submission zip (valid splits; default: --out with .zip)")
-    ap.add_argument("--videos", type=int, default=None, help="score only the split's first N videos (quick runs)")
+    ap.add_argument("--videos", type=positive_int, default=None, help="score only the split's first N videos (quick runs)")
     ap.add_argument("--davis-task", default="unsupervised", choices=DAVIS_TASKS,
                     help="Ref-DAVIS: ReferFormer's default 'unsupervised' (Hungarian-matched, all frames)")
     args = ap.parse_args(argv)

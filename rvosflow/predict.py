@@ -7,12 +7,15 @@ the layout the MeViS and Ref-YouTube-VOS evaluation scripts and servers read, an
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
+
+from rvosflow.errors import ConfigError, DatasetFormatError
 
 
 def write_masks(out_dir: str | Path, video_id: str, exp_id: str, frame_names, masks) -> None:
@@ -28,8 +31,6 @@ def write_masks(out_dir: str | Path, video_id: str, exp_id: str, frame_names, ma
 
 def read_png_values(path: str | Path) -> np.ndarray:
     """A prediction PNG's values [H, W] (grayscale, palette index or 0/1)."""
-    from rvosflow.data.formats.base import DatasetFormatError
-
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("L") if im.mode not in ("L", "P", "1") else im)
@@ -62,3 +63,29 @@ class MaskWriter(BasePredictionWriter):
             write_masks(self.out_dir, p["video_id"], p["exp_id"], p["frame_names"], p["pred"])
             self.expressions += 1
             self.frames += len(p["frame_names"])
+
+
+def predictions_dir(cfg, run_dir: Path) -> Path:
+    """``predict.out_dir``, or ``<run dir>/predictions``."""
+    return Path(cfg.predict.out_dir) if cfg.predict.out_dir else Path(run_dir) / "predictions"
+
+
+def prepare_predictions_dir(cfg, run_dir: Path) -> None:
+    """Refuse a non-empty ``predict.out_dir`` (two models' masks would mix) unless
+    ``predict.overwrite=true``; then remove the earlier masks, and nothing but masks."""
+    out_dir = predictions_dir(cfg, run_dir)
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ConfigError(f"predict.out_dir: expected a folder, found a file at {out_dir}")
+    entries = list(out_dir.rglob("*"))
+    if not entries:
+        return
+    if not cfg.predict.overwrite:
+        raise ConfigError(f"predict.out_dir: expected an empty or new folder, found {len(entries)} entries in {out_dir} "
+                          "(set predict.overwrite=true to replace them)")
+    others = [p for p in entries if p.is_file() and p.suffix != ".png"]
+    if others:
+        raise ConfigError(f"predict.out_dir: expected a folder of mask PNGs to overwrite, found {len(others)} other files "
+                          f"in {out_dir} (e.g. {others[0]})")
+    shutil.rmtree(out_dir)

@@ -5,10 +5,14 @@ A *record* is one trial as a plain dict::
     {"row": "e", "seed": 1, "state": "COMPLETE", "JF": 57.1, "J": 53.0, "F": 61.2, "number": 7,
      "JF/colour": 60.2, "JF/multi-object": 41.0}
 
-(scores in percent; ``JF/<kind>`` only where the benchmark knows expression kinds; ``state`` an Optuna trial state name). A *row spec* describes one table line::
+(scores in percent; ``JF/<kind>`` only where the benchmark knows expression kinds; ``state`` an Optuna trial state name). A *row spec* describes one table line; its ``settings`` are the axes of its resolved config, by
+key (``sweep.strategy.table_settings``)::
 
     {"id": "e", "label": "+ BBS p=0.5", "paper": {"JF": 57.9, "J": 53.8, "F": 62.1},
-     "settings": {"bbs_p": 0.5, "spa": False, "dvi": False, "wi": True}}
+     "settings": {"bbs.p": 0.5, "spa.enabled": False, "dvi.enabled": False, "wi.enabled": True}}
+
+The settings columns are the axes declared as table columns (``rvosflow.schema``), plus any other
+axis whose value differs between the rows.
 
 :func:`summarize` aggregates the completed trials of each row over seeds (mean and sample std);
 :func:`display_table` formats that as ``mean ± std`` strings, and :func:`to_markdown`,
@@ -22,15 +26,31 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from rvosflow.data.schema import EXPRESSION_KINDS
+from rvosflow.schema import axes
+
 METRICS = ("JF", "J", "F")
 METRIC_NAMES = {"JF": "J&F", "J": "J", "F": "F"}
-SETTING_COLUMNS = {"bbs_p": "BBS p", "spa": "SPA", "dvi": "DVI", "wi": "WI"}
+
+
+def axis_value(run, key: str):
+    """The value of a dotted axis ``key`` of a resolved run config."""
+    node = run
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def setting_columns(rows: Sequence[Mapping]) -> dict[str, str]:
+    """``{axis key: label}`` of the settings a table of ``rows`` shows: the column axes, and the
+    other axes whose values differ between the rows (a solver sweep shows its steps and shift)."""
+    seen = [r.get("settings") or {} for r in rows]
+    return {a.key: a.label for a in axes()
+            if a.key in set().union(*seen) and (a.column or len({repr(s.get(a.key)) for s in seen}) > 1)}
 
 
 def kind_metrics(records: Iterable[Mapping]) -> list[str]:
     """The per-kind J&F keys (``JF/<kind>``) present in any record, in EXPRESSION_KINDS order."""
-    from rvosflow.data.schema import EXPRESSION_KINDS
-
     present = {k for r in records for k in r if k.startswith("JF/")}
     return [f"JF/{kind}" for kind in EXPRESSION_KINDS if f"JF/{kind}" in present]
 
@@ -47,12 +67,13 @@ def summarize(records: Iterable[Mapping], rows: Sequence[Mapping]) -> pd.DataFra
     kinds = kind_metrics(records)
     recs = pd.DataFrame(records, columns=["row", "seed", "state", *METRICS, *kinds])
     lines = []
+    columns = setting_columns(rows)
     for spec in rows:
         mine = recs[recs["row"] == spec["id"]]
         done = mine[mine["state"] == "COMPLETE"]
         failed_seeds = set(mine.loc[mine["state"] == "FAIL", "seed"]) - set(done["seed"])
         line = {"id": spec["id"], "configuration": spec.get("label", spec["id"])}
-        for key in SETTING_COLUMNS:
+        for key in columns:
             line[key] = (spec.get("settings") or {}).get(key)
         line["seeds"] = int(done["seed"].nunique())
         line["failed"] = len(failed_seeds)
@@ -88,8 +109,9 @@ def display_table(summary: pd.DataFrame, digits: int = 1, pm: str = "±") -> pd.
     """The human table: ID, configuration, BBS p, SPA, DVI, WI, J&F, J, F (mean ± std over seeds),
     J&F per expression kind where known, the paper's J&F beside ours, and the seeds done."""
     out = pd.DataFrame({"ID": summary["id"], "Configuration": summary["configuration"]})
-    for key, name in SETTING_COLUMNS.items():
-        out[name] = [_setting(v) for v in summary[key]]
+    labels = {a.key: a.label for a in axes()}
+    for key in [c for c in summary.columns if c in labels]:
+        out[labels[key]] = [_setting(v) for v in summary[key]]
     for m in METRICS:
         out[METRIC_NAMES[m]] = [mean_pm_std(a, b, digits, pm) for a, b in zip(summary[f"{m}_mean"], summary[f"{m}_std"])]
     for col in summary.columns:

@@ -4,19 +4,13 @@ frozen/tuned mask rules and `model.vae_decoder` selection (DESIGN §3 "Decoder")
 import pytest
 import torch
 
-from rvosflow.config import ConfigError, compose, validate
-from rvosflow.decoder import (
-    DecoderSettings,
-    dice_loss,
-    focal_loss,
-    load_tuned_state,
-    reconstruction_scores,
-    train_decoder,
-    tuned_vae,
-    with_logit_head,
-)
+from rvosflow.config import compose, resolve as validate
+from rvosflow.errors import ConfigError
+from rvosflow import checkpoints
+from rvosflow.checkpoints import read_tuned_decoder as load_tuned_state
+from rvosflow.decoder import dice_loss, focal_loss, reconstruction_scores, train_decoder, tuned_vae, with_logit_head
 from rvosflow.models import encoding
-from rvosflow import release
+from rvosflow.schema import Decoder as DecoderSettings
 
 
 def test_focal_loss_matches_its_definition():
@@ -78,7 +72,7 @@ def test_tuned_decoder_round_trips_through_both_layouts(test_bundle, tmp_path):
     vae = test_bundle.vae
     tuned = with_logit_head(vae, init="random")
     tuned.save_pretrained(tmp_path / "folder", safe_serialization=True)
-    release.write_decoder(tmp_path / "decoder.pth", tuned.state_dict())
+    checkpoints.write_release_decoder(tmp_path / "decoder.pth", tuned.state_dict())
     published = torch.load(tmp_path / "decoder.pth", weights_only=True)
     assert (tmp_path / "decoder.pth").read_bytes()[:2] == b"\x80\x02"  # legacy container, as the release writes
     assert set(published) == {"model"} and all(k.startswith("vae.") for k in published["model"])

@@ -2,7 +2,7 @@
 
 import torch
 
-from rvosflow.latents import LatentCache, content_key, file_identity, fingerprint
+from rvosflow.caches import LatentCache, content_key, file_identity, fingerprint
 
 
 def encoder(calls):

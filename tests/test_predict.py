@@ -58,7 +58,7 @@ def test_predict_writes_binary_pngs_at_original_size_for_any_split(tiny_benchmar
 
 def test_predict_refuses_a_non_empty_out_dir_unless_overwrite(tiny_benchmark, test_bundle_dir, trained):
     # The issue's case: mode=predict into an existing folder mixed two models' PNGs.
-    from rvosflow.config import ConfigError
+    from rvosflow.errors import ConfigError
 
     tmp, res = trained
     out = tmp / "mixed"
@@ -78,12 +78,14 @@ def test_predict_refuses_a_non_empty_out_dir_unless_overwrite(tiny_benchmark, te
 
 
 def test_init_from_loads_the_dit_of_a_checkpoint(tiny_benchmark, test_bundle_dir, trained):
+    from rvosflow.checkpoints import init_dit_from as init_transformer_from
+    from rvosflow.config import resolve
     from rvosflow.models.loader import load_wan_bundle
-    from rvosflow.train import build_module, init_transformer_from
+    from rvosflow.module import FlowRVSModule
 
     tmp, res = trained
-    cfg = compose(overrides(tiny_benchmark, test_bundle_dir, tmp))
-    module = build_module(cfg, load_wan_bundle(cfg.model.path))
+    cfg = resolve(compose(overrides(tiny_benchmark, test_bundle_dir, tmp)))
+    module = FlowRVSModule(cfg, load_wan_bundle(cfg.model.path))
     saved = torch.load(res["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
     key = next(k for k in saved if k.startswith("transformer."))
     assert not torch.equal(module.state_dict()[key], saved[key])

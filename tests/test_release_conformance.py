@@ -78,41 +78,39 @@ def test_run_py_predicts_the_release_masks(split_root, tmp_path, steps):
 @pytest.fixture(scope="module")
 def release_run(split_root):
     """The module of such a run, built by the run's own functions (weights, decoder, text, data)."""
+    from rvosflow.checkpoints import load_release_dit
+    from rvosflow.config import resolve
+    from rvosflow.data.setup import prepare_data
     from rvosflow.decoder import select_vae
     from rvosflow.models.loader import load_wan_bundle
-    from rvosflow.train import build_datamodule, build_module, load_dit_ckpt, size_multiple
+    from rvosflow.module import FlowRVSModule
 
-    cfg = compose(release_overrides(split_root, 1))
+    cfg = resolve(compose(release_overrides(split_root, 1)))
     bundle = load_wan_bundle(cfg.model.path, components=("transformer", "vae", "text_encoder", "tokenizer"))
     bundle.vae = select_vae(cfg.model, bundle.vae)
-    module = build_module(cfg, bundle)
-    load_dit_ckpt(module, cfg)
+    module = FlowRVSModule(cfg, bundle)  # the text encoder loaded: the test embeds captions itself
+    load_release_dit(module, cfg)
     module.eval()
     module.on_predict_start()
-    dm = build_datamodule(cfg, size_multiple(cfg))
-    return cfg, bundle, module, dm.predict_dataloader().dataset
+    return cfg, bundle, module, prepare_data(cfg).predict_dataloader().dataset
 
 
 @pytest.mark.parametrize("steps", STEPS)
 def test_final_latents_and_video_latent_match(release_run, steps):
-    from dataclasses import replace
-
     from rvosflow.data.transforms import pad_frames, padded_frame_count
-    from rvosflow.paradigms import build_paradigm
 
     cfg, bundle, module, dataset = release_run
     sample = dataset[0]
     assert tuple(sample["frames"].shape) == (10, 48, 64, 3)  # 72 x 96 into the 48 x 64 box, sides floored to 16
     clip = pad_frames(sample["frames"], padded_frame_count(10))  # 13 frames: the last repeated
     mean, _ = module.video_posteriors([clip], [("conformance", len(clip))])
-    z_video = module.start_latent(mean, None, False)
+    z_video = module.start_point(mean)
     want = torch.load(FIXTURE / "expected" / "video_latent.pt", weights_only=True)
     assert (z_video - want).abs().max() < 1e-5
-    paradigm = build_paradigm("video2mask", replace(module.paradigm.settings, steps=steps))
     for cap, text in CAPTIONS["captions"].items():
         model = module.inference_dit(module.text_embeddings([text]))
         with torch.no_grad():
-            z = paradigm.predict(model, z_video, None)
+            z = module.paradigm.predict(model, z_video, None, steps=steps)
         latent = torch.load(FIXTURE / "expected" / cap / f"N{steps}" / "latent.pt", weights_only=True)
         assert (z - latent).abs().max() < 1e-4, f"caption {cap} N{steps}: {(z - latent).abs().max():.2e}"
 
@@ -140,18 +138,20 @@ def test_training_pair_is_reproduced_from_its_inputs(release_run, split_root):
     the DiT's output (at ``mevis_ckpt.pth['model']``) and the loss."""
     import torch.nn.functional as F
 
+    from rvosflow.checkpoints import load_release_dit
+    from rvosflow.config import resolve
     from rvosflow.models import encoding
-    from rvosflow.train import build_module, load_dit_ckpt
+    from rvosflow.module import FlowRVSModule
 
     cfg, bundle, _, _ = release_run
     want = torch.load(FIXTURE / "expected" / "training.pt", weights_only=False)
-    cfg = compose(release_overrides(split_root, 1, "model.dit_weights=model", "model.vae_ckpt=null"))
-    module = build_module(cfg, bundle)  # its VAE encoder is the bundle's (decoder.pth's equals it)
-    load_dit_ckpt(module, cfg)
+    cfg = resolve(compose(release_overrides(split_root, 1, "model.dit_weights=model", "model.vae_ckpt=null")))
+    module = FlowRVSModule(cfg, bundle)  # its VAE encoder is the bundle's (decoder.pth's equals it)
+    load_release_dit(module, cfg)
     keys = [(str(i),) for i in range(8)]
     mean, std = module.video_posteriors(list(want["frames_uint8"]), keys)
     assert (mean - want["z_video_mean"]).abs().max() < 1e-5 and (std - want["z_video_std"]).abs().max() < 1e-5
-    z_video = module.start_latent(mean, std, True, noise=want["z_video_eps"])
+    z_video = module.start_point(mean, std, noise=want["z_video_eps"])  # SPA: the release's latent_dist.sample()
     assert (z_video - want["z_video"]).abs().max() < 1e-5
     z_mask = module.mask_latents(list(want["masks_uint8"].bool()), keys)
     assert (z_mask - want["z_mask"]).abs().max() < 1e-5
@@ -199,7 +199,7 @@ def test_release_parameter_order_is_the_fixtures_and_holds_at_full_size(release_
     from diffusers import WanTransformer3DModel
 
     from rvosflow.models.scale import WAN21_T2V_1_3B
-    from rvosflow.release import release_param_order
+    from rvosflow.checkpoints import release_param_order
 
     _, _, module, _ = release_run
     names = [n for n, _ in module.transformer.named_parameters()]
@@ -217,25 +217,25 @@ def test_release_checkpoint_loads_as_published_and_code_is_refused(release_run, 
     import argparse
     import os
 
-    from rvosflow import release
-    from rvosflow.config import ConfigError
+    from rvosflow import checkpoints
+    from rvosflow.errors import ConfigError
 
     _, _, module, _ = release_run
     assert (FIXTURE / "mevis_ckpt.pth").read_bytes()[:2] == b"\x80\x02"  # legacy pickle, not a zip
-    ema = release.read_dit(FIXTURE / "mevis_ckpt.pth", "ema", module.transformer)
-    raw = release.read_dit(FIXTURE / "mevis_ckpt.pth", "model", module.transformer)
+    ema = checkpoints.read_release_dit(FIXTURE / "mevis_ckpt.pth", "ema", module.transformer)
+    raw = checkpoints.read_release_dit(FIXTURE / "mevis_ckpt.pth", "model", module.transformer)
     assert set(ema) == set(raw) and any(not torch.equal(ema[n], raw[n].float()) for n in raw)
     obj = torch.load(FIXTURE / "mevis_ckpt.pth", weights_only=False)
     short = {**obj, "ema_model": {**obj["ema_model"], "shadow_params": obj["ema_model"]["shadow_params"][:-1]}}
     torch.save(short, tmp_path / "short.pth", _use_new_zipfile_serialization=False)
     with pytest.raises(ConfigError, match=r"short.pth: expected 123 EMA shadow tensors .* found 122"):
-        release.read_dit(tmp_path / "short.pth", "ema", module.transformer)
+        checkpoints.read_release_dit(tmp_path / "short.pth", "ema", module.transformer)
     swapped = list(obj["ema_model"]["shadow_params"])
     swapped[14], swapped[16] = swapped[16], swapped[14]  # norm_q where to_q belongs
     torch.save({**obj, "ema_model": {**obj["ema_model"], "shadow_params": swapped}}, tmp_path / "swapped.pth",
                _use_new_zipfile_serialization=False)
     with pytest.raises(ConfigError, match=r"swapped.pth: EMA shadow for blocks.0.attn1.norm_q.weight has shape"):
-        release.read_dit(tmp_path / "swapped.pth", "ema", module.transformer)
+        checkpoints.read_release_dit(tmp_path / "swapped.pth", "ema", module.transformer)
 
     marker = tmp_path / "executed"
 
@@ -245,6 +245,6 @@ def test_release_checkpoint_loads_as_published_and_code_is_refused(release_run, 
 
     torch.save({**obj, "args": Payload()}, tmp_path / "code.pth", _use_new_zipfile_serialization=False)
     with pytest.raises(ConfigError, match=r"code.pth: expected a plain-data checkpoint, found code"):
-        release.read_dit(tmp_path / "code.pth", "ema", module.transformer)
+        checkpoints.read_release_dit(tmp_path / "code.pth", "ema", module.transformer)
     assert not marker.exists()
     assert isinstance(obj["args"], argparse.Namespace)

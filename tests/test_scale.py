@@ -7,9 +7,12 @@ import sys
 import pytest
 import torch
 
-from rvosflow.config import ConfigError, compose, validate
+from rvosflow.config import compose, resolve
+from rvosflow.config import resolve as validate
+from settings import run_config
+from rvosflow.errors import ConfigError
 from rvosflow.paths import PROJECT_ROOT
-from rvosflow.train import make_strategy
+from rvosflow.trainer import make_strategy
 
 
 def test_real_model_with_checkpointing_composes(tmp_path):
@@ -57,11 +60,9 @@ def test_fsdp_without_its_settings_fails_naming_the_key():
 
 def test_module_enables_diffusers_checkpointing(test_bundle):
     from rvosflow.module import FlowRVSModule
-    from rvosflow.paradigms import FlowSettings, build_paradigm
 
-    paradigm = build_paradigm("video2mask", FlowSettings(dvi=True))
-    on = FlowRVSModule(test_bundle, paradigm, gradient_checkpointing=True)
-    off = FlowRVSModule(test_bundle, paradigm)
+    on = FlowRVSModule(run_config("video2mask", {"model.gradient_checkpointing": True}), test_bundle)
+    off = FlowRVSModule(run_config("video2mask"), test_bundle)
     assert on.transformer.gradient_checkpointing and not off.transformer.gradient_checkpointing
 
 
@@ -79,14 +80,17 @@ def run_overrides(bench, bundle_dir, tmp_path, *extra):
 def test_text_cache_command_encodes_every_caption_of_the_run_once(tiny_benchmark, test_bundle_dir, test_bundle, tmp_path, capsys):
     from rvosflow.data.formats.mevis import MevisSource
     from rvosflow.models import encoding
-    from rvosflow.text_cache import TextCache, cache_dir, main
+    from rvosflow.caches import TextCache
+    from rvosflow.text_cache import cache_dir
+    from rvosflow.text_cache import main
 
     overrides = run_overrides(tiny_benchmark, test_bundle_dir, tmp_path)
     assert main(["--device", "cpu", *overrides]) == 0
     train, valid = MevisSource(tiny_benchmark / "mevis" / "train"), MevisSource(tiny_benchmark / "mevis" / "valid_u")
     scored = [e for e in valid.expressions if e.video_id == valid.video_ids()[0]]  # data.eval_videos=1
-    captions = {encoding.normalize_caption(e.text) for e in train.expressions + scored}
-    directory = cache_dir(compose(overrides))
+    captions = {*(encoding.clean_caption(e.text, training=True) for e in train.expressions),
+                *(encoding.clean_caption(e.text, training=False) for e in scored)}
+    directory = cache_dir(resolve(compose(overrides)))
     assert len(list((tmp_path / "text").rglob("*.pt"))) == len(captions)
     assert f"{len(captions)} captions, {len(captions)} encoded" in capsys.readouterr().out
     assert main(["--device", "cpu", *overrides]) == 0  # covered: nothing encoded, no encoder loaded
@@ -96,7 +100,7 @@ def test_text_cache_command_encodes_every_caption_of_the_run_once(tiny_benchmark
     direct = encoding.encode_text(test_bundle.text_encoder, test_bundle.tokenizer, some, 16)
     torch.testing.assert_close(TextCache(directory, 16).embeddings(some), direct, rtol=1e-4, atol=1e-5)
     # The key: another text length is another cache.
-    assert cache_dir(compose(overrides + ["text.max_length=8"])) != directory
+    assert cache_dir(resolve(compose(overrides + ["text.max_length=8"]))) != directory
 
 
 def test_a_run_on_a_covered_cache_never_loads_the_text_encoder(tiny_benchmark, test_bundle_dir, tmp_path):
@@ -125,11 +129,10 @@ def test_a_run_on_a_covered_cache_never_loads_the_text_encoder(tiny_benchmark, t
 def test_a_module_without_encoder_names_the_missing_caption(test_bundle):
     from rvosflow.models.loader import WanBundle
     from rvosflow.module import FlowRVSModule
-    from rvosflow.paradigms import FlowSettings, build_paradigm
-    from rvosflow.text_cache import TextCache, TextCacheMiss
+    from rvosflow.caches import TextCache, TextCacheMiss
 
     bundle = WanBundle(transformer=test_bundle.transformer, vae=test_bundle.vae)
-    module = FlowRVSModule(bundle, build_paradigm("video2mask", FlowSettings()), text_cache=TextCache(None, 16))
+    module = FlowRVSModule(run_config("video2mask"), bundle, text_cache=TextCache(None, 16))
     with pytest.raises(TextCacheMiss, match=r"no embedding for caption 'the red circle'.*rvosflow\.text_cache"):
         module.text_embeddings(["the red circle"])
 

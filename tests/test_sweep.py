@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 from rvosflow import sweep
+from rvosflow.errors import SpecError
+from rvosflow.tracking import PARENT_TAG, STUDY_TAG
 from rvosflow.paths import PROJECT_ROOT
 
 TABLE2 = PROJECT_ROOT / "sweeps" / "table2.yaml"
@@ -67,7 +69,7 @@ def study_trials(env, name="t-test"):
 def children(env, name="t-test"):
     client = mlflow.MlflowClient(env["uri"])
     exp = client.get_experiment_by_name("rvosflow")
-    parents = client.search_runs([exp.experiment_id], f"tags.`{sweep.STUDY_TAG}` = '{name}' and tags.`{sweep.PARENT_TAG}` != ''")
+    parents = client.search_runs([exp.experiment_id], f"tags.`{STUDY_TAG}` = '{name}' and tags.`{PARENT_TAG}` != ''")
     assert len(parents) == 1, "exactly one parent run per study"
     kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     return parents[0], kids
@@ -85,9 +87,11 @@ def test_shipped_sweep_files_compose_for_every_profile():
         assert [r.id for r in spec.rows] == ["a", "b", "c", "base", "d", "e", "f", "g", "h", "i"]
         sweep.compose_rows(spec, [])
         s = {r.id: r.settings for r in spec.rows}
-        assert s["a"]["paradigm"] == "noise2mask" and s["c"]["paradigm"] == "onestep_velocity"
-        assert s["base"]["bbs_p"] == 0.0 and s["e"]["bbs_p"] == 0.5 and not s["e"]["spa"]
-        assert s["g"]["spa"] and not s["g"]["dvi"] and s["h"]["dvi"] and s["h"]["wi"] and not s["i"]["wi"]
+        assert s["a"]["paradigm.name"] == "noise2mask" and s["c"]["paradigm.name"] == "onestep_velocity"
+        assert s["base"]["bbs.p"] == 0.0 and s["e"]["bbs.p"] == 0.5 and not s["e"]["spa.enabled"]
+        assert s["g"]["spa.enabled"] and not s["g"]["dvi.enabled"] and s["h"]["dvi.enabled"]
+        assert s["h"]["wi.enabled"] and not s["i"]["wi.enabled"]
+        assert s["a"]["bbs.p"] == 0.0 and s["a"]["solver.steps"] == 10  # noise2mask takes no BBS: off without a word
         assert spec.row("h").paper == {"JF": 60.6, "J": 55.9, "F": 65.2}
     assert len(sweep.load_spec(TABLE2, "default").seeds) == 3
     assert "data=synthetic_hard" in sweep.load_spec(TABLE2, "hard").overrides
@@ -99,10 +103,10 @@ def test_shipped_sweep_files_compose_for_every_profile():
 
 
 def test_bad_sweep_files_are_refused(tmp_path):
-    with pytest.raises(sweep.SpecError, match=r"profiles: expected one of default, .*got 'nope'"):
+    with pytest.raises(SpecError, match=r"profiles: expected one of default, .*got 'nope'"):
         sweep.load_spec(TABLE2, "nope")
     bad = write_sweep(tmp_path / "bad.yaml", [], rows=[{"id": "x", "overrides": ["bbs.p=1.5"]}])
-    with pytest.raises(sweep.SpecError, match="row x.*bbs.p"):
+    with pytest.raises(SpecError, match="row x.*bbs.p"):
         sweep.compose_rows(sweep.load_spec(bad, "test"), [])
 
 
@@ -112,29 +116,29 @@ def test_misspelt_keys_in_sweep_files_are_errors_naming_the_key(tmp_path):
     f = tmp_path / "s.yaml"
     cases = [
         ({"profiles": {"test": {"seeds": [0], "overide": ["trainer.max_steps=4"]}}},
-         r"profiles\.test\.overide: unknown key; allowed: seeds, overrides, n_trials"),
+         r"profiles\.test\.overide: expected a key of profiles\.test \(did you mean overrides\?\), got an unknown key"),
         ({"rows": [{"id": "x", "overides": ["+paradigm=noise2mask"]}]},
-         r"overides: unknown key; allowed: id, label, overrides, paper"),
-        ({"grace_periood": 5}, r"grace_periood: unknown key; allowed: kind, name, .*grace_period"),
-        ({"grace_period": "soon"}, r"grace_period: .*soon"),
-        ({"metric": "JandF"}, r"metric: expected one of JF, J, F, found 'JandF'"),
+         r"rows\[0\]\.overides: expected a key of rows\[0\] \(did you mean overrides\?\)"),
+        ({"grace_periood": 5}, r"grace_periood: expected a key of the sweep file \(did you mean grace_period\?\)"),
+        ({"grace_period": "soon"}, r"grace_period: expected an integer >= 1, got 'soon'"),
+        ({"metric": "JandF"}, r"metric: expected one of JF, J, F, got 'JandF'"),
     ]
     for top, message in cases:
         spec = {"kind": "grid", "name": "t", "rows": [{"id": "x", "overrides": []}],
                 "profiles": {"test": {"seeds": [0]}}, **top}
         f.write_text(yaml.safe_dump(spec))
-        with pytest.raises(sweep.SpecError, match=message):
+        with pytest.raises(SpecError, match=message):
             sweep.load_spec(f, "test")
     assert sweep.main(["--profile", "test", str(f)]) == 2  # the CLI: one line, exit 2
     search = {"kind": "search", "params": {"bbs.p": {"type": "float", "low": 0.0, "high": 0.9}},
               "sampler": {"type": "tpe", "n_startup_trails": 3}, "profiles": {"test": {"seeds": [0]}}}
     f.write_text(yaml.safe_dump(search))
-    with pytest.raises(sweep.SpecError, match=r"sampler\.n_startup_trails: expected an argument of TPESampler \(allowed: type, .*n_startup_trials"):
+    with pytest.raises(SpecError, match=r"sampler\.n_startup_trails: expected an argument of TPESampler \(allowed: type, .*n_startup_trials"):
         sweep.compose_rows(sweep.load_spec(f, "test"), [])
     search["sampler"] = {"type": "tpe"}
     search["params"]["bbs.p"]["high"] = 1.5  # every parameter's range is composed and validated
     f.write_text(yaml.safe_dump(search))
-    with pytest.raises(sweep.SpecError, match=r"params\.bbs\.p .*bbs\.p=1\.5.*bbs\.p"):
+    with pytest.raises(SpecError, match=r"params\.bbs\.p .*bbs\.p=1\.5.*bbs\.p"):
         sweep.compose_rows(sweep.load_spec(f, "test"), [])
 
 
@@ -207,8 +211,8 @@ def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test
     study = optuna.load_study(study_name="t-test", storage=env["storage"])
     assert study.metric_names == ["F (%)"]
     h0 = next(t for t in trials if (t.params["row"], t.params["seed"]) == ("h", 0))
-    assert {k: h0.params[k] for k in ("paradigm", "bbs.p", "spa", "dvi", "wi")} == {
-        "paradigm": "video2mask", "bbs.p": 0.5, "spa": True, "dvi": True, "wi": True}
+    assert {k: h0.params[k] for k in ("paradigm.name", "bbs.p", "spa.enabled", "dvi.enabled", "wi.enabled")} == {
+        "paradigm.name": "video2mask", "bbs.p": 0.5, "spa.enabled": True, "dvi.enabled": True, "wi.enabled": True}
     assert next(t for t in trials if t.params["row"] == "base").params["bbs.p"] == 0.0
     assert f"/runs/{h0.user_attrs['mlflow_run_id']}?" in h0.user_attrs["mlflow_url"]
     # Re-running a finished study runs nothing and reuses the parent run (and replaces its table).
@@ -263,8 +267,9 @@ def test_tpe_search_with_pruning(tiny_benchmark, test_bundle_dir, tmp_path, env)
     assert sweep.main(cli(f, env)) == 0
     trials = study_trials(env, "s-test")
     # the searched params, and the settings the search holds fixed as one-choice params
-    assert len(trials) == 3 and all(set(t.params) == {"bbs.p", "optim.lr", "paradigm", "spa", "dvi", "wi"} for t in trials)
-    assert all(t.distributions["spa"].choices == (False,) for t in trials)
+    assert len(trials) == 3 and all(set(t.params) == {"bbs.p", "optim.lr", "paradigm.name", "spa.enabled", "dvi.enabled", "wi.enabled"}
+                                 for t in trials)
+    assert all(t.distributions["spa.enabled"].choices == (False,) for t in trials)
     assert [t.state.name for t in trials] == ["PRUNED"] * 3
     # reported at the first in-training validation (global step 2), pruned there: never reached step 4
     assert all(list(t.intermediate_values) == [2] for t in trials)

@@ -10,11 +10,11 @@ from rvosflow import tables
 
 ROWS = [
     {"id": "a", "label": "noise2mask", "paper": {"JF": 32.3, "J": 29.6, "F": 35.0},
-     "settings": {"bbs_p": 0.0, "spa": False, "dvi": False, "wi": True}},
+     "settings": {"bbs.p": 0.0, "spa.enabled": False, "dvi.enabled": False, "wi.enabled": True}},
     {"id": "h", "label": "+ DVI (final model)", "paper": {"JF": 60.6, "J": 55.9, "F": 65.2},
-     "settings": {"bbs_p": 0.5, "spa": True, "dvi": True, "wi": True}},
+     "settings": {"bbs.p": 0.5, "spa.enabled": True, "dvi.enabled": True, "wi.enabled": True}},
     {"id": "i", "label": "- WI", "paper": {"JF": 21.1, "J": 20.3, "F": 21.9},
-     "settings": {"bbs_p": 0.5, "spa": True, "dvi": True, "wi": False}},
+     "settings": {"bbs.p": 0.5, "spa.enabled": True, "dvi.enabled": True, "wi.enabled": False}},
 ]
 
 
@@ -41,7 +41,7 @@ def test_summary_means_stds_seeds_and_failures():
     assert a["seeds"] == 2 and a["failed"] == 0
     assert h["seeds"] == 1 and h["failed"] == 1 and math.isnan(h["JF_std"])
     assert i["seeds"] == 1 and i["failed"] == 0 and i["JF_mean"] == pytest.approx(2.0)
-    assert h["paper_JF"] == 60.6 and h["bbs_p"] == 0.5 and bool(h["spa"]) and not bool(s.iloc[2]["wi"])
+    assert h["paper_JF"] == 60.6 and h["bbs.p"] == 0.5 and bool(h["spa.enabled"]) and not bool(s.iloc[2]["wi.enabled"])
 
 
 def test_rows_without_results_have_nan_and_dash():

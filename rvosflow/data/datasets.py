@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from rvosflow.caches import content_key
 from rvosflow.data.sampling import sample_frames
 from rvosflow.data.transforms import resize_frames, resize_masks
-from rvosflow.latents import content_key
 
 SizeFn = Callable[[int, int], tuple[int, int]]
 

@@ -28,7 +28,6 @@ values are bit-identical to the straightforward per-frame implementation
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import numpy as np

@@ -24,11 +24,14 @@ Every tensor layout follows diffusers' Wan classes: pixels and latents are ``[B,
 
 from __future__ import annotations
 
+import html
 import re
 from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
 
 _WS = re.compile(r"\s+")
 _QUOTES = re.compile(r'["\\]+')
@@ -46,8 +49,6 @@ def prompt_clean(text: str) -> str:
     """The release's ``models/text.py`` ``prompt_clean``, in its order: whitespace runs become one
     space and the ends are stripped; ``html.unescape``; every ``"`` and ``\\`` is deleted (so a
     ``\\`` between spaces leaves two spaces, and ``&quot;`` disappears)."""
-    import html
-
     return _QUOTES.sub("", html.unescape(_WS.sub(" ", str(text)).strip()))
 
 
@@ -227,8 +228,6 @@ def decode_raw(vae, z: torch.Tensor) -> torch.Tensor:
                                     first_chunk=(i == 0)))
         out = torch.cat(outs, dim=2)
         if vae.config.patch_size is not None:  # Wan2.2's patchified VAE
-            from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
-
             out = unpatchify(out, patch_size=vae.config.patch_size)
         return out
     finally:
@@ -253,8 +252,6 @@ def field_to_masks(field: torch.Tensor, size: tuple[int, int], rule: str = "rele
     """A :func:`mask_field` ``[T, h, w]`` -> bool masks ``[T, H, W]`` at ``size`` by ``rule``
     (``model.mask_rule``, see the module doc). ``logits``: the field is a tuned decoder's logits
     (else a frozen decoder's mean channel in [-1, 1])."""
-    import torch.nn.functional as F
-
     if rule not in MASK_RULES:
         raise ValueError(f"model.mask_rule: expected one of {', '.join(MASK_RULES)}, got {rule!r}")
     x = field.float()[:, None]

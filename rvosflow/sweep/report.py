@@ -4,8 +4,12 @@ printed; failed rows are marked (a grid's ``Seeds`` column, a search's ``State``
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+
+from rvosflow import atomic, tables
 from rvosflow.sweep.study import counts
 
 TABLE_ARTIFACT = "table.json"  # the parent run's MLflow table (mlflow's log_table)
@@ -29,8 +33,6 @@ def trial_records(study, strategy) -> list[dict]:
 def log_table(client, run_id: str, table) -> None:
     """The table as the parent run's MLflow table (``table.json``), replaced on every report:
     ``log_table`` appends to an existing one, so later reports overwrite the file it wrote."""
-    import tempfile
-
     if TABLE_ARTIFACT not in {a.path for a in client.list_artifacts(run_id)}:
         client.log_table(run_id, table, TABLE_ARTIFACT)
         return
@@ -43,10 +45,6 @@ def log_table(client, run_id: str, table) -> None:
 def report(ctx, out_dir: Path, finished: bool) -> dict[str, Path]:
     """Build the table from the study, write results/<name>[-<profile>].{md,csv,tex,png}, log
     them to the parent run, print the Markdown."""
-    import matplotlib.pyplot as plt
-
-    from rvosflow import tables
-
     spec, strategy = ctx.spec, ctx.strategy
     study = ctx.study()
     stem = spec.name if spec.profile == "default" else f"{spec.name}-{spec.profile}"
@@ -57,11 +55,11 @@ def report(ctx, out_dir: Path, finished: bool) -> dict[str, Path]:
     md = tables.to_markdown(made["table"]) + made["md_footer"]
     if failed:
         md += f"\nFailed: {', '.join(failed)} (errors: the trials' `error` user attr and the MLflow runs' tag).\n"
-    paths["md"].write_text(md)
-    paths["csv"].write_text(made["csv"])
-    paths["tex"].write_text(tables.to_latex(made["table"], caption=f"{spec.title} ({spec.profile} profile)",
-                                            label=f"tab:{stem}"))
-    made["figure"].savefig(paths["png"], dpi=120)
+    atomic.write_text(paths["md"], md)
+    atomic.write_text(paths["csv"], made["csv"])
+    atomic.write_text(paths["tex"], tables.to_latex(made["table"], caption=f"{spec.title} ({spec.profile} profile)",
+                                                    label=f"tab:{stem}"))
+    atomic.write_with(paths["png"], lambda fh: made["figure"].savefig(fh, format="png", dpi=120))
     plt.close(made["figure"])
     client = ctx.tracking.client
     for p in paths.values():

@@ -12,11 +12,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from rvosflow.errors import UserError
-
-
-class DatasetFormatError(UserError, ValueError):
-    """A dataset on disk does not follow its format; the message names the file and the entry."""
+from rvosflow.data.schema import EXPRESSION_KINDS
+from rvosflow.errors import DatasetFormatError
 
 
 @dataclass(frozen=True)
@@ -152,8 +149,6 @@ def write_kinds(directory: Path, kinds: dict[str, dict[str, str]]) -> None:
 
 def read_kinds(directory: Path) -> dict[tuple[str, str], str]:
     """``{(video_id, exp_id): kind}`` from ``<directory>/expression_kinds.json``; {} when absent."""
-    from rvosflow.data.schema import EXPRESSION_KINDS
-
     path = Path(directory) / KINDS_FILE
     if not path.exists():
         return {}

@@ -10,7 +10,6 @@ cache keys masks by ``(video_id, exp_id)``) and, with ``prefix_videos``, ``video
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 from typing import Sequence
 

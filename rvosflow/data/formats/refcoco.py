@@ -25,8 +25,8 @@ from rvosflow.data.formats.base import (
     read_json,
     require,
     rle_decode,
-    rle_problem,
     rle_encode,
+    rle_problem,
     write_jpeg,
     write_json,
 )

@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from rvosflow.errors import ConfigError
+
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS = {
     "red": (225, 45, 40),
@@ -78,7 +80,6 @@ class SyntheticConfig:
     crowded_prob: float = 0.3  # default tier: chance of 3..max_objects objects rather than min_objects
 
     def __post_init__(self) -> None:
-        from rvosflow.schema import ConfigError
 
         if self.tier not in TIERS:
             raise ConfigError(f"tier: expected one of {', '.join(TIERS)}, got {self.tier!r}")

@@ -1,6 +1,6 @@
 """Pretrain the tiny Wan bundle on the synthetic benchmark (CPU, minutes), so WI means what it means.
 
-    python -m rvosflow.models.pretrain --data data/synthetic --out data/tiny-wan [--force] [--vae-steps N --t2v-steps N]
+    python -m rvosflow.pretrain --data data/synthetic --out data/tiny-wan [--force] [--vae-steps N --t2v-steps N]
 
 Reads the synthetic ``train`` split from disk through the real MeViS reader
 (:class:`rvosflow.data.formats.mevis.MevisSource`) plus its ``captions.json`` and trains:
@@ -38,9 +38,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from rvosflow.data.formats.base import DatasetFormatError
+from rvosflow import atomic
+from rvosflow.data.formats.mevis import MevisSource
+from rvosflow.data.synthetic import vocabulary
+from rvosflow.errors import DatasetFormatError, cli
+from rvosflow.metrics.functional import jaccard_and_boundary_f
 from rvosflow.models import encoding as E
 from rvosflow.models.loader import WanBundle, check_bundle, is_complete_bundle, save_wan_bundle
 from rvosflow.models.tiny import build_random_bundle, get_config
@@ -105,7 +110,6 @@ class Clip:
 
 def load_split(split_dir: str | Path, max_videos: int | None = None, with_masks: bool = True) -> tuple[list[Clip], list]:
     """Read a MeViS-format split with the project's reader: clips (frames, caption, target masks) and expressions."""
-    from rvosflow.data.formats.mevis import MevisSource
 
     split_dir = Path(split_dir)
     src = MevisSource(split_dir)
@@ -132,7 +136,6 @@ def collect_vocabulary(*clip_lists: list[Clip], exprs=()) -> list[str]:
     """Words of the synthetic language (``vocabulary()`` when available) plus every caption/expression seen."""
     words: list[str] = []
     try:
-        from rvosflow.data.synthetic import vocabulary
 
         words += list(vocabulary())
     except Exception:  # pragma: no cover - fall back to what is on disk
@@ -241,7 +244,6 @@ def set_latent_stats(vae, raw: torch.Tensor) -> dict:
 @torch.no_grad()
 def evaluate_vae(vae, clips: list[Clip], exprs: list, cfg: PretrainConfig) -> dict:
     """Mask J&F (encode -> decode -> threshold 0.5, DAVIS measures) and video PSNR on a split."""
-    from rvosflow.metrics.functional import jaccard_and_boundary_f
 
     masks = [m for c in clips for m in c.masks][: cfg.eval_max_expressions or None]
     js, fs = [], []
@@ -360,7 +362,6 @@ def generate(bundle: WanBundle, captions: list[str], latent_shape: tuple[int, ..
 
 def save_strip(path: Path, rows: list[tuple[str, np.ndarray]], scale: int = 2) -> None:
     """PNG of labelled rows of frames (uint8 [T, H, W, 3] each)."""
-    from PIL import Image, ImageDraw
 
     t, h, w, _ = rows[0][1].shape
     label_h = 12
@@ -378,17 +379,6 @@ def save_strip(path: Path, rows: list[tuple[str, np.ndarray]], scale: int = 2) -
 # ----------------------------------------------------------------------------- driver
 def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def busy_cores(window: float = 0.5) -> float:
@@ -515,7 +505,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         report["bundle_bytes"] = _dir_size(tmp)
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=1) + "\n")
         check_bundle(tmp)
-        _swap_in(tmp, out)
+        atomic.swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -526,7 +516,6 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """The CLI; bad input is one line, exit 2 (:func:`rvosflow.errors.cli`)."""
-    from rvosflow.errors import cli
 
     return cli(_main, argv)
 
