@@ -86,9 +86,9 @@ def test_record_edge_cases():
     assert (one.empty_frames, one.pred_empty_frames, one.both_empty_frames) == (1, 1, 1)
     gt = np.ones((3, 6, 6), bool)
     # an expression without prediction, recorded as the scorers count it: 0 on every frame
-    missing = record_from_frames("v", "0", "", np.zeros(3), np.zeros(3), gt, np.ones(3, bool))
+    missing = record_from_frames("v", "0", "", np.zeros(3), np.zeros(3), gt, np.zeros(3, bool))
     assert missing.J == missing.F == missing.TC == 0.0 and missing.target_area == 1.0
-    assert missing.empty_frames == 0 and math.isnan(missing.empty_J) and missing.pred_empty_frames == 3
+    assert missing.empty_frames == 0 and math.isnan(missing.empty_J) and missing.pred_empty_frames == 0
     with pytest.raises(ValueError, match="unknown expression kind"):
         expression_record(gt, gt, kind="shape")
     with pytest.raises(ValueError, match="differ"):

@@ -109,7 +109,8 @@ def record_from_frames(video_id: str, exp_id: str, kind: str, j, f, target, pred
     which frames the prediction leaves empty (bool ``[T]``).
 
     Split from :func:`expression_record` so that an expression without a prediction can be
-    recorded as the official scorers count it (J = F = 0 on every frame, nothing predicted)."""
+    recorded as the official scorers count it: J = F = 0 on every frame, with ``pred_empty`` all
+    False (an empty prediction would have scored 1 where the target is absent)."""
     j = np.asarray(j, dtype=np.float64).reshape(-1)
     f = np.asarray(f, dtype=np.float64).reshape(-1)
     gt = _as_bool_numpy(target)

@@ -27,9 +27,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+from rvosflow.errors import UserError
 from rvosflow.metrics.records import ExpressionRecord
 
-__all__ = ["LENGTH_BINS", "SIZE_BINS", "SLICES", "check_slices", "slice_scores"]
+__all__ = ["LENGTH_BINS", "SIZE_BINS", "SLICES", "SliceSettingError", "check_slices", "slice_scores"]
 
 SLICES = ("length", "size", "absent")
 
@@ -54,12 +55,16 @@ SIZE_BINS: tuple[tuple[str, float, float], ...] = (
 NEVER_VISIBLE = "never visible"
 
 
+class SliceSettingError(UserError, ValueError):
+    """A slice name that is not one of SLICES; the message names the setting."""
+
+
 def check_slices(names: Iterable[str], setting: str = "slices") -> tuple[str, ...]:
-    """``names`` as a tuple, each one of :data:`SLICES`; else a ValueError naming ``setting``."""
+    """``names`` as a tuple, each one of :data:`SLICES`; else a SliceSettingError naming ``setting``."""
     names = tuple(names)
     bad = [n for n in names if n not in SLICES]
     if bad:
-        raise ValueError(f"{setting}: expected slice names among {', '.join(SLICES)}, found {', '.join(map(repr, bad))}")
+        raise SliceSettingError(f"{setting}: expected slice names among {', '.join(SLICES)}, found {', '.join(map(repr, bad))}")
     return names
 
 
