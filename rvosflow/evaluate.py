@@ -176,13 +176,12 @@ def summarize_records(records: list[ExpressionRecord], missing: list[dict] | Non
         if r.kind:
             entry["kind"] = r.kind
         per_expression[f"{r.video_id}/{r.exp_id}"] = entry
-    out: dict = {"J": 0.0, "F": 0.0, "JF": 0.0, "TC": None, "TC_expressions": 0}
     if records:
         flat = flat_scores(records)
         out = {"J": 100 * flat["J"], "F": 100 * flat["F"], "JF": 100 * flat["JF"], "TC": _pct(flat["TC"]),
-               "TC_expressions": flat["n_TC"]}
-        out["per_kind"] = by_kind(flat)
-    out.setdefault("per_kind", {})
+               "TC_expressions": flat["n_TC"], "per_kind": by_kind(flat)}
+    else:  # a split without expressions scores 0, as it always did
+        out = {"J": 0.0, "F": 0.0, "JF": 0.0, "TC": None, "TC_expressions": 0, "per_kind": {}}
     out.update({"expressions": len(records), "missing": list(missing or []), "per_expression": per_expression})
     if slices:
         out["slices"] = slice_scores(records, slices)
@@ -407,17 +406,14 @@ def compare(run, reference, benchmark=None, root=None, split=None, videos: int |
     """``run`` against ``reference`` (each a per-expression CSV or a predictions folder): both
     J&F, and the delta run − reference in J&F points with its paired-bootstrap 95% CI
     (:func:`rvosflow.metrics.bootstrap.paired_bootstrap`); written to ``out`` when given."""
-    runs = {}
-    for name, path in (("run", run), ("reference", reference)):
-        records, missing = load_run(path, benchmark, root, split, videos)
-        runs[name] = (records, missing)
+    runs = {name: load_run(path, benchmark, root, split, videos)
+            for name, path in (("run", run), ("reference", reference))}
     delta = paired_bootstrap(runs["run"][0], runs["reference"][0], n_resamples=n_resamples, seed=seed,
                              row_name=str(run), reference_name=str(reference))
     result = {"run": str(run), "reference": str(reference)}
     for name, (records, missing) in runs.items():
-        flat = flat_scores(records)
-        result[name + "_scores"] = {"JF": 100 * flat["JF"], "J": 100 * flat["J"], "F": 100 * flat["F"],
-                                    "TC": _pct(flat["TC"]), "missing": missing}
+        scores = summarize_records(records)
+        result[name + "_scores"] = {**{k: scores[k] for k in ("JF", "J", "F", "TC")}, "missing": missing}
     result["delta_JF"] = delta.as_dict()
     if out:
         _write_json(result, out)

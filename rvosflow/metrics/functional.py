@@ -369,8 +369,10 @@ def temporal_consistency(j) -> float:
     consecutive frame pairs, from the per-frame region similarities ``J`` (``[T]``, fractions,
     as :func:`jaccard` returns them). **Lower is better**: 0 when the per-frame IoU never changes.
 
-    Definition (REM, "ReferEverything", Bagchi et al., Table H: "the mean absolute IoU
-    difference between consecutive frames"), made exact here:
+    Definition: REM ("ReferEverything", Bagchi et al., arXiv 2410.23287) reports temporal
+    consistency in its Table H as the mean absolute IoU difference between consecutive frames.
+    Its public code (github.com/miccooper9/ReferEverything) does not implement the metric, so the
+    edge cases below are this project's choices:
 
     * the IoUs are those of J&F (DAVIS semantics), so a frame where both the prediction and the
       ground truth are empty has IoU 1. A target that leaves the view while the prediction
