@@ -45,6 +45,18 @@ class EvaluationError(UserError, ValueError):
     """A bad evaluation input (predictions, options); the message names the file or option."""
 
 
+class RecordsFileError(UserError, ValueError):
+    """A per-expression file that cannot be read as one; the message names the file."""
+
+
+class SliceSettingError(UserError, ValueError):
+    """A slice name that is not one of SLICES; the message names the setting."""
+
+
+class PairingError(UserError, ValueError):
+    """Two rows' runs are not scored on the same expressions; the message names what is missing."""
+
+
 def want_traceback() -> bool:
     return os.environ.get(TRACEBACK_ENV, "").lower() not in ("", "0", "false", "no")
 

@@ -15,10 +15,9 @@ import torch
 from PIL import Image
 
 from rvosflow.config import compose
-from rvosflow.errors import ConfigError
 from rvosflow.data.check import check_sources, find_problems
 from rvosflow.data.formats import DatasetFormatError, MevisSource
-from rvosflow.errors import UserError, report
+from rvosflow.errors import ConfigError, UserError, report
 from rvosflow.train import run
 
 

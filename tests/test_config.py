@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from rvosflow.config import compose, flat_params, resolve as validate
 from rvosflow import schema
+from rvosflow.config import compose, flat_params
+from rvosflow.config import resolve as validate
 from rvosflow.errors import ConfigError
 from rvosflow.paths import PROJECT_ROOT
 

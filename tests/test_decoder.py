@@ -4,11 +4,12 @@ frozen/tuned mask rules and `model.vae_decoder` selection (DESIGN §3 "Decoder")
 import pytest
 import torch
 
-from rvosflow.config import compose, resolve as validate
-from rvosflow.errors import ConfigError
 from rvosflow import checkpoints
 from rvosflow.checkpoints import read_tuned_decoder as load_tuned_state
+from rvosflow.config import compose
+from rvosflow.config import resolve as validate
 from rvosflow.decoder import dice_loss, focal_loss, reconstruction_scores, train_decoder, tuned_vae, with_logit_head
+from rvosflow.errors import ConfigError
 from rvosflow.models import encoding
 from rvosflow.schema import Decoder as DecoderSettings
 
@@ -113,9 +114,10 @@ def test_training_moves_the_decoder_only(test_bundle):
 
 
 def test_reconstruction_scores_on_a_benchmark(test_bundle, tiny_benchmark):
+    from functools import partial
+
     from rvosflow.data.formats import MevisSource
     from rvosflow.data.transforms import model_size
-    from functools import partial
 
     src = MevisSource(tiny_benchmark / "mevis" / "valid_u")
     size_fn = partial(model_size, target_height=32, max_width=32, multiple=16)

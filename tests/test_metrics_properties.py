@@ -22,7 +22,6 @@ from scipy.ndimage import distance_transform_edt
 from rvosflow.metrics import JandF
 from rvosflow.metrics.functional import boundary_f, jaccard, jaccard_and_boundary_f
 
-
 # --------------------------------------------------------------------------- reference
 
 

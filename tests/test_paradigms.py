@@ -5,12 +5,12 @@ import itertools
 
 import pytest
 import torch
+from settings import paradigm, run_config
 
 from rvosflow.models import encoding
 from rvosflow.models.dit import build_dit, widen_patch_embedding
 from rvosflow.models.tiny import build_random_bundle
 from rvosflow.paradigms import PARADIGMS
-from settings import paradigm, run_config
 
 C, F_, H, W = 16, 2, 4, 4  # latent [C, F, H, W] of the TEST bundle (patch 1x2x2)
 

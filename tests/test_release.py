@@ -6,17 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from rvosflow import checkpoints
-from rvosflow.config import compose
-from rvosflow.errors import ConfigError
-from rvosflow.decoder import train_decoder
-from rvosflow.schema import Decoder
-from rvosflow.models.dit import build_dit
-from rvosflow.checkpoints import CONVENTION_KEY, EMA_KEY, ema_shadows
-from rvosflow.train import run
 from settings import run_config
 from test_run import tiny_overrides
+
+from rvosflow import checkpoints
+from rvosflow.checkpoints import CONVENTION_KEY, EMA_KEY, ema_shadows
+from rvosflow.config import compose
+from rvosflow.decoder import train_decoder
+from rvosflow.errors import ConfigError
+from rvosflow.models.dit import build_dit
+from rvosflow.schema import Decoder
+from rvosflow.train import run
 
 
 @pytest.fixture(scope="module")

@@ -198,8 +198,8 @@ def test_bbs_sampler_matches_the_release(case):
 def test_release_parameter_order_is_the_fixtures_and_holds_at_full_size(release_run):
     from diffusers import WanTransformer3DModel
 
-    from rvosflow.models.scale import WAN21_T2V_1_3B
     from rvosflow.checkpoints import release_param_order
+    from rvosflow.models.scale import WAN21_T2V_1_3B
 
     _, _, module, _ = release_run
     names = [n for n, _ in module.transformer.named_parameters()]

@@ -6,10 +6,10 @@ import sys
 
 import pytest
 import torch
+from settings import run_config
 
 from rvosflow.config import compose, resolve
 from rvosflow.config import resolve as validate
-from settings import run_config
 from rvosflow.errors import ConfigError
 from rvosflow.paths import PROJECT_ROOT
 from rvosflow.trainer import make_strategy
@@ -78,11 +78,10 @@ def run_overrides(bench, bundle_dir, tmp_path, *extra):
 
 
 def test_text_cache_command_encodes_every_caption_of_the_run_once(tiny_benchmark, test_bundle_dir, test_bundle, tmp_path, capsys):
+    from rvosflow.caches import TextCache
     from rvosflow.data.formats.mevis import MevisSource
     from rvosflow.models import encoding
-    from rvosflow.caches import TextCache
-    from rvosflow.text_cache import cache_dir
-    from rvosflow.text_cache import main
+    from rvosflow.text_cache import cache_dir, main
 
     overrides = run_overrides(tiny_benchmark, test_bundle_dir, tmp_path)
     assert main(["--device", "cpu", *overrides]) == 0
@@ -127,9 +126,9 @@ def test_a_run_on_a_covered_cache_never_loads_the_text_encoder(tiny_benchmark, t
 
 
 def test_a_module_without_encoder_names_the_missing_caption(test_bundle):
+    from rvosflow.caches import TextCache, TextCacheMiss
     from rvosflow.models.loader import WanBundle
     from rvosflow.module import FlowRVSModule
-    from rvosflow.caches import TextCache, TextCacheMiss
 
     bundle = WanBundle(transformer=test_bundle.transformer, vae=test_bundle.vae)
     module = FlowRVSModule(run_config("video2mask"), bundle, text_cache=TextCache(None, 16))

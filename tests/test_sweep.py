@@ -20,8 +20,8 @@ import yaml
 
 from rvosflow import sweep
 from rvosflow.errors import SpecError
-from rvosflow.tracking import PARENT_TAG, STUDY_TAG
 from rvosflow.paths import PROJECT_ROOT
+from rvosflow.tracking import PARENT_TAG, STUDY_TAG
 
 TABLE2 = PROJECT_ROOT / "sweeps" / "table2.yaml"
 BBS_P = PROJECT_ROOT / "sweeps" / "bbs_p.yaml"

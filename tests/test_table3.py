@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from experiments.table3 import Table3Error, load_spec, run_table3, write_tables
-from rvosflow.config import compose, resolve as validate
+from rvosflow.config import compose
+from rvosflow.config import resolve as validate
 from rvosflow.paths import PROJECT_ROOT
 
 SPEC = PROJECT_ROOT / "sweeps" / "table3.yaml"
