@@ -6,7 +6,7 @@ a sweep that share a bundle and a dataset. Misses are encoded together in one ba
 live in memory and, when a directory is given, on disk (one file per entry, written atomically,
 so several sweep workers can share it).
 
-Keys are by content (DESIGN §8): an entry is named by a hash of the very pixels the encoder
+Keys are by content (docs/design.md §8): an entry is named by a hash of the very pixels the encoder
 would see (``content_key``, computed by the datasets), so a changed, replaced or blackened frame
 is a miss and is encoded again. The directory is named by what else fixes the value: the VAE
 weights, the dtype, the resolution and the latent convention (``train.latent_cache_dir``).
