@@ -57,6 +57,13 @@ def _on(name: str) -> "typing.Callable":
 
 
 @dataclass(kw_only=True)
+class Checkpoint:
+    # last.ckpt is written at every in-training validation, at the end, when a signal stops the run,
+    # and every N optimizer steps when this is set (an epoch of real MeViS is hours)
+    every_n_steps: Optional[int] = setting(None, lo=1)
+
+
+@dataclass(kw_only=True)
 class Predict:
     out_dir: Optional[str] = None      # mode=predict writes <out_dir>/<video>/<exp_id>/<frame>.png; null = <run dir>/predictions
     overwrite: bool = False            # replace what an earlier prediction run wrote there (nothing else is touched)
@@ -303,6 +310,8 @@ class RunConfig:
     mode: str = setting("train", choices=lambda: ("train", "validate", "predict"))
     ckpt_path: Optional[str] = None  # a Lightning checkpoint to validate/predict with (or resume training from)
     init_from: Optional[str] = None  # a Lightning checkpoint whose DiT weights start training (e.g. RefCOCO stage 1)
+    overwrite: bool = False  # replace a finished run's results in its run folder (else refused)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
     predict: Predict = field(default_factory=Predict)
     seed: int = setting(0, lo=0, hi=MAX_SEED)
     paradigm: Any = None  # the paradigm's options class (``paradigms``): name, and its own knobs

@@ -124,17 +124,6 @@ def test_a_checkpoint_is_scored_as_what_it_was_trained(tiny_benchmark, test_bund
         run(compose([*base, f"init_from={ckpt}"]), tmp_path / "y")
 
 
-def test_results_json_names_the_checkpoint_actually_written(tiny_benchmark, test_bundle_dir, tracking_uri, tmp_path):
-    # A second run in the same folder makes ModelCheckpoint write last-v1.ckpt; results.json
-    # named last.ckpt (the earlier model) regardless.
-    cfg = compose(tiny_overrides(tiny_benchmark, test_bundle_dir, tracking_uri, "trainer.max_steps=1"))
-    first = run(cfg, tmp_path)
-    second = run(cfg, tmp_path)
-    assert first["checkpoint"] == str(tmp_path / "checkpoints" / "last.ckpt")
-    assert second["checkpoint"] == str(tmp_path / "checkpoints" / "last-v1.ckpt")
-    assert json.loads((tmp_path / "results.json").read_text())["checkpoint"] == second["checkpoint"]
-
-
 def test_a_copied_project_logs_into_its_own_artifact_folder(tmp_path):
     # The case: after `cp -a`, the copy wrote its artifacts into the original's
     # mlartifacts (mlflow.db stores an absolute artifact location per experiment).

@@ -4,6 +4,7 @@ printed; failed rows are marked (a grid's ``Seeds`` column, a search's ``State``
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -42,13 +43,28 @@ def log_table(client, run_id: str, table) -> None:
         client.log_artifact(run_id, str(path))
 
 
+def table_stem(out_dir: Path, stem: str, study_name: str, uid: str) -> str:
+    """The file stem of a study's tables: ``<name>[-<profile>]``, owned by the first study that wrote
+    it (``.<stem>.owner``); another study of the same file and profile (``--study``, ``--reset``)
+    writes beside it, ``<stem>.<uid>``, and never over it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    owner = out_dir / f".{stem}.owner"
+    if not owner.exists():
+        atomic.write_text(owner, json.dumps({"study": study_name, "uid": uid}))
+    if json.loads(owner.read_text())["uid"] == uid:
+        return stem
+    beside = f"{stem}.{uid[:8]}"
+    print(f"{out_dir / stem}.* belong to another study: this one's tables go to {out_dir / beside}.*", flush=True)
+    return beside
+
+
 def report(ctx, out_dir: Path, finished: bool) -> dict[str, Path]:
     """Build the table from the study, write results/<name>[-<profile>].{md,csv,tex,png}, log
     them to the parent run, print the Markdown."""
     spec, strategy = ctx.spec, ctx.strategy
     study = ctx.study()
-    stem = spec.name if spec.profile == "default" else f"{spec.name}-{spec.profile}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = table_stem(out_dir, spec.name if spec.profile == "default" else f"{spec.name}-{spec.profile}",
+                      ctx.study_name, ctx.uid)
     paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "tex", "png")}
     made = strategy.table(trial_records(study, strategy), title=f"{spec.title} [{spec.profile}]")
     failed = strategy.failed(study)
