@@ -34,7 +34,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from rvosflow.axes import Axis, axes_of, axis, setting, stages_of
+from rvosflow.data.augment import AUGMENTATIONS
 from rvosflow.data.datamodules import DATAMODULES
+from rvosflow.data.datasets import EMPTY_CLIPS
 from rvosflow.data.sampling import FRAME_SAMPLERS
 from rvosflow.data.synthetic.world import TIERS
 from rvosflow.errors import ConfigError
@@ -196,7 +198,9 @@ class Data:
     predict_split: str = "${.val_split}"  # mode=predict: any split (MeViS `valid` for the server)
     eval_videos: Optional[int] = setting(None, lo=1)  # score/predict only the first N videos (quick runs)
     num_frames: int = setting(17, lo=1, rule=_ONE_PLUS_4K)
-    frame_sampler: str = setting("global", choices=lambda: FRAME_SAMPLERS)  # global (release) | uniform | random_sorted | first
+    frame_sampler: str = setting("global", choices=lambda: FRAME_SAMPLERS)  # global | uniform | random_sorted (REM) | first | release
+    augment: str = setting("none", choices=lambda: AUGMENTATIONS)  # training clips; release: its resize/crop + flip
+    empty_clips: str = setting("keep", choices=lambda: EMPTY_CLIPS)  # resample: redraw a clip with no target pixel (release)
     height: int = setting(480, lo=16)            # frames fit height x max_width, sides floored to size_multiple
     max_width: int = setting(832, lo=16)
     size_multiple: Optional[int] = setting(16, lo=1, stage="inference")  # release: 16 hard-coded; null = the model's
