@@ -202,5 +202,6 @@ def test_release_keys_are_checked():
     for key, value in (("augment", "flip"), ("empty_clips", "drop"), ("frame_sampler", "chunks")):
         with pytest.raises(ConfigError, match=rf"^data\.{key}: expected one of .*, got '{value}'$"):
             validate(compose([f"data.{key}={value}"]))
-    defaults = compose().data
-    assert (defaults.frame_sampler, defaults.augment, defaults.empty_clips) == ("global", "none", "keep")
+    defaults = compose()
+    assert (defaults.data.frame_sampler, defaults.data.augment, defaults.data.empty_clips) == ("global", "none", "keep")
+    assert defaults.cache_latents and not compose(["+data/clips=release"]).cache_latents  # every clip a miss

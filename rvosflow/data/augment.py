@@ -3,7 +3,7 @@
     data.frame_sampler: release   # one clip per num_frames-frame chunk per expression, anchored
     data.augment: release         # random resize/crop, then a horizontal flip that swaps left/right
     data.empty_clips: resample    # a clip with no target pixel is replaced by a random item
-    (all three at once: ``+data/clips=release``)
+    (all three at once, with the latent cache off: ``+data/clips=release``)
 
 What the release does, read from github.com/xmz111/FlowRVS at f133982 (MIT):
 
@@ -79,11 +79,13 @@ What ``data.augment: release`` does here, and where it differs:
     augmentation (the release's rule is its box check: a 1-pixel-wide object counts as empty
     there), at most ``datasets.MAX_DRAWS`` times, then an error.
 
-Cost: the latent cache keys are content hashes of the final pixels (``caches.content_key``), so an
-augmented clip is a different key and is encoded afresh (correct: never a stale latent), and it
-is stored although it will almost never be read again (memory, and disk under
-``latent_cache_dir``). With ``augment: release`` (or ``frame_sampler: release`` on videos longer
-than the clip) set ``cache_latents=false`` for long runs.
+Cost: the latent cache keys are content hashes of the final pixels (``caches.content_key``,
+computed by ``ClipDataset`` after augmentation), so an augmented or newly drawn clip is a new key:
+it is encoded afresh, never served a stale latent. But nearly every clip these options draw is
+new, so the cache saves nothing for them, and every miss is still stored, in memory and under
+``latent_cache_dir``: at the embedded default 3,146 entries, 4.8 GB on disk after 200 steps of 8
+(today's clips: 793 entries for the whole run, reused every epoch). ``+data/clips=release``
+therefore sets ``cache_latents: false``; each training step then encodes its clips and masks.
 """
 
 from __future__ import annotations
