@@ -12,20 +12,29 @@ import numpy as np
 import pytest
 import torch
 
-from rvosflow.config import ConfigError, compose, validate
+from rvosflow.caches import content_key
+from rvosflow.config import compose, resolve
 from rvosflow.data.augment import release_augment, release_crop_box, swap_left_right
 from rvosflow.data.datamodules import from_config
 from rvosflow.data.datasets import ClipDataset
 from rvosflow.data.formats.base import ExpressionRef
-from rvosflow.data.sampling import RELEASE_MAX_SKIP, clip_starts, release_frames, sample_frames
+from rvosflow.data.sampling import (
+    RELEASE_MAX_SKIP,
+    clip_starts,
+    release_frames,
+    sample_frames,
+)
 from rvosflow.data.transforms import model_size
-from rvosflow.latents import content_key
+from rvosflow.errors import ConfigError
+from rvosflow.models.encoding import clean_caption
+from rvosflow.paths import PROJECT_ROOT
+from rvosflow.text_cache import run_captions
 
 
 def data_cfg(name, root, *extra, **over):
     cfg = compose([f"data={name}", f"data.root={root}", "data.num_workers=0", "data.height=32", "data.max_width=32",
                    *extra, *[f"data.{k}={v}" for k, v in over.items()]])
-    return cfg.data
+    return resolve(cfg).data
 
 
 class SquareSource:
@@ -194,14 +203,24 @@ def test_a_release_datamodule_yields_batches_that_stack(tiny_benchmark):
         if i == 8:
             break
     assert any(c.endswith("on the right") for c in captions)
-    assert captions <= set(dm.captions_read("train"))  # the text cache covers the flipped captions
-    assert not any(c.endswith("on the right") for c in dm.captions_read("validate"))
+    text = resolve(compose([])).text  # the text cache covers the flipped captions, cleaned as the module does
+    cached = run_captions(dm, "train", text)
+    assert {clean_caption(c, True, text.clean, text.lowercase) for c in captions} <= set(cached)
+    assert not any(c.endswith("on the right") for c in run_captions(dm, "validate", text))
 
 
 def test_release_keys_are_checked():
     for key, value in (("augment", "flip"), ("empty_clips", "drop"), ("frame_sampler", "chunks")):
         with pytest.raises(ConfigError, match=rf"^data\.{key}: expected one of .*, got '{value}'$"):
-            validate(compose([f"data.{key}={value}"]))
+            resolve(compose([f"data.{key}={value}"]))
     defaults = compose()
     assert (defaults.data.frame_sampler, defaults.data.augment, defaults.data.empty_clips) == ("global", "none", "keep")
     assert defaults.cache_latents and not compose(["+data/clips=release"]).cache_latents  # every clip a miss
+
+
+def test_the_release_recipe_trains_on_the_releases_clips(tiny_benchmark):
+    cfg = resolve(compose(["+experiment=mevis_release", f"data.root={tiny_benchmark / 'mevis'}",
+                           f"model.path={PROJECT_ROOT / 'data' / 'tiny-wan'}"]))
+    assert (cfg.data.format, cfg.data.frame_sampler, cfg.data.augment, cfg.data.empty_clips) == \
+        ("mevis", "release", "release", "resample")
+    assert not cfg.cache_latents
