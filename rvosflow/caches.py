@@ -100,7 +100,7 @@ class LatentCache:
         missing = [i for i, e in enumerate(found) if e is None]
         if missing:
             for i, entry in zip(missing, compute(missing)):
-                entry = tuple(t.detach().cpu().contiguous() for t in entry)
+                entry = tuple(t.detach().cpu().clone() for t in entry)  # its own storage: a view would save the whole batch
                 self._store(names[i], entry)
                 found[i] = entry
         return found

@@ -41,6 +41,7 @@ from rvosflow.data.sampling import FRAME_SAMPLERS
 from rvosflow.data.synthetic.world import TIERS
 from rvosflow.errors import ConfigError
 from rvosflow.flow.schedule import BBS_SAMPLERS
+from rvosflow.metrics.slices import SLICES
 from rvosflow.models.encoding import LOWERCASE, MASK_RULES, TEXT_CLEANINGS
 from rvosflow.paradigms import PARADIGMS
 
@@ -336,6 +337,9 @@ class RunConfig:
     text_cache_dir: Optional[str] = "${root:}/cache/text"  # UMT5 embeddings per caption; null = memory only
     num_overlays: int = setting(4, lo=0)  # validation expressions (one per video) drawn as mask overlays into MLflow
     trajectory_steps: int = setting(5, lo=0)  # the flow's path for one of them, at this many solver steps (0 = off)
+    # the closing score's slices beyond kinds (rvosflow.metrics.slices): results.json and MLflow
+    slices: List[str] = setting(factory=lambda: list(SLICES),
+                                rule=(lambda v: set(v) <= set(SLICES), f"a list of {', '.join(SLICES)}"))
     # null: whole videos in one pass (the release); N: windows of N frames (memory)
     window_frames: Optional[int] = axis(None, label="window", token=lambda w: f"w{w}" if w else None, scope="all",
                                         stage="inference", lo=1)

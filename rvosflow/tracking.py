@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -28,6 +29,7 @@ import traceback
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import sqlalchemy.exc
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.tracking.context.registry import resolve_tags
@@ -127,6 +129,13 @@ def mark_experiment(mlflow_client, experiment_id: str) -> None:
     key, value = EXPERIMENT_KIND
     if key not in mlflow_client.get_experiment(experiment_id).tags:
         mlflow_client.set_experiment_tag(experiment_id, key, value)
+
+
+def metric_safe(label: str) -> str:
+    """A slice bin's label as MLflow takes it in a metric name (letters, digits, ``_-. /:``)."""
+    for a, b in ((">=", "ge"), ("<", "lt"), (">", "gt"), ("%", "pct")):
+        label = label.replace(a, b)
+    return re.sub(r"[^\w\-. /:]", "_", label)
 
 
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:
@@ -310,6 +319,17 @@ class TrackedRun:
     @property
     def url(self) -> str:
         return run_url(tracking_uri(self.cfg), self.logger.experiment_id, self.logger.run_id)
+
+    def log_records(self, path: str, slices: dict) -> None:
+        """The per-expression records: the sidecar CSV, an MLflow table (``per_expression.json``,
+        browsable in the run's artifacts) and the slices as ``final/slice/<slice>/<bin>/{JF,J,F}``."""
+        client, run_id = self.logger.experiment, self.logger.run_id
+        client.log_artifact(run_id, path)
+        client.log_table(run_id, pd.read_csv(path, keep_default_na=False, dtype=str), "per_expression.json")
+        for name, bins in slices.items():
+            for label, scores in bins.items():
+                for m in ("JF", "J", "F"):
+                    client.log_metric(run_id, f"final/slice/{name}/{metric_safe(label)}/{m}", scores[m])
 
     def finish(self) -> None:
         """The run's results are written: FINISHED."""

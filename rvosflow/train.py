@@ -8,7 +8,7 @@
 3. build the module: the bundle without its text encoder (every caption is embedded once into the
    text cache first), the decoder, the DiT's starting weights;
 4. train (mode=train), then score the whole validation split -- or write masks (mode=predict);
-5. write ``results.json`` (J, F, J&F in percent) and log it.
+5. write ``results.json`` (J, F, J&F in percent, TC, slices) and its per-expression records, and log them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import signal
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from rvosflow.data.setup import prepare_data
 from rvosflow.decoder import select_vae
 from rvosflow.errors import ConfigError
 from rvosflow.evaluate import write_submission
+from rvosflow.metrics.records import flat_scores, sidecar_path, write_records
+from rvosflow.metrics.slices import slice_scores
 from rvosflow.models.loader import load_wan_bundle
 from rvosflow.module import FlowRVSModule
 from rvosflow.predict import MaskWriter, predictions_dir, prepare_predictions_dir
@@ -124,8 +127,16 @@ def _run(cfg, run_dir: Path, datamodule, callbacks, tracked: TrackedRun) -> dict
         with signals.deferred():
             scores = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
         measures = {"J": scores["final/J"], "F": scores["final/F"], "JF": scores["final/JF"],
-                    "per_kind": module.scores_by_kind}
+                    "per_kind": module.scores_by_kind, **record_summary(module.records, cfg.slices, run_dir)}
     return _write_results(cfg, run_dir, tracked, {**measures, "checkpoint": str(written) if written else None})
+
+
+def record_summary(records, slices, run_dir: Path) -> dict:
+    """What the per-expression records add to ``results.json``: REM's temporal consistency, the
+    ``slices``, and the sidecar CSV that pairs this run with another (tables' CIs, --compare)."""
+    tc = flat_scores(records)["TC"]
+    return {"TC": None if math.isnan(tc) else 100 * tc, "slices": slice_scores(records, slices),
+            "per_expression": str(write_records(records, sidecar_path(run_dir / "results.json")))}
 
 
 def _predict(cfg, run_dir: Path, module, datamodule, callbacks, tracked: TrackedRun) -> dict:
@@ -159,5 +170,7 @@ def _write_results(cfg, run_dir: Path, tracked: TrackedRun, results: dict) -> di
     client = tracked.logger.experiment
     client.log_artifact(tracked.logger.run_id, str(out))
     client.log_text(tracked.logger.run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
+    if results.get("per_expression"):
+        tracked.log_records(results["per_expression"], results["slices"])
     tracked.finish()  # only now: a run stopped while it was scored is never FINISHED without a score
     return results

@@ -73,6 +73,22 @@ def test_mlflow_run_holds_params_metrics_overlays_and_results(tiny_benchmark, te
     assert r.data.tags["mlflow.runName"] == "video2mask-p0.25-s0" and "partial_eval" not in r.data.tags
     artifacts = [a.path for a in client.list_artifacts(r.info.run_id)]
     assert "results.json" in artifacts and "config.yaml" in artifacts
+    # per-expression records (issue 25): the sidecar beside results.json, the same file and an MLflow
+    # table in the run; they give back the reported J&F, and TC and the slices come from them
+    from rvosflow.metrics.records import flat_scores, read_records
+
+    assert {"results.per_expression.csv", "per_expression.json"} <= set(artifacts)
+    records = read_records(results["per_expression"])
+    assert [r.key for r in records] == sorted((e.video_id, e.exp_id) for e in saved_expressions(tiny_benchmark))
+    flat = flat_scores(records)
+    assert 100 * flat["JF"] == pytest.approx(results["JF"], rel=1e-6)  # results: float32, as Lightning logs it
+    assert results["TC"] == pytest.approx(100 * flat["TC"]) and r.data.metrics["final/TC"] == pytest.approx(results["TC"])
+    assert list(results["slices"]) == ["length", "size", "absent"]
+    slice_metrics = {k for k in r.data.metrics if k.startswith("final/slice/")}
+    assert {k.split("/")[2] for k in slice_metrics} == {"length", "size", "absent"}
+    sizes = {f"final/slice/size/{label.replace('<', 'lt').replace('>=', 'ge').replace('%', 'pct')}/JF"
+             for label in results["slices"]["size"]}  # bin labels made MLflow-safe: <1% -> lt1pct
+    assert "final/slice/absent/present/JF" in slice_metrics and sizes <= slice_metrics
     overlays = [a.path for a in client.list_artifacts(r.info.run_id, "overlays")]
     assert "overlays/final.png" in overlays and all(p.endswith(".png") for p in overlays)
     assert "trajectory/final.png" in [a.path for a in client.list_artifacts(r.info.run_id, "trajectory")]

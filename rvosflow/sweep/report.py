@@ -11,6 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from rvosflow import atomic, tables
+from rvosflow.metrics.records import read_records
 from rvosflow.sweep.study import counts
 
 TABLE_ARTIFACT = "table.json"  # the parent run's MLflow table (mlflow's log_table)
@@ -24,11 +25,21 @@ def trial_records(study, strategy) -> list[dict]:
             continue
         out.append({"number": t.number, "state": t.state.name, "row": t.params.get("row", "search"),
                     "seed": t.params.get("seed", t.user_attrs.get("seed")), "params": dict(t.params),
-                    "JF": t.value if t.state.name == "COMPLETE" else None,
-                    "J": t.user_attrs.get("J"), "F": t.user_attrs.get("F"),
+                    "JF": t.user_attrs.get("JF") if t.state.name == "COMPLETE" else None,  # t.value is `metric:`
+                    "J": t.user_attrs.get("J"), "F": t.user_attrs.get("F"), "TC": t.user_attrs.get("TC"),
+                    "expressions": per_expression(t),
                     **{f"JF/{kind}": v["JF"] for kind, v in (t.user_attrs.get("per_kind") or {}).items()},
                     "duplicate_of": t.user_attrs.get("duplicate_of"), "error": t.user_attrs.get("error")})
     return out
+
+
+def per_expression(trial) -> list | None:
+    """A completed trial's per-expression records (its run's sidecar CSV), None when the file is
+    not on this machine (a worker elsewhere wrote it) or the trial has none: its row then has no CI."""
+    path = trial.user_attrs.get("per_expression")
+    if trial.state.name != "COMPLETE" or not path or not Path(path).is_file():
+        return None
+    return read_records(path)
 
 
 def log_table(client, run_id: str, table) -> None:

@@ -109,6 +109,8 @@ def make_objective(ctx: Context, study):
         for k in ("J", "F", "JF"):
             trial.set_user_attr(k, float(results[k]))
         trial.set_user_attr("per_kind", results.get("per_kind") or {})
+        trial.set_user_attr("TC", results.get("TC"))
+        trial.set_user_attr("per_expression", results.get("per_expression"))  # pairs it with its reference row
         trial.set_user_attr("mlflow_run_id", results["mlflow_run_id"])
         trial.set_user_attr("mlflow_url", results["mlflow_url"])
         trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
