@@ -112,7 +112,7 @@ def test_garbage_rle_counts_name_the_file_and_entry(bench, capsys):
     expr = next(e for e in src.expressions if anno in src._annos[(e.video_id, e.exp_id)])
     with pytest.raises(DatasetFormatError) as err:
         src.load_target(expr)
-    assert f"mask_dict.json: anno_id '{anno}'" in str(err.value) and "invalid counts" in str(err.value)
+    assert f"mask_dict.json: anno_id '{anno}'" in str(err.value) and "found 'garbage!!', not RLE" in str(err.value)
     one_line(err.value, capsys)
 
 

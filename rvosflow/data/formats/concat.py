@@ -15,7 +15,11 @@ from typing import Sequence
 
 import numpy as np
 
-from rvosflow.data.formats.base import DatasetFormatError, ExpressionRef, ReferringSource
+from rvosflow.data.formats.base import (
+    DatasetFormatError,
+    ExpressionRef,
+    ReferringSource,
+)
 
 
 class ConcatSource(ReferringSource):

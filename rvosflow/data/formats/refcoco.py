@@ -26,7 +26,7 @@ from rvosflow.data.formats.base import (
     require,
     rle_decode,
     rle_encode,
-    rle_problem,
+    rle_problems,
     write_jpeg,
     write_json,
 )
@@ -212,12 +212,10 @@ class RefCOCOSource(ReferringSource):
             yield (f"{self.image_root / im['file_name']}: expected {im['width']}x{im['height']} as {inst} says, "
                    f"found {hw[1]}x{hw[0]}")
             return
-        for a in dict.fromkeys(o for e in exprs for o in e.obj_ids):
-            seg = self._anns[a]["segmentation"]
-            if isinstance(seg, dict):  # polygons carry no size; an RLE must match the image
-                problem = rle_problem(seg, hw, f"{inst}: annotation {a} (image {video_id})")
-                if problem:
-                    yield problem
+        segs = ((self._anns[a]["segmentation"], a) for a in dict.fromkeys(o for e in exprs for o in e.obj_ids))
+        # polygons carry no size; an RLE must match the image and its runs sum to H*W
+        yield from rle_problems((seg, hw, f"{inst}: annotation {a} (image {video_id})")
+                                for seg, a in segs if isinstance(seg, dict))
 
     def _load_target_frames(self, expr: ExpressionRef, names: list[str]) -> np.ndarray:
         im = self._images[int(expr.video_id)]

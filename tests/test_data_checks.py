@@ -1,0 +1,206 @@
+"""Issue 22, rule 6: the data checks at setup match the promise. An RLE's runs sum to H*W, a split
+holds at least one expression, a JPEG (or PNG) is complete: each is found by the setup check with
+the rest, in one line naming the file and the entry, before any model is loaded. And every cache
+(latent, text) treats an entry it cannot read back as a miss, computed again and rewritten."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from rvosflow.config import compose
+from rvosflow.data.check import check_sources, find_problems
+from rvosflow.data.formats import DatasetFormatError, MevisSource, RefCOCOSource, RefYTVOSSource
+from rvosflow.data.formats.base import rle_encode, rle_string_totals
+from rvosflow.errors import report
+from rvosflow.latents import LatentCache
+from rvosflow.text_cache import TextCache, TextCacheMiss
+from rvosflow.train import build_datamodule, run
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def bench(tiny_benchmark, tmp_path):
+    """A private copy of the tiny benchmark (32x32 frames) to corrupt."""
+    return shutil.copytree(tiny_benchmark, tmp_path / "b")
+
+
+def overrides(bench, bundle_dir, tmp_path, *extra):
+    return [f"data.root={bench / 'mevis'}", "data.height=32", "data.max_width=32", "data.num_frames=9",
+            "data.batch_size=2", "data.val_limit=3", f"model.path={bundle_dir}", "model.text_max_length=16",
+            "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
+            f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "num_overlays=0", "latent_cache_dir=null",
+            "text_cache_dir=null", *extra]
+
+
+def fails_before_any_work(bench, bundle_dir, tmp_path, capsys, *extra) -> str:
+    """run() refuses the data with one line, before a run folder, an MLflow run or a model exists."""
+    with pytest.raises(DatasetFormatError) as err:
+        run(compose(overrides(bench, bundle_dir, tmp_path, *extra)), tmp_path / "run")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "mlflow.db").exists()
+    capsys.readouterr()
+    assert report(err.value) == 2
+    line = capsys.readouterr().err
+    assert line.startswith("error: data: expected every split to hold expressions") and line.count("\n") == 1, line
+    return str(err.value)
+
+
+def reference_counts(s: str) -> list[int] | None:
+    """pycocotools' rleFrString (maskApi.c) read literally, one character at a time, in exact
+    integers; None where it is not RLE counts (as rle_string_totals defines them)."""
+    counts, p = [], 0
+    while p < len(s):
+        x = k = 0
+        more = True
+        while more:
+            if p == len(s) or not 48 <= ord(s[p]) <= 111:
+                return None
+            c = ord(s[p]) - 48
+            x |= (c & 0x1F) << 5 * k
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x -= 1 << 5 * k
+        if k > 6:
+            return None
+        if len(counts) > 2:
+            x += counts[-2]
+        if x < 0:
+            return None
+        counts.append(x)
+    return counts
+
+
+def compress(counts: list[int]) -> str:
+    """pycocotools' rleToString for any list of counts (negative ones too, to build bad input)."""
+    out = []
+    for i, x in enumerate(counts):
+        if i > 2:
+            x -= counts[i - 2]
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            out.append(chr(48 + (c | 0x20 if more else c)))
+    return "".join(out)
+
+
+def first_rle(split: Path):
+    """(mask_dict, anno_id, frame index) of the first non-null RLE of a MeViS split."""
+    masks = json.loads((split / "mask_dict.json").read_text())
+    anno = next(a for a, rles in masks.items() if any(rles))
+    return masks, anno, next(i for i, r in enumerate(masks[anno]) if r)
+
+
+def frame_name(split: Path, anno: str, t: int) -> tuple[str, str]:
+    src = MevisSource(split)
+    expr = next(e for e in src.expressions if anno in src._annos[(e.video_id, e.exp_id)])
+    return expr.video_id, expr.frame_names[t]
+
+
+def mask_of(h, w):
+    m = np.zeros((h, w), bool)
+    m[4:20, 6:30] = True
+    return m
+
+
+# ----------------------------------------------------------------------------- RLE runs sum to H*W
+def test_the_decoder_reads_what_pycocotools_writes_and_reads():
+    rng = np.random.default_rng(0)
+    shapes = [tuple(rng.integers(1, 70, 2)) for _ in range(300)] + [(720, 1280), (1, 1)]
+    masks = [rng.random(s) < rng.random() for s in shapes]
+    strings = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))["counts"].decode() for m in masks]
+    assert rle_string_totals(strings).tolist() == [h * w for h, w in shapes]
+    # Random strings of RLE characters, decoded together: the same sums as the literal reading, and
+    # a negative code exactly where it says "not RLE".
+    randoms = ["".join(chr(48 + v) for v in rng.integers(0, 64, rng.integers(0, 14))) for _ in range(5000)]
+    randoms += ["garbage!!", "é1", "", "P", "ooooooo0", compress([5, 10, 3, -1, 2])]
+    for s, total in zip(randoms, rle_string_totals(randoms).tolist()):
+        ref = reference_counts(s)
+        assert (total < 0) if ref is None else total == sum(ref), (s, total, ref)
+    # pycocotools agrees: what sums to T decodes at T pixels and is refused at T - 1.
+    decodable = [s for s, t in zip(randoms, rle_string_totals(randoms).tolist()) if 1 < t < 100_000][:300]
+    assert len(decodable) == 300
+    for s in decodable:
+        total = sum(reference_counts(s))
+        decoded = mask_utils.decode({"size": [1, total], "counts": s.encode()})
+        assert decoded.sum() == mask_utils.area({"size": [1, total], "counts": s.encode()})
+        with pytest.raises(ValueError):
+            mask_utils.decode({"size": [1, total - 1], "counts": s.encode()})
+
+
+@pytest.mark.parametrize("counts,total", [
+    ("i8f0Z1", 345),  # the issue's string: valid syntax, decoded silently to another mask before
+    (rle_encode(mask_of(32, 33))["counts"], 32 * 33),  # a mask one column wider
+    (rle_encode(mask_of(32, 31))["counts"], 32 * 31),  # one column narrower
+    (compress([0, 1000]), 1000),
+])
+def test_rle_runs_that_do_not_sum_to_the_frame_are_found_at_setup(bench, counts, total):
+    split = bench / "mevis" / "valid_u"
+    masks, anno, t = first_rle(split)
+    masks[anno][t]["counts"] = counts  # size stays [32, 32]
+    (split / "mask_dict.json").write_text(json.dumps(masks))
+    vid, frame = frame_name(split, anno, t)
+    line = (f"{split / 'mask_dict.json'}: anno_id '{anno}' frame '{frame}' (video '{vid}'): "
+            f"expected RLE runs summing to 1024 (H*W of [32, 32]), found {total}")
+    assert find_problems([MevisSource(split)]) == [line]
+    src = MevisSource(split)  # and when loading (rvosflow.evaluate reads ground truth this way)
+    expr = next(e for e in src.expressions if anno in src._annos[(e.video_id, e.exp_id)])
+    with pytest.raises(DatasetFormatError) as err:
+        src.load_target(expr)
+    assert str(err.value) == line
+
+
+@pytest.mark.parametrize("counts,reason", [
+    ("garbage!!", "a character outside '0'..'o'"),
+    ("hello world", "a character outside '0'..'o'"),
+    ("PPP", "its last count cut short"),
+    (compress([0, 1024])[:-1] + "P", "its last count cut short"),
+    ("0" + "P" * 6 + "0", "a count of more than 6 characters"),
+    (compress([10, 5, 999, -1, 11]), "a negative run"),
+])
+def test_counts_that_are_not_rle_are_found_at_setup(bench, counts, reason):
+    # Before: pycocotools' "Invalid RLE mask representation" after the model loaded (or, for a
+    # negative run, a run of 4e9 pixels).
+    split = bench / "mevis" / "valid_u"
+    masks, anno, t = first_rle(split)
+    masks[anno][t]["counts"] = counts
+    (split / "mask_dict.json").write_text(json.dumps(masks))
+    vid, frame = frame_name(split, anno, t)
+    assert find_problems([MevisSource(split)]) == [
+        f"{split / 'mask_dict.json'}: anno_id '{anno}' frame '{frame}' (video '{vid}'): "
+        f"expected compressed COCO RLE counts, found {counts[:40]!r}, not RLE ({reason})"]
+
+
+@pytest.mark.parametrize("segmentation,found", [
+    ({"size": [32, 32], "counts": [100, 24, 800]}, "expected RLE runs summing to 1024 (H*W of [32, 32]), found 924"),
+    ({"size": [32, 32], "counts": [1000, -10, 34]}, "expected RLE counts as run lengths (integers >= 0), found -10"),
+    ({"size": [32, 32], "counts": rle_encode(mask_of(32, 31))["counts"]},
+     "expected RLE runs summing to 1024 (H*W of [32, 32]), found 992"),
+    ({"size": [32, 32], "counts": "not an RLE"},
+     "expected compressed COCO RLE counts, found 'not an RLE', not RLE (a character outside '0'..'o')"),
+])
+def test_refcoco_rle_segmentations_are_checked_the_same_way(bench, segmentation, found):
+    inst = bench / "refcoco" / "refcoco" / "instances.json"
+    src = RefCOCOSource(bench / "refcoco", "refcoco")
+    ann_id, image = src.expressions[0].obj_ids[0], src.expressions[0].video_id
+    data = json.loads(inst.read_text())
+    next(a for a in data["annotations"] if a["id"] == ann_id)["segmentation"] = segmentation
+    inst.write_text(json.dumps(data))
+    assert find_problems([RefCOCOSource(bench / "refcoco", "refcoco")]) == [f"{inst}: annotation {ann_id} (image {image}): {found}"]
+
+
