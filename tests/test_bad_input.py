@@ -71,7 +71,8 @@ def test_valid_u_problems_are_found_together_before_training(bench, test_bundle_
     with pytest.raises(DatasetFormatError) as err:
         run(compose(overrides(bench, test_bundle_dir, uri)), tmp_path / "run")
     msg = str(err.value)
-    assert msg.startswith("data: expected every referenced file readable at its video's size, found 4 problem(s): ")
+    assert msg.startswith("data: expected every split to hold expressions and every file it references complete "
+                          "and at its video's size, found 4 problem(s): ")
     for p in (paths[0], paths[1], paths[2]):
         assert str(p) in msg
     assert "found nothing" in msg and "found an empty file" in msg and "found an undecodable file" in msg

@@ -204,3 +204,53 @@ def test_refcoco_rle_segmentations_are_checked_the_same_way(bench, segmentation,
     assert find_problems([RefCOCOSource(bench / "refcoco", "refcoco")]) == [f"{inst}: annotation {ann_id} (image {image}): {found}"]
 
 
+# ----------------------------------------------------------------------------- a split holds an expression
+def empty(meta: Path, keep_videos: bool = False):
+    """No expression left: ``{"videos": {}}``, or every video kept with no expressions."""
+    data = json.loads(meta.read_text())
+    videos = {v: {**r, "expressions": {}} for v, r in data["videos"].items()} if keep_videos else {}
+    meta.write_text(json.dumps({"videos": videos}))
+
+
+@pytest.mark.parametrize("data,emptied,mode,extra", [
+    ("synthetic", "mevis/train/meta_expressions.json", "train", []),
+    ("synthetic", "mevis/valid_u/meta_expressions.json", "train", []),
+    ("synthetic", "mevis/valid_u/meta_expressions.json", "validate", []),
+    ("synthetic", "mevis/valid/meta_expressions.json", "predict", ["data.predict_split=valid"]),
+    ("synthetic_ytvos", "ref_ytvos/meta_expressions/train/meta_expressions.json", "train", []),
+    ("synthetic_ytvos", "ref_ytvos/meta_expressions/valid/meta_expressions.json", "predict", []),
+    ("synthetic_davis", "ref_davis/meta_expressions/valid/meta_expressions.json", "validate", []),
+    ("synthetic_mixed", "mevis/valid_u/meta_expressions.json", "train", []),
+])
+def test_an_empty_split_is_named_at_setup_in_every_format(bench, data, emptied, mode, extra):
+    fmt = emptied.split("/")[0]
+    cfg = compose([f"data={data}", f"data.root={bench / fmt}", f"data.image_root={bench / 'refcoco'}", *extra]
+                  if data == "synthetic_mixed" else [f"data={data}", f"data.root={bench / fmt}", *extra])
+    assert find_problems(build_datamodule(cfg, 16).sources_read(mode)) == []
+    empty(bench / emptied, keep_videos=emptied.startswith("ref_ytvos"))  # both shapes of "none"
+    problems = find_problems(build_datamodule(cfg, 16).sources_read(mode))
+    assert problems == [f"{bench / emptied}: expected at least one expression, found none"]
+
+
+def test_a_refcoco_split_without_sentences_names_the_splits_the_file_holds(bench):
+    refs_path = bench / "refcoco" / "refcoco" / "refs(unc).p"
+    refs = pickle.loads(refs_path.read_bytes())  # the tiny benchmark's refs are all train: one made testB
+    refs_path.write_bytes(pickle.dumps([{**r, "split": "testB"} if i == 0 else {**r, "split": "train"}
+                                        for i, r in enumerate(refs)], protocol=2))
+    for data in ("synthetic_refcoco", "synthetic_mixed"):  # the val split; the mixed run's image part
+        split = "val" if data == "synthetic_refcoco" else "train"
+        cfg = compose([f"data={data}", f"data.root={bench / ('refcoco' if split == 'val' else 'mevis')}",
+                       *([f"data.image_root={bench / 'refcoco'}", "data.image_split=val"] if split == "train" else [])])
+        assert find_problems(build_datamodule(cfg, 16).sources_read("train")) == [
+            f"{refs_path}: expected at least one referring sentence in split 'val', found none "
+            "(the file's splits: testB, train)"]
+
+
+def test_an_empty_valid_u_fails_before_training(bench, test_bundle_dir, tmp_path, capsys):
+    # The issue's case. Before: trained, then IndexError: list index out of range.
+    meta = bench / "mevis" / "valid_u" / "meta_expressions.json"
+    meta.write_text('{"videos": {}}')
+    msg = fails_before_any_work(bench, test_bundle_dir, tmp_path, capsys)
+    assert msg.endswith(f"found 1 problem(s): {meta}: expected at least one expression, found none")
+
+

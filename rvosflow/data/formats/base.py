@@ -35,6 +35,7 @@ class ReferringSource:
     has_masks: bool
     expressions: list[ExpressionRef]
     image_ext = ".jpg"
+    index: Path  # the file that lists the split's expressions, named when it lists none
 
     def __len__(self) -> int:
         return len(self.expressions)
@@ -70,7 +71,9 @@ class ReferringSource:
     def check_files(self):
         """The problems of the files this source references, read from headers only (cheap: no
         pixel is decoded): every frame exists, is non-empty and has an image header, the frames
-        of a video share one size, and the masks (``_check_targets``) match it. Yields messages."""
+        of a video share one size, and the masks (``_check_targets``) match it; and the split holds
+        an expression (``_empty_problems``). Yields messages."""
+        yield from self._empty_problems()
         by_video: dict[str, list[ExpressionRef]] = {}
         for e in self.expressions:
             by_video.setdefault(e.video_id, []).append(e)
@@ -91,6 +94,11 @@ class ReferringSource:
     def _check_targets(self, video_id: str, hw: tuple[int, int], exprs: list[ExpressionRef]):
         """Problems of the ground truth of a video's expressions given its frame size (H, W)."""
         return ()
+
+    def _empty_problems(self):
+        """A split without an expression: a run would train on nothing, or score nothing and fail after training."""
+        if not self.expressions:
+            yield f"{self.index}: expected at least one expression, found none"
 
     def load_target(self, expr: ExpressionRef, indices: Sequence[int] | None = None) -> np.ndarray:
         """bool [T, H, W]: union of the expression's objects."""

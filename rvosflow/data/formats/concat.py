@@ -61,6 +61,10 @@ class ConcatSource(ReferringSource):
         src, vid = self._resolve(video_id)
         return src._check_targets(vid, hw, [self._origin[e][1] for e in exprs])
 
+    def _empty_problems(self):
+        for _, src in self.parts:  # every part must contribute: an empty one is a split or dataset named wrongly
+            yield from src._empty_problems()
+
     def load_frames(self, video_id: str, indices: Sequence[int] | None = None) -> np.ndarray:
         src, vid = self._resolve(video_id)
         return src.load_frames(vid, indices)

@@ -68,7 +68,7 @@ class MevisSource(ReferringSource):
     def __init__(self, split_dir):
         self.root = Path(split_dir)
         require(self.root, "MeViS split directory")
-        meta_path = self.root / "meta_expressions.json"
+        meta_path = self.index = self.root / "meta_expressions.json"
         meta = read_json(meta_path)
         mask_path = self.root / "mask_dict.json"
         self.has_masks = mask_path.exists()
