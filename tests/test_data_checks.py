@@ -254,3 +254,87 @@ def test_an_empty_valid_u_fails_before_training(bench, test_bundle_dir, tmp_path
     assert msg.endswith(f"found 1 problem(s): {meta}: expected at least one expression, found none")
 
 
+# ----------------------------------------------------------------------------- a JPEG (PNG) is complete
+def cut(path: Path, n: int) -> None:
+    path.write_bytes(path.read_bytes()[:-n])
+
+
+@pytest.mark.parametrize("missing", [1, 2, 100, "half"])
+def test_a_jpeg_cut_short_is_found_at_setup(bench, missing):
+    # Before: PIL's "image file is truncated" 20-25 s later, after the model loaded.
+    split = bench / "mevis" / "train"
+    vid = sorted(json.loads((split / "meta_expressions.json").read_text())["videos"])[0]
+    jpg = sorted((split / "JPEGImages" / vid).glob("*.jpg"))[4]
+    size = jpg.stat().st_size
+    cut(jpg, size // 2 if missing == "half" else missing)
+    (problem,) = find_problems([MevisSource(split)])
+    assert problem.startswith(f"{jpg}: expected a complete frame image, found a JPEG cut short "
+                              "(no end-of-image marker FF D9 in its last ")
+    with pytest.raises(DatasetFormatError, match="truncated"):  # what loading it would say, late
+        MevisSource(split).load_frames(vid)
+
+
+@pytest.mark.parametrize("tail", [b"\0" * 1000, b"\0", b"trailer data after the image"])
+def test_padding_or_a_trailer_after_the_end_marker_is_allowed(bench, tail):
+    # What PIL and libjpeg read past is no problem: the check must not be stricter than the loader.
+    split = bench / "mevis" / "train"
+    vid = sorted(json.loads((split / "meta_expressions.json").read_text())["videos"])[0]
+    jpg = sorted((split / "JPEGImages" / vid).glob("*.jpg"))[4]
+    before = MevisSource(split).load_frames(vid)
+    jpg.write_bytes(jpg.read_bytes() + tail)
+    assert find_problems([MevisSource(split)]) == []
+    assert np.array_equal(MevisSource(split).load_frames(vid), before)
+
+
+def test_a_png_annotation_or_a_coco_image_cut_short_is_found_at_setup(bench):
+    src = RefYTVOSSource(bench / "ref_ytvos", "train")
+    e = src.expressions[0]
+    png = bench / "ref_ytvos" / "train" / "Annotations" / e.video_id / f"{e.frame_names[3]}.png"
+    cut(png, 12)  # the IEND chunk
+    coco = RefCOCOSource(bench / "refcoco", "refcoco")
+    jpg = coco.frame_paths(coco.expressions[0].video_id)[0]
+    cut(jpg, jpg.stat().st_size // 3)
+    (a,) = find_problems([RefYTVOSSource(bench / "ref_ytvos", "train")])
+    assert a.startswith(f"{png}: expected a complete palette annotation image, found a PNG cut short (no IEND chunk in its last ")
+    (b,) = find_problems([RefCOCOSource(bench / "refcoco", "refcoco")])
+    assert b.startswith(f"{jpg}: expected a complete frame image, found a JPEG cut short")
+
+
+# ----------------------------------------------------------------------------- all together, before any work
+def test_every_kind_is_reported_together_before_any_work(bench, test_bundle_dir, tmp_path, capsys):
+    train, valid = bench / "mevis" / "train", bench / "mevis" / "valid_u"
+    vid = sorted(json.loads((train / "meta_expressions.json").read_text())["videos"])[0]
+    jpg = sorted((train / "JPEGImages" / vid).glob("*.jpg"))[0]
+    cut(jpg, 300)
+    masks, anno, t = first_rle(valid)
+    masks[anno][t]["counts"] = "i8f0Z1"
+    masks[anno][t + 1]["counts"] = "garbage!!"
+    (valid / "mask_dict.json").write_text(json.dumps(masks))
+    msg = fails_before_any_work(bench, test_bundle_dir, tmp_path, capsys)
+    assert "found 3 problem(s): " in msg
+    assert f"{jpg}: expected a complete frame image, found a JPEG cut short" in msg
+    assert "expected RLE runs summing to 1024 (H*W of [32, 32]), found 345" in msg
+    assert "found 'garbage!!', not RLE" in msg
+
+
+def test_run_py_exits_2_with_the_line_before_loading_the_model(bench, test_bundle_dir, tmp_path):
+    # The bundle's DiT weights are zeroed (same size): reaching the model load would fail otherwise.
+    bundle = shutil.copytree(test_bundle_dir, tmp_path / "bundle")
+    for weights in (bundle / "transformer").glob("*.safetensors"):
+        weights.write_bytes(b"\0" * weights.stat().st_size)
+    valid = bench / "mevis" / "valid_u"
+    masks, anno, t = first_rle(valid)
+    masks[anno][t]["counts"] = "i8f0Z1"
+    (valid / "mask_dict.json").write_text(json.dumps(masks))
+    proc = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "run.py"), *overrides(bench, bundle, tmp_path), f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    vid, frame = frame_name(valid, anno, t)
+    assert proc.stderr == (
+        "error: data: expected every split to hold expressions and every file it references complete and at its "
+        f"video's size, found 1 problem(s): {valid / 'mask_dict.json'}: anno_id '{anno}' frame '{frame}' (video '{vid}'): "
+        "expected RLE runs summing to 1024 (H*W of [32, 32]), found 345\n")
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "run" / "checkpoints").exists()
+
+

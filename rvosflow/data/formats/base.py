@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -215,14 +216,38 @@ def stack_frames(frames: Sequence[np.ndarray], paths: Sequence[Path]) -> np.ndar
     return np.stack(frames)
 
 
+# How much of a file's end is searched for its end marker: padding or a small trailer after it is
+# allowed (zero padding to a block, camera trailers), and one page is as cheap to read as two bytes.
+END_WINDOW = 4096
+# The end markers searched for, by PIL format: JPEG's end-of-image, PNG's IEND chunk (type + CRC).
+END_MARKERS = {"JPEG": (b"\xff\xd9", "end-of-image marker FF D9"), "MPO": (b"\xff\xd9", "end-of-image marker FF D9"),
+               "PNG": (b"IEND\xaeB`\x82", "IEND chunk")}
+
+
 def header_size(path: Path, what: str) -> tuple[str | None, tuple[int, int] | None]:
-    """``(problem, (H, W))`` of an image file from its header alone: a missing, empty or
-    undecodable file is a problem message naming it."""
+    """``(problem, (H, W))`` of an image file from its header and its last bytes: a missing, empty,
+    undecodable or cut-short file is a problem message naming it.
+
+    Cut short: a JPEG without its end-of-image marker, a PNG without its IEND chunk, in the file's
+    last ``END_WINDOW`` bytes after the image data began (PIL stops reading the header there). A
+    JPEG's compressed data cannot hold FF D9 (an FF byte there is followed by 00 or a restart
+    marker D0-D7), so finding it means the data ended: a file cut anywhere in its data has none,
+    while zero padding or a trailer after the marker, which PIL and libjpeg read past, is allowed.
+    PIL refuses to decode a JPEG missing even just that marker ("image file is truncated")."""
     try:
-        if path.stat().st_size == 0:
-            return f"{path}: expected a {what} image, found an empty file", None
-        with Image.open(path) as im:
-            w, h = im.size
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return f"{path}: expected a {what} image, found an empty file", None
+            with Image.open(f) as im:
+                w, h = im.size
+                marker = END_MARKERS.get(im.format)
+            if marker is not None:
+                start = max(f.tell(), size - END_WINDOW)  # never the header's bytes (an EXIF thumbnail has FF D9)
+                f.seek(start)
+                if marker[0] not in f.read():
+                    return (f"{path}: expected a complete {what} image, found a {im.format} cut short "
+                            f"(no {marker[1]} in its last {size - start} bytes)"), None
     except FileNotFoundError:
         return f"{path}: expected a {what} image, found nothing", None
     except OSError as e:
