@@ -338,3 +338,74 @@ def test_run_py_exits_2_with_the_line_before_loading_the_model(bench, test_bundl
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "run" / "checkpoints").exists()
 
 
+# ----------------------------------------------------------------------------- caches heal unreadable entries
+def write_torn(path: Path, kind: str) -> None:
+    """An entry that cannot be read back as what the cache wrote."""
+    if kind == "truncated":
+        path.write_bytes(path.read_bytes()[:-40])
+    elif kind == "zero bytes":
+        path.write_bytes(b"")
+    elif kind == "garbage":
+        path.write_bytes(os.urandom(path.stat().st_size))
+    elif kind == "zeros":  # a file whose blocks were never written (a crash before the data reached the disk)
+        path.write_bytes(b"\0" * path.stat().st_size)
+    else:  # another structure, readable by torch.load
+        torch.save({"dict": torch.ones(2)} if kind == "a dict" else torch.ones(3, 2) if kind == "a tensor"
+                   else ["a", "b"] if kind == "a list of strings" else [], path)
+
+
+TORN = ["truncated", "zero bytes", "garbage", "zeros", "a dict", "a tensor", "a list of strings", "an empty list"]
+
+
+@pytest.mark.parametrize("kind", TORN)
+def test_the_latent_cache_recomputes_and_rewrites_an_unreadable_entry(tmp_path, kind):
+    calls = []
+
+    def compute(positions):
+        calls.append(list(positions))
+        return [(torch.full((2,), 7.0), torch.ones(1)) for _ in positions]
+
+    LatentCache(tmp_path).get_many(["k"], compute)
+    (entry,) = tmp_path.glob("*.pt")
+    write_torn(entry, kind)
+    (got,) = LatentCache(tmp_path).get_many(["k"], compute)  # a fresh process: nothing in memory
+    assert calls == [[0], [0]]
+    assert [t.tolist() for t in got] == [[7.0, 7.0], [1.0]]
+    (again,) = LatentCache(tmp_path).get_many(["k"], compute)  # rewritten: read back, not computed
+    assert calls == [[0], [0]] and [t.tolist() for t in again] == [[7.0, 7.0], [1.0]]
+
+
+@pytest.mark.parametrize("kind", [*TORN, "another caption's entry"])
+def test_the_text_cache_counts_an_unreadable_entry_as_missing_and_rewrites_it(tmp_path, test_bundle, kind):
+    caption, other = "the red circle", "the blue square"
+    TextCache(tmp_path, 16).fill([caption, other], test_bundle.text_encoder, test_bundle.tokenizer)
+    expected = TextCache(tmp_path, 16).embeddings([caption])
+    path = TextCache(tmp_path, 16)._path(caption)
+    if kind == "another caption's entry":
+        shutil.copyfile(TextCache(tmp_path, 16)._path(other), path)
+    else:
+        write_torn(path, kind)
+    cache = TextCache(tmp_path, 16)
+    assert cache.missing([caption, other]) == [caption]  # what `ensure` asks before loading an encoder
+    with pytest.raises(TextCacheMiss, match="no embedding for caption 'the red circle' and no text encoder"):
+        cache.embeddings([caption])  # no encoder loaded: the one-line miss, not torch's error
+    assert cache.fill([caption, other], test_bundle.text_encoder, test_bundle.tokenizer) == 1
+    fresh = TextCache(tmp_path, 16)
+    assert fresh.missing([caption]) == []
+    assert torch.equal(fresh.embeddings([caption]), expected)
+
+
+def test_ensure_loads_the_text_encoder_for_a_torn_entry(tiny_benchmark, test_bundle_dir, tmp_path, capsys):
+    from rvosflow.text_cache import cache_dir, main
+
+    args = ["--device", "cpu", *overrides(tiny_benchmark, test_bundle_dir, tmp_path,
+                                          f"text_cache_dir={tmp_path / 'text'}", "data.eval_videos=1")]
+    assert main(args) == 0
+    n = int(capsys.readouterr().out.split()[0])
+    directory = Path(cache_dir(compose(args[2:])))
+    torn = sorted(directory.glob("*.pt"))[0]
+    torn.write_bytes(torn.read_bytes()[:100])
+    assert main(args) == 0  # one caption unreadable: the encoder is loaded for it alone
+    assert f"{n} captions, 1 encoded, {n - 1} already cached" in capsys.readouterr().out
+    assert main(args) == 0
+    assert f"{n} captions, 0 encoded" in capsys.readouterr().out
