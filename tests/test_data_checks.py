@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from rvosflow.config import compose
+from rvosflow.config import ConfigError, compose
 from rvosflow.data.check import check_sources, find_problems
 from rvosflow.data.formats import DatasetFormatError, MevisSource, RefCOCOSource, RefYTVOSSource
 from rvosflow.data.formats.base import rle_encode, rle_string_totals
@@ -254,6 +254,22 @@ def test_an_empty_valid_u_fails_before_training(bench, test_bundle_dir, tmp_path
     assert msg.endswith(f"found 1 problem(s): {meta}: expected at least one expression, found none")
 
 
+def test_a_training_split_smaller_than_a_batch_fails_before_any_work(bench, test_bundle_dir, tmp_path):
+    # Before: "Trainer.fit stopped: No training batches", then the untrained model scored, exit 0.
+    meta = bench / "mevis" / "train" / "meta_expressions.json"
+    data = json.loads(meta.read_text())
+    vid = sorted(data["videos"])[0]
+    one = dict(list(data["videos"][vid]["expressions"].items())[:1])
+    meta.write_text(json.dumps({"videos": {vid: {**data["videos"][vid], "expressions": one}}}))
+    with pytest.raises(ConfigError) as err:
+        run(compose(overrides(bench, test_bundle_dir, tmp_path)), tmp_path / "run")  # data.batch_size=2
+    assert str(err.value) == (f"data.batch_size: expected at most 1, the expressions in data.train_split='train' "
+                              f"({bench / 'mevis'}), got 2: no full batch, nothing would be trained")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "mlflow.db").exists()
+    run_cfg = compose(overrides(bench, test_bundle_dir, tmp_path, "data.batch_size=1"))
+    assert find_problems(build_datamodule(run_cfg, 16).sources_read("train")) == []  # one batch of one: fine
+
+
 # ----------------------------------------------------------------------------- a JPEG (PNG) is complete
 def cut(path: Path, n: int) -> None:
     path.write_bytes(path.read_bytes()[:-n])
@@ -409,3 +425,4 @@ def test_ensure_loads_the_text_encoder_for_a_torn_entry(tiny_benchmark, test_bun
     assert f"{n} captions, 1 encoded, {n - 1} already cached" in capsys.readouterr().out
     assert main(args) == 0
     assert f"{n} captions, 0 encoded" in capsys.readouterr().out
+

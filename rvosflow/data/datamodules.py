@@ -61,8 +61,8 @@ class ReferringDataModule(L.LightningDataModule):
         return first_videos(self.source(split), self.eval_videos)
 
     def training_sources(self) -> list:
-        """The sources training clips come from."""
-        return [self.source(self.train_split)]
+        """The sources training clips come from (checked at set-up: :meth:`train_source`)."""
+        return [self.train_source()]
 
     def scored_sources(self, mode: str) -> list:
         """The sources a run in ``mode`` (train | validate | predict) scores or predicts."""
@@ -71,6 +71,16 @@ class ReferringDataModule(L.LightningDataModule):
     def sources_read(self, mode: str) -> list:
         """The sources a run in ``mode`` reads (every file of them is checked at set-up)."""
         return [*(self.training_sources() if mode == "train" else []), *self.scored_sources(mode)]
+
+    def train_source(self):
+        """The training split, holding at least one full batch: the loader drops the last partial
+        one, so fewer expressions than ``batch_size`` would train nothing and score the start."""
+        src = self.source(self.train_split)
+        if src.expressions and len(src.expressions) < self.batch_size:  # none: the data check names the file
+            raise ConfigError(f"data.batch_size: expected at most {len(src.expressions)}, the expressions in "
+                              f"data.train_split={self.train_split!r} ({self.root}), got {self.batch_size}: "
+                              "no full batch, nothing would be trained")
+        return src
 
     def training_texts(self) -> list[str]:
         """The training captions as written, and with ``data.augment`` their flipped versions."""
@@ -88,7 +98,7 @@ class ReferringDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        ds = self.clip_dataset(self.source(self.train_split), self.num_frames, self.frame_sampler)
+        ds = self.clip_dataset(self.train_source(), self.num_frames, self.frame_sampler)
         return self._loader(ds, shuffle=True, batch_size=self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
@@ -235,9 +245,13 @@ class MixedDataModule(ReferringDataModule):
     def training_sources(self) -> list:
         return [*super().training_sources(), self.image_source()]
 
+    def train_source(self):
+        # all-image batches (image_ratio 1) need no video clip; MixedBatchSampler checks the images
+        return super().train_source() if self.image_ratio < 1 else self.source(self.train_split)
+
     def train_dataloader(self) -> DataLoader:
         images = self.clip_dataset(self.image_source(), self.image_frames, "first")
-        videos = self.clip_dataset(self.source(self.train_split), self.num_frames, self.frame_sampler)
+        videos = self.clip_dataset(self.train_source(), self.num_frames, self.frame_sampler)
         sampler = MixedBatchSampler(len(images), len(videos), self.batch_size, self.image_ratio, self.seed)
         return DataLoader(ConcatDataset([images, videos]), batch_sampler=sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
