@@ -16,19 +16,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from pycocotools import mask as mask_utils
 
-from rvosflow.config import ConfigError, compose
-from rvosflow.data.check import check_sources, find_problems
-from rvosflow.data.formats import DatasetFormatError, MevisSource, RefCOCOSource, RefYTVOSSource
+from rvosflow.caches import LatentCache, TextCache, TextCacheMiss
+from rvosflow.config import compose, resolve
+from rvosflow.data.check import find_problems
+from rvosflow.data.datamodules import from_config
+from rvosflow.data.formats import (
+    DatasetFormatError,
+    MevisSource,
+    RefCOCOSource,
+    RefYTVOSSource,
+)
 from rvosflow.data.formats.base import rle_encode, rle_string_totals
-from rvosflow.errors import report
-from rvosflow.latents import LatentCache
-from rvosflow.text_cache import TextCache, TextCacheMiss
-from rvosflow.train import build_datamodule, run
+from rvosflow.errors import ConfigError, report
+from rvosflow.train import run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def datamodule(cfg):
+    """The DataModule a run of ``cfg`` builds (frame sides floored to 16)."""
+    return from_config(resolve(cfg).data, 16)
 
 
 @pytest.fixture
@@ -39,7 +48,7 @@ def bench(tiny_benchmark, tmp_path):
 
 def overrides(bench, bundle_dir, tmp_path, *extra):
     return [f"data.root={bench / 'mevis'}", "data.height=32", "data.max_width=32", "data.num_frames=9",
-            "data.batch_size=2", "data.val_limit=3", f"model.path={bundle_dir}", "model.text_max_length=16",
+            "data.batch_size=2", "data.val_limit=3", f"model.path={bundle_dir}", "text.max_length=16",
             "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
             f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "num_overlays=0", "latent_cache_dir=null",
             "text_cache_dir=null", *extra]
@@ -226,9 +235,9 @@ def test_an_empty_split_is_named_at_setup_in_every_format(bench, data, emptied, 
     fmt = emptied.split("/")[0]
     cfg = compose([f"data={data}", f"data.root={bench / fmt}", f"data.image_root={bench / 'refcoco'}", *extra]
                   if data == "synthetic_mixed" else [f"data={data}", f"data.root={bench / fmt}", *extra])
-    assert find_problems(build_datamodule(cfg, 16).sources_read(mode)) == []
+    assert find_problems(datamodule(cfg).sources_read(mode)) == []
     empty(bench / emptied, keep_videos=emptied.startswith("ref_ytvos"))  # both shapes of "none"
-    problems = find_problems(build_datamodule(cfg, 16).sources_read(mode))
+    problems = find_problems(datamodule(cfg).sources_read(mode))
     assert problems == [f"{bench / emptied}: expected at least one expression, found none"]
 
 
@@ -241,7 +250,7 @@ def test_a_refcoco_split_without_sentences_names_the_splits_the_file_holds(bench
         split = "val" if data == "synthetic_refcoco" else "train"
         cfg = compose([f"data={data}", f"data.root={bench / ('refcoco' if split == 'val' else 'mevis')}",
                        *([f"data.image_root={bench / 'refcoco'}", "data.image_split=val"] if split == "train" else [])])
-        assert find_problems(build_datamodule(cfg, 16).sources_read("train")) == [
+        assert find_problems(datamodule(cfg).sources_read("train")) == [
             f"{refs_path}: expected at least one referring sentence in split 'val', found none "
             "(the file's splits: testB, train)"]
 
@@ -267,7 +276,7 @@ def test_a_training_split_smaller_than_a_batch_fails_before_any_work(bench, test
                               f"({bench / 'mevis'}), got 2: no full batch, nothing would be trained")
     assert not (tmp_path / "run").exists() and not (tmp_path / "mlflow.db").exists()
     run_cfg = compose(overrides(bench, test_bundle_dir, tmp_path, "data.batch_size=1"))
-    assert find_problems(build_datamodule(run_cfg, 16).sources_read("train")) == []  # one batch of one: fine
+    assert find_problems(datamodule(run_cfg).sources_read("train")) == []  # one batch of one: fine
 
 
 # ----------------------------------------------------------------------------- a JPEG (PNG) is complete
