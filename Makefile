@@ -21,7 +21,7 @@ SWEEP_ARGS = --profile $(PROFILE) --workers $(WORKERS) $(if $(STORAGE),--storage
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-# torch first and alone (DESIGN §7): a local CPU wheel here, the normal release elsewhere.
+# torch first and alone (docs/design.md §7): a local CPU wheel here, the normal release elsewhere.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -36,7 +36,7 @@ data: $(STAMP)  ## generate both synthetic tiers (default, hard) in all four rea
 	$(PY) -m rvosflow.data.synthetic --tier hard --out $(HARD_DATA_DIR)
 
 tiny-wan: data  ## pretrain the tiny Wan bundle on the synthetic train split (cached; FORCE=1 retrains)
-	$(PY) -m rvosflow.models.pretrain --data $(DATA_DIR) --out $(BUNDLE_DIR) $(if $(FORCE),--force,)
+	$(PY) -m rvosflow.pretrain --data $(DATA_DIR) --out $(BUNDLE_DIR) $(if $(FORCE),--force,)
 
 train: data  ## train and score one configuration (the paper's final model) on the embedded default
 	$(PY) run.py $(ARGS)
@@ -76,7 +76,7 @@ bench-per-token: $(STAMP)  ## memory per token of real-width Wan blocks on CPU, 
 	$(PY) scripts/bench_scale.py --size real --device cpu --per-token --meta --skip-training --skip-inference \
 		--out results/bench-per-token.json $(ARGS)
 
-test: $(STAMP)  ## fast test suite
+test: $(STAMP)  ## fast test suite (with the import contracts: layers, no cycles; tests/test_architecture.py)
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)  ## long tests only (end-to-end training and pretraining)

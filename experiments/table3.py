@@ -13,7 +13,6 @@ run per stage (``mlflow.parentRunId``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -23,15 +22,18 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from rvosflow import atomic, tables
+from rvosflow.config import compose, resolve
+from rvosflow.decoder import FROZEN, TUNED, tune
+from rvosflow.errors import ArgumentParser, UserError, cli
 from rvosflow.paths import PROJECT_ROOT
+from rvosflow.tracking import context_tags, tracking_for, tracking_uri
+from rvosflow.train import run
 
 log = logging.getLogger(__name__)
 
 PROFILE_KEYS = {"overrides", "flow", "decoder", "recon_limit"}
 FILE_KEYS = {"command", "name", "title", "rows", "profiles"}
-
-
-from rvosflow.errors import UserError
 
 
 class Table3Error(UserError, ValueError):
@@ -74,8 +76,6 @@ def table(spec: dict, results: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def write_tables(spec: dict, profile: str, results: dict, out_dir) -> dict[str, Path]:
-    from rvosflow import tables
-
     shown, summary = table(spec, results)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,10 +86,11 @@ def write_tables(spec: dict, profile: str, results: dict, out_dir) -> dict[str, 
         note += f"The flow model was not trained here: `--flow-ckpt {results['flow']['checkpoint']}`.\n"
     files = {"md": stem.with_suffix(".md"), "csv": stem.with_suffix(".csv"), "tex": stem.with_suffix(".tex"),
              "json": stem.with_suffix(".json")}
-    files["md"].write_text(f"# {spec['title']}\n\n" + tables.to_markdown(shown) + note)
-    files["csv"].write_text(tables.to_csv(summary))
-    files["tex"].write_text(tables.to_latex(shown, caption=f"{spec['title']} (profile {profile})", label=f"tab:{spec['name']}"))
-    files["json"].write_text(json.dumps(results, indent=2, default=str))
+    atomic.write_text(files["md"], f"# {spec['title']}\n\n" + tables.to_markdown(shown) + note)
+    atomic.write_text(files["csv"], tables.to_csv(summary))
+    atomic.write_text(files["tex"], tables.to_latex(shown, caption=f"{spec['title']} (profile {profile})",
+                                                    label=f"tab:{spec['name']}"))
+    atomic.write_text(files["json"], json.dumps(results, indent=2, default=str))
     return files
 
 
@@ -97,10 +98,6 @@ class Tracking:
     """The parent MLflow run and the children that are not `run()`s (decoder tuning)."""
 
     def __init__(self, cfg, name: str):
-        from rvosflow.sweep.tracking import tracking_for
-        from rvosflow.tracking import context_tags
-        from rvosflow.train import tracking_uri
-
         # the sweeps' find-or-create of the experiment (this project's artifact folder, model-training kind)
         shared = tracking_for(tracking_uri(cfg), str(cfg.logger.experiment_name))
         self.client, self.experiment_id = shared.client, shared.experiment_id()
@@ -134,10 +131,6 @@ def run_table3(profile: str = "default", spec_file=PROJECT_ROOT / "sweeps" / "ta
 
     ``flow_ckpt``: score this checkpoint (a run of the same model and data) instead of training the
     flow model, e.g. the checkpoint of an earlier ``python run.py``."""
-    from rvosflow.config import compose
-    from rvosflow.decoder import FROZEN, TUNED, tune
-    from rvosflow.train import run
-
     spec, prof = load_spec(spec_file, profile)
     work = Path(work_dir or PROJECT_ROOT / "outputs" / "table3" / f"{profile}-{time.strftime('%Y%m%d-%H%M%S')}")
     common = [*prof["overrides"], *extra]
@@ -158,7 +151,7 @@ def run_table3(profile: str = "default", spec_file=PROJECT_ROOT / "sweeps" / "ta
             results["seconds"]["flow"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        report = tune(compose([*common, *prof["decoder"]]), work / "decoder", score=True,
+        report = tune(resolve(compose([*common, *prof["decoder"]])), work / "decoder", score=True,
                       recon_limit=prof["recon_limit"])
         results["decoder"] = {k: v for k, v in report.items() if not k.startswith("recon_")}
         results["recon"] = {name: report[f"recon_{name}"] for name in (FROZEN, TUNED)}
@@ -188,13 +181,11 @@ def run_table3(profile: str = "default", spec_file=PROJECT_ROOT / "sweeps" / "ta
 
 def main(argv: list[str] | None = None) -> int:
     """The CLI; bad input is one line, exit 2 (:func:`rvosflow.errors.cli`)."""
-    from rvosflow.errors import cli
-
     return cli(_main, argv)
 
 
 def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.table3", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m experiments.table3", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="default")
     parser.add_argument("--file", default=str(PROJECT_ROOT / "sweeps" / "table3.yaml"))
     parser.add_argument("--out", default=str(PROJECT_ROOT / "results"))

@@ -71,3 +71,19 @@ class StepProgressBar(RichProgressBar):
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)  # MLflow's run id tail: the closing summary gives the run's URL
         return items
+
+
+def summary(results: dict) -> str:
+    """The closing lines of `python run.py`: the score (J, F, per kind), where results.json and
+    the MLflow run are."""
+    if "predictions" in results:
+        head = f"{results['expressions']} expressions ({results['frames']} frames) -> {results['predictions']}"
+    elif results["JF"] is None:  # a server-scored validation split: no local score
+        head = f"trained -> {results['checkpoint']} (the split has no masks: score it with mode=predict)"
+    else:
+        head = f"J&F {results['JF']:.1f}  J {results['J']:.1f}  F {results['F']:.1f}"
+        if results["per_kind"]:
+            head += "   per kind: " + ", ".join(f"{k} {v['JF']:.1f} (n={v['n']})" for k, v in results["per_kind"].items())
+        if results["config"]["data"].get("eval_videos") is not None:
+            head += f"   [first {results['config']['data']['eval_videos']} videos only]"
+    return f"{head}\n  results: {results['results_path']}\n  MLflow:  {results['mlflow_url']}"

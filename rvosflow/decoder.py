@@ -1,4 +1,4 @@
-"""VAE decoder adaptation, as in the release and Table 3/4 (DESIGN §3 "Decoder").
+"""VAE decoder adaptation, as in the release and Table 3/4 (docs/design.md §3 "Decoder").
 
     python -m rvosflow.decoder --out outputs/decoder/tiny [overrides as run.py takes them]
 
@@ -10,8 +10,8 @@ saves the tuned VAE in the diffusers layout (``config.json`` with ``out_channels
 ``model.vae_decoder=frozen|tuned``: ``tuned`` reads ``model.vae_decoder_path`` (such a folder) or
 ``model.vae_ckpt`` (the release's ``decoder.pth``), and giving either selects ``tuned``.
 
-Frozen decoder: the mean of the 3 decoded channels, thresholded at 0.5; tuned: the sigmoid of the
-logits, thresholded at 0.5 (``encoding.mask_probs``).
+Frozen decoder: the mean of the 3 decoded channels; tuned: the logits; either brought to the
+frame size and thresholded by ``model.mask_rule`` (``encoding.field_to_masks``).
 
 Only the decoder (``decoder.*``, ``post_quant_conv.*``) of a tuned file is used: the encoder stays
 the bundle's, so the latent cache (keyed by the bundle's VAE files) is right for either decoder.
@@ -24,24 +24,32 @@ wherever the decoder's 3 outputs stay inside the [-1, 1] that ``decode`` clamps 
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+import lightning as L
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKLWan
 
+from rvosflow import atomic
+from rvosflow.checkpoints import read_tuned_decoder
+from rvosflow.config import compose, resolve
+from rvosflow.data.setup import prepare_data
+from rvosflow.data.transforms import pad_frames, padded_frame_count, resize_masks, windows
+from rvosflow.errors import ArgumentParser, cli
+from rvosflow.metrics import JandF, by_kind
 from rvosflow.models import encoding
+from rvosflow.models.loader import load_wan_bundle
+from rvosflow.schema import HEAD_INITS, Decoder
 
 log = logging.getLogger(__name__)
 
 FROZEN, TUNED = "frozen", "tuned"
-VAE_DECODERS = (FROZEN, TUNED)
-HEAD_INITS = ("mean", "random")
 HEAD_INIT_SCALE = 4.0  # logit = 4 x the mean channel: +-1 (the frozen decoder's range) -> p 0.98 / 0.02
 _DECODER_PARTS = ("decoder.", "post_quant_conv.")
 
@@ -74,8 +82,6 @@ def with_logit_head(vae, init: str = "mean"):
     round-trip it); every other weight is copied. ``init="mean"`` makes it the frozen decoder's
     rule (see the module doc), ``"random"`` keeps the conv's default init.
     """
-    from diffusers import AutoencoderKLWan
-
     if init not in HEAD_INITS:
         raise ValueError(f"head init: unknown value {init!r}; allowed: {', '.join(HEAD_INITS)}")
     if encoding.is_logit_decoder(vae):
@@ -91,21 +97,6 @@ def with_logit_head(vae, init: str = "mean"):
             tuned.decoder.conv_out.weight.copy_(HEAD_INIT_SCALE * old.weight.mean(0, keepdim=True))
             tuned.decoder.conv_out.bias.copy_(HEAD_INIT_SCALE * old.bias.mean(0, keepdim=True))
     return tuned.to(next(vae.parameters()).device).eval()
-
-
-def load_tuned_state(path, key: str = "model.vae_decoder_path") -> dict[str, torch.Tensor]:
-    """A tuned VAE's state dict from a folder in the diffusers layout or a release ``decoder.pth``."""
-    from rvosflow import release
-
-    path = Path(path)
-    if path.is_dir():
-        weights = path / "diffusion_pytorch_model.safetensors"
-        if not weights.is_file():
-            raise release.ReleaseError(f"{key}: expected {weights} (python -m rvosflow.decoder --out {path}), found none")
-        from safetensors.torch import load_file
-
-        return load_file(str(weights))
-    return release.read_decoder(path)
 
 
 def tuned_vae(base_vae, state: dict[str, torch.Tensor], source: str = "the tuned decoder"):
@@ -138,33 +129,18 @@ def tuned_vae(base_vae, state: dict[str, torch.Tensor], source: str = "the tuned
 
 def select_vae(model_cfg, vae):
     """The VAE of a run: the bundle's (``model.vae_decoder=frozen``) or with the tuned decoder of
-    ``model.vae_decoder_path`` / ``model.vae_ckpt`` (``tuned``). ``config.validate`` checked the keys."""
-    if model_cfg.get("vae_decoder", FROZEN) == FROZEN:
+    ``model.vae_decoder_path`` / ``model.vae_ckpt`` (``tuned``). ``config.resolve`` checked the keys."""
+    if model_cfg.vae_decoder == FROZEN:
         return vae
-    key = "model.vae_ckpt" if model_cfg.get("vae_ckpt") else "model.vae_decoder_path"
-    path = model_cfg.get("vae_ckpt") or model_cfg.get("vae_decoder_path")
-    tuned = tuned_vae(vae, load_tuned_state(path, key), f"{key}={path}")
+    key = "model.vae_ckpt" if model_cfg.vae_ckpt else "model.vae_decoder_path"
+    path = model_cfg.vae_ckpt or model_cfg.vae_decoder_path
+    tuned = tuned_vae(vae, read_tuned_decoder(path, key), f"{key}={path}")
     log.info("VAE decoder: tuned (1-channel logit head) from %s", path)
     return tuned.to(next(vae.parameters()).device)
 
 
 # ----------------------------------------------------------------------------- training
-@dataclass(frozen=True)
-class DecoderSettings:
-    lr: float = 8e-5
-    epochs: int = 1
-    batch_size: int = 4
-    weight_decay: float = 5e-4
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    dice_weight: float = 1.0
-    head_init: str = "mean"
-    max_steps: int | None = None  # cap (quick runs); None = the epochs
-    crop: int | None = None  # train on a random crop x crop window of each batch (CPU budgets); None = whole
-    frames: int | None = None  # train on the first 1 + 4k frames of each clip; None = all
-
-
-def mask_loss(logits: torch.Tensor, mask: torch.Tensor, s: DecoderSettings) -> torch.Tensor:
+def mask_loss(logits: torch.Tensor, mask: torch.Tensor, s: Decoder) -> torch.Tensor:
     return focal_loss(logits, mask, s.focal_alpha, s.focal_gamma) + s.dice_weight * dice_loss(logits, mask)
 
 
@@ -180,7 +156,7 @@ def crop_masks(mask: torch.Tensor, crop: int | None, frames: int | None, generat
     return mask
 
 
-def train_decoder(vae, loader, settings: DecoderSettings = DecoderSettings(), device="cpu",
+def train_decoder(vae, loader, settings: Decoder = Decoder(), device="cpu",
                   generator: torch.Generator | None = None, log_every: int = 20) -> tuple[object, dict]:
     """Tune a logit-head copy of ``vae`` on the masks of ``loader`` (batches with ``mask``: bool
     ``[B, T, H, W]``, T = 1 + 4k). The encoder is frozen; each mask is encoded, a posterior sample
@@ -220,15 +196,13 @@ def train_decoder(vae, loader, settings: DecoderSettings = DecoderSettings(), de
 
 # ----------------------------------------------------------------------------- Recon
 @torch.no_grad()
-def reconstruction_scores(vaes: dict, source, size_fn, window_frames: int = 81, device="cpu",
-                          limit: int | None = None, batch_size: int = 8) -> dict[str, dict]:
+def reconstruction_scores(vaes: dict, source, size_fn, window_frames: int | None = None, device="cpu",
+                          limit: int | None = None, batch_size: int = 8, rule: str = "release") -> dict[str, dict]:
     """Table 3's Recon for each named VAE of ``vaes`` (they share the encoder): J&F (percent) of the
     reconstruction of the ground-truth masks of ``source``. Each mask is resized to the model's size,
-    encoded once (posterior mean), decoded by each VAE's decoder (frozen or tuned rule), resized back
-    and scored against the original. Equally shaped masks go through the VAE together."""
-    from rvosflow.data.transforms import pad_frames, padded_frame_count, resize_masks, windows
-    from rvosflow.metrics import JandF, by_kind
-
+    encoded once (posterior mean), decoded by each VAE's decoder and brought back to the original size
+    by the mask rule (``model.mask_rule``), and scored against the original. Equally shaped masks go
+    through the VAE together."""
     names = list(vaes)
     encoder = vaes[names[0]]
     metrics = {n: JandF() for n in names}
@@ -242,15 +216,16 @@ def reconstruction_scores(vaes: dict, source, size_fn, window_frames: int = 81, 
         for k in range(0, len(members), batch_size):
             idx = members[k:k + batch_size]
             small = torch.stack([resize_masks(targets[i], size_fn(*shape[1:3])) for i in idx])
-            probs = {n: [] for n in names}
-            for a, b in windows(small.shape[1], window_frames):
+            fields = {n: [] for n in names}
+            for a, b in windows(small.shape[1], window_frames or small.shape[1]):
                 clip = pad_frames(small[:, a:b], padded_frame_count(b - a, tf), dim=1)
                 z = encoding.encode_mask(encoder, encoding.mask_to_pixels(clip).to(device))
                 for n in names:
-                    probs[n].append(encoding.mask_probs(vaes[n], z)[:, : b - a].float().cpu())
+                    fields[n].append(encoding.mask_field(vaes[n], z)[:, : b - a].cpu())
             for n in names:
+                logits = encoding.is_logit_decoder(vaes[n])
                 for j, i in enumerate(idx):
-                    pred = resize_masks(torch.cat([p[j] for p in probs[n]]), tuple(shape[1:3]))
+                    pred = encoding.field_to_masks(torch.cat([f[j] for f in fields[n]]), tuple(shape[1:3]), rule, logits)
                     metrics[n].update(pred, targets[i], kinds=[getattr(expressions[i], "kind", "")])
     out = {}
     for n in names:
@@ -261,71 +236,50 @@ def reconstruction_scores(vaes: dict, source, size_fn, window_frames: int = 81, 
 
 
 # ----------------------------------------------------------------------------- the command
-def settings_from(cfg) -> DecoderSettings:
-    d = cfg.decoder
-    return DecoderSettings(lr=float(d.lr), epochs=int(d.epochs), batch_size=int(d.batch_size),
-                           weight_decay=float(d.weight_decay), focal_alpha=float(d.focal_alpha),
-                           focal_gamma=float(d.focal_gamma), dice_weight=float(d.dice_weight),
-                           head_init=str(d.head_init), max_steps=d.max_steps, crop=d.crop, frames=d.frames)
-
-
 def tune(cfg, out_dir, score: bool = True, recon_limit: int | None = None) -> dict:
-    """Tune the decoder of ``cfg``'s bundle on ``data.train_split``, save it to ``out_dir`` and
-    (``score``) measure Recon of both decoders on ``data.val_split``. Returns the report."""
-    import lightning as L
-    from omegaconf import OmegaConf
-
-    from rvosflow import config as run_config
-    from rvosflow.models.loader import load_wan_bundle
-    from rvosflow.train import build_datamodule, ensure_data
-
-    run_config.validate(cfg)
+    """Tune the decoder of the run config ``cfg``'s bundle (``decoder.*``) on ``data.train_split``,
+    save it to ``out_dir`` and (``score``) measure Recon of both decoders on ``data.val_split``."""
     L.seed_everything(cfg.seed, workers=True)
-    ensure_data(cfg)
-    s = settings_from(cfg)
-    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
+    s = cfg.decoder
+    device = "cuda" if torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("auto", "gpu", "cuda") else "cpu"
     bundle = load_wan_bundle(cfg.model.path, components=("transformer", "vae"), device=device)
     base = bundle.vae  # the bundle's own decoder, whatever model.vae_decoder says
-    cfg = OmegaConf.merge(cfg, {"data": {"batch_size": s.batch_size}})
-    dm = build_datamodule(cfg, encoding.spatial_multiple(base, bundle.transformer))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=s.batch_size))
+    dm = prepare_data(cfg)
     generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
     tuned, history = train_decoder(base, dm.train_dataloader(), s, device, generator)
     out_dir = Path(out_dir)
     tuned.save_pretrained(str(out_dir), safe_serialization=True)
-    report = {"out": str(out_dir), "settings": s.__dict__, "train_split": dm.train_split, "steps": history["steps"],
+    report = {"out": str(out_dir), "settings": dataclasses.asdict(s), "train_split": dm.train_split, "steps": history["steps"],
               "seconds": round(history["seconds"], 1), "loss_first": history["loss"][:1],
               "loss_last20": sum(history["loss"][-20:]) / max(1, len(history["loss"][-20:]))}
     if score:
         t0 = time.perf_counter()
         recon = reconstruction_scores({FROZEN: base, TUNED: tuned}, dm.eval_source(dm.val_split), dm.size_fn,
-                                      int(cfg.window_frames), device, limit=recon_limit)
+                                      cfg.window_frames, device, limit=recon_limit, rule=cfg.model.mask_rule)
         report.update({f"recon_{name}": r for name, r in recon.items()}, recon_seconds=round(time.perf_counter() - t0, 1))
-    (out_dir / "decoder_report.json").write_text(json.dumps(report, indent=2))
+    atomic.write_text(out_dir / "decoder_report.json", json.dumps(report, indent=2))
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The CLI; bad input is one line, exit 2 (:func:`rvosflow.errors.cli`)."""
-    from rvosflow.errors import cli
-
-    return cli(_main, argv)
-
-
 def _main(argv: list[str] | None = None) -> int:
-    from rvosflow.config import compose
-
-    parser = argparse.ArgumentParser(prog="python -m rvosflow.decoder", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m rvosflow.decoder", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for the tuned VAE (diffusers layout)")
     parser.add_argument("--no-score", action="store_true", help="skip Recon of both decoders on data.val_split")
     parser.add_argument("overrides", nargs="*", help="config overrides as run.py takes them (data=..., decoder.lr=...)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    report = tune(compose(args.overrides), args.out, score=not args.no_score)
+    report = tune(resolve(compose(args.overrides)), args.out, score=not args.no_score)
     line = f"decoder tuned: {report['steps']} steps in {report['seconds']:.0f} s -> {report['out']}"
     if "recon_frozen" in report:
         line += f"; Recon J&F frozen {report['recon_frozen']['JF']:.1f}, tuned {report['recon_tuned']['JF']:.1f}"
     print(line)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI; bad input is one line, exit 2 (:func:`rvosflow.errors.cli`)."""
+    return cli(_main, argv)
 
 
 if __name__ == "__main__":

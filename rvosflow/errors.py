@@ -8,6 +8,7 @@ and keeps its traceback. ``RVOSFLOW_TRACEBACK=1`` shows the traceback of user er
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import traceback
@@ -18,6 +19,42 @@ EXIT_USAGE = 2
 
 class UserError(Exception):
     """Bad input from the user; the message starts with the file or key it is about."""
+
+
+class ConfigError(UserError, ValueError):
+    """A setting with a wrong value or type; the message names the key and the allowed values."""
+
+
+class SpecError(UserError, ValueError):
+    """A bad sweep file or sweep setting; the message names the file and the key."""
+
+
+class DatasetFormatError(UserError, ValueError):
+    """A dataset on disk does not follow its format; the message names the file and the entry."""
+
+
+class BundleError(UserError, FileNotFoundError):
+    """A bundle directory is missing, incomplete or not in the diffusers Wan layout."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint or release-layout file that is missing, not plain data, or not in its layout."""
+
+
+class EvaluationError(UserError, ValueError):
+    """A bad evaluation input (predictions, options); the message names the file or option."""
+
+
+class RecordsFileError(UserError, ValueError):
+    """A per-expression file that cannot be read as one; the message names the file."""
+
+
+class SliceSettingError(UserError, ValueError):
+    """A slice name that is not one of SLICES; the message names the setting."""
+
+
+class PairingError(UserError, ValueError):
+    """Two rows' runs are not scored on the same expressions; the message names what is missing."""
 
 
 def want_traceback() -> bool:
@@ -58,3 +95,22 @@ def cli(main, argv=None) -> int:
         return main(argv)
     except Exception as exc:  # noqa: BLE001  (report re-raises what is not the user's input)
         return report(exc)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are user errors: one line through :func:`cli`, exit 2, like every
+    other bad input (argparse's own prints a usage block)."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for counts (``--videos``): an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value

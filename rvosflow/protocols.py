@@ -26,7 +26,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from rvosflow.config import compose
+from rvosflow.errors import cli
+from rvosflow.evaluate import evaluate
 from rvosflow.paths import PROJECT_ROOT
+from rvosflow.train import run
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +85,6 @@ def stage_overrides(overrides: list[str], stage: str) -> list[str]:
 
 def run_protocol(name: str, out_dir: str | Path, real: bool = False, overrides: list[str] | tuple = ()) -> dict:
     """Run every stage of ``PROTOCOLS[name]`` in order; return (and write) the summary."""
-    from rvosflow.config import compose
-    from rvosflow.evaluate import evaluate
-    from rvosflow.train import run
-
     if name not in PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; allowed: {', '.join(PROTOCOLS)}")
     out_dir = Path(out_dir)
@@ -149,8 +149,6 @@ def format_summary(summary: dict) -> str:
 
 def main(protocol: str, argv=None) -> int:
     """The CLI of ``experiments/*_protocol.py``; bad input is one line, exit 2."""
-    from rvosflow.errors import cli
-
     return cli(lambda a: _main(protocol, a), argv)
 
 

@@ -5,12 +5,12 @@
 encodes every caption of the splits a run reads (``data.train_split``, ``val_split`` and
 ``predict_split``) into ``<text_cache_dir>/<key>/``, where the key hashes what determines the
 embeddings: the text encoder's and tokenizer's files (``latents.file_identity``), the text length
-(``model.text_max_length``) and the dtype (``model.dtype``). One file per caption, named by the
+(``text.max_length``) and the dtype (``model.dtype``). One file per caption, named by the
 caption's hash, holding its embedding up to the caption's true token length (the rest is zero by
 the release's convention and is padded back on reading), written atomically so that several
 processes can fill one cache.
 
-A run reads the same cache (``rvosflow.train.run``): when it covers the captions the run will see,
+A run reads the same cache (``rvosflow.train``): when it covers the captions the run will see,
 the bundle is loaded without the text encoder, which then never exists in the process, let alone
 on a GPU. Otherwise the run fills the cache first (encoder on the GPU if there is one), frees the
 encoder and trains without it. UMT5-XXL is 5.7B parameters: 11.4 GB in bf16 that stay off every
@@ -19,95 +19,23 @@ training GPU.
 
 from __future__ import annotations
 
-import argparse
 import gc
-import hashlib
 import logging
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from rvosflow.latents import file_identity, fingerprint, save_atomically
+from rvosflow.caches import TextCache, file_identity, fingerprint
+from rvosflow.config import compose, resolve
+from rvosflow.data.setup import prepare_data
+from rvosflow.errors import ArgumentParser, ConfigError, cli
+from rvosflow.models import encoding
+from rvosflow.models.loader import load_wan_bundle
 
 log = logging.getLogger(__name__)
-
-
-class TextCacheMiss(KeyError):
-    """A caption is not in the cache and no text encoder is loaded to encode it."""
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0])
-
-
-class TextCache:
-    """Caption -> UMT5 embedding ``[max_length, D]`` (zero past the caption's true length).
-
-    ``directory=None`` keeps the embeddings in memory only. Entries read from disk are also kept
-    in memory, trimmed to their true length (MeViS train: ~28k captions x ~15 tokens x 4096 x 2 bytes).
-    """
-
-    def __init__(self, directory: str | Path | None, max_length: int):
-        self.directory = Path(directory) if directory else None
-        self.max_length = max_length
-        self._memory: dict[str, torch.Tensor] = {}
-
-    def _path(self, caption: str) -> Path:
-        return self.directory / f"{hashlib.sha1(caption.encode()).hexdigest()}.pt"
-
-    def _has(self, caption: str) -> bool:
-        return caption in self._memory or (self.directory is not None and self._path(caption).exists())
-
-    def _trimmed(self, caption: str) -> torch.Tensor | None:
-        if caption not in self._memory:
-            if not self._has(caption):
-                return None
-            saved = torch.load(self._path(caption), weights_only=True)
-            if saved["caption"] != caption:
-                raise ValueError(f"{self._path(caption)}: expected the embedding of {caption!r}, found {saved['caption']!r}")
-            self._memory[caption] = saved["embedding"]
-        return self._memory[caption]
-
-    def missing(self, captions: Iterable[str]) -> list[str]:
-        """The distinct captions not in the cache, in first-seen order."""
-        return [c for c in dict.fromkeys(captions) if not self._has(c)]
-
-    def put(self, caption: str, embedding: torch.Tensor, length: int) -> None:
-        """Store ``embedding`` ``[max_length, D]`` of a caption whose true length is ``length`` tokens."""
-        trimmed = embedding[:length].detach().cpu().clone()
-        self._memory[caption] = trimmed
-        if self.directory is not None:
-            save_atomically({"caption": caption, "embedding": trimmed}, self._path(caption))
-
-    def embeddings(self, captions: Sequence[str]) -> torch.Tensor:
-        """``[B, max_length, D]`` for ``captions`` (each must be cached)."""
-        out = []
-        for c in captions:
-            e = self._trimmed(c)
-            if e is None:
-                where = self.directory or "memory"
-                raise TextCacheMiss(f"text cache {where}: no embedding for caption {c!r} and no text encoder "
-                                    "loaded (run `python -m rvosflow.text_cache` with the run's overrides)")
-            out.append(torch.cat([e, e.new_zeros(self.max_length - len(e), e.shape[-1])]))
-        return torch.stack(out)
-
-    def fill(self, captions: Iterable[str], text_encoder, tokenizer, batch_size: int = 32) -> int:
-        """Encode the missing captions in batches; returns how many were encoded."""
-        from rvosflow.models import encoding
-
-        todo = self.missing(captions)
-        for i in range(0, len(todo), batch_size):
-            chunk = todo[i: i + batch_size]
-            _, mask = encoding.tokenize(tokenizer, chunk, self.max_length)
-            emb = encoding.encode_text(text_encoder, tokenizer, chunk, self.max_length)
-            for caption, e, n in zip(chunk, emb, mask.sum(dim=1).tolist()):
-                self.put(caption, e, int(n))
-        return len(todo)
-
-    def __len__(self) -> int:
-        return len(self._memory)
 
 
 def cache_dir(cfg) -> str | None:
@@ -116,15 +44,20 @@ def cache_dir(cfg) -> str | None:
         return None
     bundle = Path(cfg.model.path)
     key = fingerprint(file_identity(bundle / "text_encoder"), file_identity(bundle / "tokenizer"),
-                      int(cfg.model.text_max_length), str(cfg.model.dtype))
+                      int(cfg.text.max_length), str(cfg.model.dtype))
     return str(Path(cfg.text_cache_dir) / key)
 
 
-def run_captions(datamodule, mode: str) -> list[str]:
-    """Every (normalised) caption a run in ``mode`` reads: what the cache must cover."""
-    from rvosflow.models.encoding import normalize_caption
+def run_captions(datamodule, mode: str, text_cfg) -> list[str]:
+    """Every caption a run in ``mode`` feeds the text encoder, cleaned as it will be (``text.*``:
+    training captions may be lower-cased, scored ones not; a training clip flipped by
+    ``data.augment`` has left and right swapped): what the cache must cover."""
+    def cleaned(texts, training: bool):
+        return [encoding.clean_caption(t, training, text_cfg.clean, text_cfg.lowercase) for t in texts]
 
-    return list(dict.fromkeys(normalize_caption(e.text) for s in datamodule.sources_read(mode) for e in s.expressions))
+    training = cleaned(datamodule.training_texts(), True) if mode == "train" else []
+    scored = [e.text for s in datamodule.scored_sources(mode) for e in s.expressions]
+    return list(dict.fromkeys([*training, *cleaned(scored, False)]))
 
 
 def encoder_device() -> torch.device:
@@ -140,8 +73,6 @@ def ensure(cache: TextCache, cfg, captions: Sequence[str], device: torch.device 
     missing = cache.missing(captions)
     if not missing:
         return 0
-    from rvosflow.models.loader import load_wan_bundle
-
     device = device or encoder_device()
     log.info("text cache %s: encoding %d captions on %s", cache.directory or "(memory)", len(missing), device)
     parts = load_wan_bundle(cfg.model.path, dtype=cfg.model.dtype, components=("text_encoder", "tokenizer"), device=device)
@@ -153,36 +84,28 @@ def ensure(cache: TextCache, cfg, captions: Sequence[str], device: torch.device 
     return n
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The CLI; bad input is one line, exit 2 (:func:`rvosflow.errors.cli`)."""
-    from rvosflow.errors import cli
-
-    return cli(_main, argv)
-
-
 def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rvosflow.text_cache", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m rvosflow.text_cache", description="Encode every caption a run reads, once.")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for run.py (model=..., data=..., data.root=...)")
     parser.add_argument("--mode", default="train", choices=("train", "validate", "predict"),
                         help="the splits to cover: those a run in this mode reads (train = train + validation)")
     parser.add_argument("--device", default=None, help="where the text encoder runs (default: the GPU if any)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    from rvosflow import config as run_config
-    from rvosflow.train import build_datamodule, ensure_data
-
-    cfg = run_config.compose(args.overrides)
-    run_config.validate(cfg)
-    ensure_data(cfg)
-    datamodule = build_datamodule(cfg, spatial_multiple=16)  # captions do not depend on the frame size
-    captions = run_captions(datamodule, args.mode)
-    cache = TextCache(cache_dir(cfg), int(cfg.model.text_max_length))
+    cfg = resolve(compose([*args.overrides, f"mode={args.mode}"]))
+    datamodule = prepare_data(cfg, check_files=False)  # captions only: no frame is read
+    captions = run_captions(datamodule, args.mode, cfg.text)
+    cache = TextCache(cache_dir(cfg), int(cfg.text.max_length))
     if cache.directory is None:
-        raise run_config.ConfigError("text_cache_dir: expected a directory to write the cache to, got null")
+        raise ConfigError("text_cache_dir: expected a directory to write the cache to, got null")
     n = ensure(cache, cfg, captions, torch.device(args.device) if args.device else None)
     print(f"{len(captions)} captions, {n} encoded, {len(captions) - n} already cached -> {cache.directory}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI; bad input is one line, exit 2 (:func:`rvosflow.errors.cli`)."""
+    return cli(_main, argv)
 
 
 if __name__ == "__main__":

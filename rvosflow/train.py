@@ -1,449 +1,176 @@
-"""Build and run one configuration from a composed config: the body of `python run.py`, and
-what a sweep trial calls. Returns and writes ``results.json`` (J, F, JF in percent)."""
+"""One run, top to bottom: the body of `python run.py`, and what every sweep trial calls.
+
+    results = run(compose(["+paradigm=video2mask", "bbs.p=0.5"]), "outputs/example")
+
+1. resolve the config (types, ranges, a checkpoint's own settings, the rules across keys) and set
+   the data up (every file the run reads checked): bad input fails here, before any work;
+2. open the MLflow run; from here on any failure ends it FAILED (KILLED when interrupted);
+3. build the module: the bundle without its text encoder (every caption is embedded once into the
+   text cache first), the decoder, the DiT's starting weights;
+4. train (mode=train), then score the whole validation split -- or write masks (mode=predict);
+5. write ``results.json`` (J, F, J&F in percent, TC, slices) and its per-expression records, and log them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
+import signal
 from pathlib import Path
 
 import lightning as L
-import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import MLFlowLogger
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
 
-from rvosflow import config as run_config
-from rvosflow.console import StepProgressBar, quiet_libraries
-from rvosflow.data.check import check_sources
-from rvosflow.paths import PROJECT_ROOT
+from rvosflow import atomic, checkpoints, signals
+from rvosflow.caches import TextCache
+from rvosflow.config import meaningless, resolve
+from rvosflow.console import quiet_libraries
+from rvosflow.data.setup import prepare_data
+from rvosflow.decoder import select_vae
+from rvosflow.errors import ConfigError
+from rvosflow.evaluate import write_submission
+from rvosflow.metrics.records import flat_scores, sidecar_path, write_records
+from rvosflow.metrics.slices import slice_scores
+from rvosflow.models.loader import load_wan_bundle
+from rvosflow.module import FlowRVSModule
+from rvosflow.predict import MaskWriter, predictions_dir, prepare_predictions_dir
+from rvosflow.signals import Stopped
+from rvosflow.text_cache import cache_dir, ensure, run_captions
+from rvosflow.tracking import TrackedRun
+from rvosflow.trainer import make_trainer
 
 log = logging.getLogger(__name__)
 
 
-def default_tracking_uri() -> str:
-    return f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
-
-
-def tracking_uri(cfg: DictConfig) -> str:
-    """``logger.tracking_uri``, or the project's ``mlflow.db`` when it is null."""
-    return cfg.logger.tracking_uri or default_tracking_uri()
-
-
-class OverlayLogger(Callback):
-    """Logs each validation's overlays (one expression per video, with its J&F) and, for the
-    multistep paradigms, the flow's trajectory for the first of them, as PNGs in MLflow."""
-
-    def on_validation_epoch_end(self, trainer, module) -> None:
-        if not module.overlays or not isinstance(trainer.logger, MLFlowLogger) or trainer.sanity_checking:
-            return
-        import matplotlib.pyplot as plt
-
-        from rvosflow.visualize import overlay_figure, trajectory_figure
-
-        stage = module.metric_prefix if module.metric_prefix != "val" else f"val_step{trainer.global_step:06d}"
-        fig = overlay_figure(module.overlays)
-        trainer.logger.experiment.log_figure(trainer.logger.run_id, fig, f"overlays/{stage}.png")
-        plt.close(fig)
-        trajectory = module.trajectory(module.overlays[0])
-        if trajectory is not None:
-            fig = trajectory_figure(trajectory)
-            trainer.logger.experiment.log_figure(trainer.logger.run_id, fig, f"trajectory/{stage}.png")
-            plt.close(fig)
-
-
-def flow_settings(cfg: DictConfig):
-    from rvosflow.paradigms import FlowSettings
-
-    return FlowSettings(
-        bbs_p=float(cfg.bbs.p), spa=bool(cfg.spa.enabled), dvi=bool(cfg.dvi.enabled),
-        steps=int(cfg.solver.steps), shift=float(cfg.solver.shift), sigma_min=float(cfg.solver.sigma_min),
-        round_timesteps=bool(cfg.solver.round_timesteps),
-        start_at_noise_end=bool(cfg.flow.start_at_noise_end), onestep_timestep=float(cfg.paradigm.timestep),
-    )
-
-
-def ensure_data(cfg: DictConfig) -> None:
-    root = Path(cfg.data.root)
-    if root.exists():
-        return
-    if not cfg.data.get("generate_if_missing", False):
-        raise run_config.ConfigError(f"data.root: expected the {cfg.data.format} layout at {root}, found nothing there")
-    from rvosflow.data.synthetic import SyntheticConfig, write_benchmark
-
-    tier = cfg.data.get("tier", "default")
-    log.info("synthetic benchmark (%s tier) missing at %s: generating it (once)", tier, root)
-    write_benchmark(root.parent, SyntheticConfig(tier=tier))
-
-
-def build_datamodule(cfg: DictConfig, spatial_multiple: int):
-    """``DATAMODULES[data.format]`` from the ``data.*`` keys it takes (``from_config``)."""
-    from rvosflow.data.datamodules import from_config
-
-    return from_config(cfg.data, spatial_multiple, seed=cfg.seed)
-
-
-def init_transformer_from(module, path: str | Path) -> None:
-    """``init_from``: load the DiT weights (``transformer.*``) of a Lightning checkpoint before fit
-    (e.g. the RefCOCO pre-training stage before Ref-YTVOS fine-tuning). Optimizer state and step
-    are not taken; every DiT weight must match (same paradigm/DVI)."""
-    ckpt = run_config.load_checkpoint(path, "init_from")  # plain data only: code is refused, never run
-    module.convert_convention(ckpt, "init_from")  # an old-sign DiT is converted exactly
-    full = ckpt.get("state_dict", {})
-    state = {k[len("transformer."):]: v for k, v in full.items() if k.startswith("transformer.")}
-    if not state:
-        raise run_config.ConfigError(f"init_from: {path}: expected transformer.* weights, found none")
-    try:
-        module.transformer.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise run_config.ConfigError(f"init_from: {path}: expected weights that fit this DiT (same paradigm/DVI/model), "
-                                     f"found a mismatch ({str(e).splitlines()[0]})") from e
-    if module.ema_transformer is not None:  # the EMA starts from the same weights
-        module.ema_transformer.load_state_dict(state, strict=True)
-    log.info("DiT initialised from %s (%d tensors)", path, len(state))
-
-
-def load_dit_ckpt(module, cfg: DictConfig) -> None:
-    """``model.dit_ckpt``: the DiT weights (``model.dit_weights``: ``ema_model`` or ``model``) of a
-    release-layout ``mevis_ckpt.pth`` into the run's DiT (and its EMA). DVI is read off the patch
-    embedding; a file that disagrees with the config is an error naming both."""
-    from rvosflow import release
-
-    path = cfg.model.dit_ckpt
-    state = release.read_dit(path, cfg.model.dit_weights)
-    latent_channels = int(module.frozen.vae.config.z_dim)
-    expected = module.paradigm.input_channels(latent_channels)
-    release.check_dit_channels(state, latent_channels, expected, bool(cfg.dvi.enabled), path)
-    for net in filter(None, (module.transformer, module.ema_transformer)):
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-            raise release.ReleaseError(f"model.dit_ckpt: {path} does not fit model={cfg.model.name}: {first}") from None
-    log.info("DiT weights from %s [%s] (%d tensors)", path, cfg.model.dit_weights, len(state))
-
-
-def latent_cache_dir(cfg: DictConfig) -> str | None:
-    """A cache folder per (VAE weights, dtype, resolution, latent convention). Entries inside are
-    keyed by the content of the encoded pixels (``latents.content_key``), so the same folder is
-    right for any dataset and a changed frame is encoded again. The decoder is not in the key: a
-    tuned decoder (``model.vae_decoder=tuned``) only ever replaces the decoder half of the VAE
-    (``rvosflow.decoder.tuned_vae`` keeps the bundle's encoder), and only the encoder is cached."""
-    if not cfg.cache_latents or not cfg.latent_cache_dir:
-        return None
-    from rvosflow.latents import file_identity, fingerprint
-
-    key = fingerprint("content-v1", file_identity(Path(cfg.model.path) / "vae"), cfg.data.height,
-                      cfg.data.max_width, cfg.model.dtype, bool(cfg.flow.normalize_mask_latent))
-    return str(Path(cfg.latent_cache_dir) / key)
-
-
-def make_strategy(cfg: DictConfig):
-    """``trainer.strategy`` as Lightning takes it. ``fsdp`` (the ``+strategy=fsdp`` preset) becomes an
-    ``FSDPStrategy`` with one FSDP unit per ``WanTransformerBlock`` and the ``fsdp.*`` mixed precision;
-    any other value (auto, ddp, ...) is passed through. ``config.validate`` checked the keys."""
-    name = cfg.trainer.strategy
-    if name != "fsdp":
-        return name
-    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
-    from lightning.pytorch.strategies import FSDPStrategy
-    from torch.distributed.fsdp import MixedPrecision
-
-    from rvosflow.models.loader import resolve_dtype
-
-    f = cfg.fsdp
-    return FSDPStrategy(
-        auto_wrap_policy={WanTransformerBlock},
-        mixed_precision=MixedPrecision(param_dtype=resolve_dtype(f.param_dtype), reduce_dtype=resolve_dtype(f.reduce_dtype),
-                                       buffer_dtype=resolve_dtype(f.buffer_dtype)),
-        sharding_strategy=f.sharding_strategy, state_dict_type=f.state_dict_type, cpu_offload=bool(f.cpu_offload),
-    )
-
-
-def build_module(cfg: DictConfig, bundle, text_cache=None):
-    """The run's LightningModule; ``text_cache`` (``rvosflow.text_cache.TextCache``) holds the captions'
-    embeddings (without it, the bundle's text encoder encodes them on first use)."""
-    from rvosflow.models.loader import resolve_dtype
-    from rvosflow.module import FlowRVSModule, OptimSettings
-    from rvosflow.paradigms import build_paradigm
-
-    fsdp = cfg.trainer.strategy == "fsdp"  # FSDP keeps float32 master weights and computes in fsdp.param_dtype
-
-    return FlowRVSModule(
-        bundle, build_paradigm(cfg.paradigm.name, flow_settings(cfg)), weight_init=cfg.wi.enabled,
-        optim=OptimSettings(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
-                            schedule=cfg.optim.get("schedule", "constant")),
-        text_max_length=cfg.model.text_max_length, gradient_checkpointing=cfg.model.gradient_checkpointing,
-        compute_dtype=resolve_dtype(cfg.fsdp.param_dtype if fsdp else cfg.model.dtype), text_cache=text_cache,
-        normalize_mask_latent=cfg.flow.normalize_mask_latent,
-        window_frames=cfg.window_frames, cache_latents=cfg.cache_latents, latent_cache_dir=latent_cache_dir(cfg),
-        num_overlays=cfg.num_overlays, trajectory_steps=cfg.trajectory_steps,
-        seed=cfg.seed, run_config=OmegaConf.to_container(cfg, resolve=True),
-        ema_decay=float(cfg.ema.decay) if cfg.ema.enabled else None,
-    )
-
-
-def artifact_location(uri: str, experiment_name: str) -> str | None:
-    """``<folder of mlflow.db>/mlartifacts`` for a SQLite tracking URI, derived at run time.
-
-    mlflow.db stores an absolute artifact location per experiment (and per run), so a copied or
-    moved project would go on logging into the original's folder. When the stored location is
-    another project's ``mlartifacts``, it is pointed at this one (the experiment's and its runs'
-    URIs, in one transaction); any other location (S3, a server) is left alone."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    db = Path(uri[len("sqlite:///"):])
-    location = (db.parent / "mlartifacts").as_uri()
-    if not db.is_file():
-        return location
-    import contextlib
-    import sqlite3
-
-    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
-        try:
-            row = con.execute("SELECT experiment_id, artifact_location FROM experiments WHERE name = ?",
-                              (experiment_name,)).fetchone()
-        except sqlite3.OperationalError:  # a fresh file MLflow has not set up yet
-            return location
-        if row is None or row[1] == location or not (row[1].startswith("file://") and row[1].endswith("/mlartifacts")):
-            return location
-        old = row[1]
-        with con:
-            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (location, row[0]))
-            con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
-                        "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
-                        (location, len(old) + 1, row[0], len(old), old))
-    log.warning("MLflow experiment %r: artifacts moved from %s to %s (project copied or moved)",
-                experiment_name, old, location)
-    return location
-
-
-def make_logger(cfg: DictConfig, tags: dict | None = None) -> MLFlowLogger:
-    """The run's MLflow logger: named for what runs (unique in its experiment unless
-    ``logger.run_name`` is given), tagged (``tracking.run_tags``), params logged once, flat."""
-    import mlflow
-
-    from rvosflow import tracking
-
-    uri = tracking_uri(cfg)
-    location = artifact_location(uri, cfg.logger.experiment_name)
-    name = cfg.logger.run_name or tracking.unique_run_name(
-        mlflow.MlflowClient(uri), cfg.logger.experiment_name, tracking.run_name(cfg))
-    logger = MLFlowLogger(
-        experiment_name=cfg.logger.experiment_name, run_name=name, tracking_uri=uri,
-        tags={**tracking.run_tags(cfg), **dict(cfg.logger.tags or {}), **(tags or {})},
-        artifact_location=location,
-    )
-    logger.log_hyperparams(run_config.flat_params(cfg))
-    tracking.mark_experiment(logger.experiment, logger.experiment_id)
-    return logger
-
-
-def run_url(cfg: DictConfig, logger: MLFlowLogger) -> str:
-    from rvosflow.tracking import run_url as url
-
-    return url(tracking_uri(cfg), logger.experiment_id, logger.run_id)
-
-
-def run(cfg: DictConfig, run_dir: str | Path, callbacks: list[Callback] | None = None, tags: dict | None = None) -> dict:
-    """Validate, check the data, train (mode=train), score on the validation split and write
-    results.json. Bad input fails before any work (and before an MLflow run exists); once the
-    MLflow run exists, any failure ends it FAILED (KILLED when interrupted) with the error as
-    its ``rvosflow.error`` tag."""
-    run_config.validate(cfg)  # types, ranges and unknown keys first: a checkpoint path may be the bad key
-    if cfg.get("ckpt_path"):  # the checkpoint's own paradigm/toggles/model, not the defaults
-        cfg = run_config.apply_checkpoint_config(cfg, cfg.ckpt_path)
-        run_config.validate(cfg)
-    if cfg.get("init_from") and cfg.mode == "train":
-        run_config.check_init_from(cfg, cfg.init_from)
+def run(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None, tags: dict | None = None) -> dict:
+    """Resolve, check the data, train (mode=train), score on the validation split or predict, and
+    write results.json; returns what it holds. ``callbacks`` join the Trainer's, ``tags`` the run's."""
+    run_cfg = resolve(cfg)
     quiet_libraries()
     run_dir = Path(run_dir)
-    if cfg.mode == "predict":
-        prepare_predictions_dir(cfg, run_dir)
-    ensure_data(cfg)
-    datamodule = build_datamodule(cfg, bundle_spatial_multiple(cfg.model.path))
-    check_sources(datamodule.sources_read(cfg.mode))  # every file the splits reference, all problems at once
-    tracked = TrackedRun(cfg, tags)
+    check_run_dir(run_dir, run_cfg.overwrite)  # a finished run's results are never replaced unasked
+    datamodule = prepare_data(run_cfg)
+    if run_cfg.mode == "predict":  # never mixes two models' masks, never deletes a file it did not write
+        prepare_predictions_dir(run_cfg, run_dir, datamodule.eval_source(datamodule.predict_split))
+    tracked = TrackedRun(run_cfg, tags)
     try:
-        return _run(cfg, run_dir, datamodule, callbacks, tracked)
+        return _run(run_cfg, run_dir, datamodule, callbacks, tracked)
     except BaseException as exc:
+        if isinstance(exc, SIGTERMException):  # Lightning's stop on SIGTERM (exit code None): ours
+            exc = Stopped(signal.SIGTERM)
+        if isinstance(exc, Stopped):
+            exc.resume = resume_command(run_cfg, run_dir)
         tracked.fail(exc)
-        raise
+        raise exc from None
 
 
-class TrackedRun:
-    """The run's MLflow logger, created on first use, and how the run ends when it fails."""
-
-    def __init__(self, cfg: DictConfig, tags: dict | None):
-        self.cfg, self.tags, self._logger = cfg, tags, None
-
-    @property
-    def logger(self) -> MLFlowLogger:
-        if self._logger is None:
-            self._logger = make_logger(self.cfg, self.tags)
-        return self._logger
-
-    def fail(self, exc: BaseException) -> None:
-        """FAILED (KILLED for Ctrl-C, which Lightning turns into SystemExit) with the error as a tag;
-        never hides ``exc``."""
-        if self._logger is None:  # no MLflow run was started (its first use follows its creation)
-            return
-        import traceback
-
-        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
-        note = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        try:
-            client = self._logger.experiment
-            client.set_tag(self._logger.run_id, "rvosflow.error", note[:4900])
-            client.set_terminated(self._logger.run_id, status)
-        except Exception:  # noqa: BLE001
-            log.exception("could not mark MLflow run %s %s", self._logger.run_id, status)
+def build_module(cfg, datamodule) -> FlowRVSModule:
+    """The run's module: the bundle (no text encoder: the captions the run reads are embedded into
+    the text cache first, a no-op when an earlier run or `python -m rvosflow.text_cache` did it),
+    the decoder ``model.vae_decoder`` picks, and the DiT from ``init_from`` or ``model.dit_ckpt``."""
+    bundle = load_wan_bundle(cfg.model.path, dtype=cfg.model.dtype, components=("transformer", "vae", "scheduler"))
+    bundle.vae = select_vae(cfg.model, bundle.vae)
+    text = TextCache(cache_dir(cfg), cfg.text.max_length)
+    ensure(text, cfg, run_captions(datamodule, cfg.mode, cfg.text))
+    module = FlowRVSModule(cfg, bundle, text)
+    if cfg.init_from and cfg.mode == "train":
+        checkpoints.init_dit_from(module, cfg.init_from)
+    if cfg.model.dit_ckpt:
+        checkpoints.load_release_dit(module, cfg)
+    return module
 
 
-def bundle_spatial_multiple(path) -> int:
-    """What H and W round to (VAE spatial factor x DiT patch), read from the bundle's config.json
-    files so the data can be set up and checked before any weight is loaded."""
-    from rvosflow.models.loader import check_bundle
-
-    root = check_bundle(path, ("transformer", "vae"))
-    vae = json.loads((root / "vae" / "config.json").read_text())
-    dit = json.loads((root / "transformer" / "config.json").read_text())
-    return int(vae.get("scale_factor_spatial") or 8) * int(dit.get("patch_size", [1, 2, 2])[1])
+def check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    if (run_dir / "results.json").exists() and not overwrite:
+        raise ConfigError(f"hydra.run.dir: {run_dir} holds a finished run (results.json): expected a new run "
+                          "folder (or overwrite=true to replace its results)")
 
 
-def _run(cfg: DictConfig, run_dir: Path, datamodule, callbacks, tracked: TrackedRun) -> dict:
-    from rvosflow.checkpoint_io import StreamingCheckpointIO
-    from rvosflow.decoder import select_vae
-    from rvosflow.models.loader import load_wan_bundle
-    from rvosflow.text_cache import TextCache, cache_dir, ensure, run_captions
+def resume_command(cfg, run_dir: Path) -> str | None:
+    """How to go on from the checkpoint a stopped training left: the same overrides from it, in its folder."""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.mode != "train" or not ckpt.exists():
+        return None
+    typed = [o for o in cfg.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+    return " ".join(["python run.py", *typed, f"ckpt_path={ckpt}", f"hydra.run.dir={run_dir}"])
 
+
+def _run(cfg, run_dir: Path, datamodule, callbacks, tracked: TrackedRun) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
-    torch.set_float32_matmul_precision("high")
-    # No text encoder: every caption the run reads is embedded once into the text cache first
-    # (a no-op when `python -m rvosflow.text_cache` or an earlier run did it), so it never sits on the GPU.
-    bundle = load_wan_bundle(cfg.model.path, dtype=cfg.model.dtype, components=("transformer", "vae", "scheduler"))
-    bundle.vae = select_vae(cfg.model, bundle.vae)  # model.vae_decoder: frozen, or the tuned logit head
-    text = TextCache(cache_dir(cfg), int(cfg.model.text_max_length))
-    ensure(text, cfg, run_captions(datamodule, cfg.mode))
-    module = build_module(cfg, bundle, text)
-    bundle.transformer = None  # the module trains its own copy (WI) or a fresh init: this one is 2.8 GB at 1.3B
-    if cfg.get("init_from") and cfg.mode == "train":
-        init_transformer_from(module, cfg.init_from)
-    if cfg.model.get("dit_ckpt"):
-        load_dit_ckpt(module, cfg)
-
-    logger = tracked.logger
-    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_args["strategy"] = make_strategy(cfg)
-    trainer_args["plugins"] = [StreamingCheckpointIO()]  # checkpoints written without an in-memory copy
-    checkpointing = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
-    callbacks = [OverlayLogger(), checkpointing, *(callbacks or [])]
-    if cfg.trainer.get("enable_progress_bar") is not False:
-        callbacks.append(StepProgressBar())
+    for why in meaningless(cfg):  # valid, but the number would not mean what it says
+        log.warning("WARNING: %s", why)
+        tracked.logger.experiment.set_tag(tracked.logger.run_id, "rvosflow.warning", why)
+    module = build_module(cfg, datamodule)
     if cfg.mode == "predict":
-        return _predict(cfg, run_dir, module, datamodule, logger, trainer_args, callbacks)
+        return _predict(cfg, run_dir, module, datamodule, callbacks, tracked)
     # Server-scored splits (real Ref-YTVOS / MeViS `valid`) have no masks: no validation then.
     scored = datamodule.eval_source(datamodule.val_split).has_masks
     if not scored:
         log.warning("data.val_split=%s has no masks: validation off (score it with mode=predict)", datamodule.val_split)
-        trainer_args["limit_val_batches"] = 0
-    trainer = L.Trainer(**trainer_args, logger=logger, default_root_dir=str(run_dir), callbacks=callbacks)
+    trainer, checkpointing = make_trainer(cfg, run_dir, tracked.logger, callbacks, validate=scored)
     if cfg.mode == "train":
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        with signals.deferred():  # a signal stops it at the next batch, after a checkpoint
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         ckpt = None  # score the weights in memory
-        # the file ModelCheckpoint really wrote (last-v1.ckpt when last.ckpt was already there)
-        written = checkpointing.last_model_path or None
+        written = checkpointing.written
     else:
         ckpt = written = cfg.ckpt_path
-    datamodule.val_limit = None  # the reported score covers the whole validation split
+    measures = {"J": None, "F": None, "JF": None, "per_kind": {}}
     if scored:
+        datamodule.val_limit = None  # the reported score covers the whole validation split
         module.metric_prefix = "final"  # logged as final/*, apart from the in-training val/* curve
-        scores = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
+        with signals.deferred():
+            scores = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
         measures = {"J": scores["final/J"], "F": scores["final/F"], "JF": scores["final/JF"],
-                    "per_kind": module.scores_by_kind}
-    else:
-        measures = {"J": None, "F": None, "JF": None, "per_kind": {}}
-    out = run_dir / "results.json"
-    results = {
-        **measures, "checkpoint": str(written) if written else None, "results_path": str(out),
-        "mlflow_run_id": logger.run_id, "mlflow_url": run_url(cfg, logger),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-    out.write_text(json.dumps(results, indent=2))
-    logger.experiment.log_artifact(logger.run_id, str(out))
-    logger.experiment.log_text(logger.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-    return results
+                    "per_kind": module.scores_by_kind, **record_summary(module.records, cfg.slices, run_dir)}
+    return _write_results(cfg, run_dir, tracked, {**measures, "checkpoint": str(written) if written else None})
 
 
-def summary(results: dict) -> str:
-    """The closing lines of `python run.py`: the score (J, F, per kind), where results.json and
-    the MLflow run are."""
-    if "predictions" in results:
-        head = f"{results['expressions']} expressions ({results['frames']} frames) -> {results['predictions']}"
-    elif results["JF"] is None:  # a server-scored validation split: no local score
-        head = f"trained -> {results['checkpoint']} (the split has no masks: score it with mode=predict)"
-    else:
-        head = f"J&F {results['JF']:.1f}  J {results['J']:.1f}  F {results['F']:.1f}"
-        if results["per_kind"]:
-            head += "   per kind: " + ", ".join(f"{k} {v['JF']:.1f} (n={v['n']})" for k, v in results["per_kind"].items())
-        if results["config"]["data"].get("eval_videos") is not None:
-            head += f"   [first {results['config']['data']['eval_videos']} videos only]"
-    return f"{head}\n  results: {results['results_path']}\n  MLflow:  {results['mlflow_url']}"
+def record_summary(records, slices, run_dir: Path) -> dict:
+    """What the per-expression records add to ``results.json``: REM's temporal consistency, the
+    ``slices``, and the sidecar CSV that pairs this run with another (tables' CIs, --compare)."""
+    tc = flat_scores(records)["TC"]
+    return {"TC": None if math.isnan(tc) else 100 * tc, "slices": slice_scores(records, slices),
+            "per_expression": str(write_records(records, sidecar_path(run_dir / "results.json")))}
 
 
-def predictions_dir(cfg: DictConfig, run_dir: Path) -> Path:
-    return Path(cfg.predict.out_dir) if cfg.predict.out_dir else run_dir / "predictions"
-
-
-def prepare_predictions_dir(cfg: DictConfig, run_dir: Path) -> None:
-    """Refuse a non-empty ``predict.out_dir`` (two models' masks would mix) unless
-    ``predict.overwrite=true``; then remove the earlier masks, and nothing but masks."""
-    import shutil
-
+def _predict(cfg, run_dir: Path, module, datamodule, callbacks, tracked: TrackedRun) -> dict:
+    """mode=predict: the masks of every expression of ``data.predict_split`` as
+    ``<predict.out_dir>/<video>/<exp_id>/<frame>.png`` (0/255, original resolution), and for a
+    server-scored split the zip its server takes."""
     out_dir = predictions_dir(cfg, run_dir)
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise run_config.ConfigError(f"predict.out_dir: expected a folder, found a file at {out_dir}")
-    entries = list(out_dir.rglob("*"))
-    if not entries:
-        return
-    if not cfg.predict.get("overwrite", False):
-        raise run_config.ConfigError(
-            f"predict.out_dir: expected an empty or new folder, found {len(entries)} entries in {out_dir} "
-            "(set predict.overwrite=true to replace them)")
-    others = [p for p in entries if p.is_file() and p.suffix != ".png"]
-    if others:
-        raise run_config.ConfigError(
-            f"predict.out_dir: expected a folder of mask PNGs to overwrite, found {len(others)} other files "
-            f"in {out_dir} (e.g. {others[0]})")
-    shutil.rmtree(out_dir)
-
-
-def _predict(cfg, run_dir: Path, module, datamodule, logger, trainer_args, callbacks) -> dict:
-    """mode=predict: masks of every expression of ``data.predict_split`` as
-    ``<predict.out_dir>/<video>/<exp_id>/<frame>.png`` (0/255, original resolution)."""
-    from rvosflow.predict import MaskWriter
-
-    out_dir = predictions_dir(cfg, run_dir)
-    if not cfg.ckpt_path:
-        log.warning("mode=predict without ckpt_path: predicting with the untrained DiT")
+    if not cfg.ckpt_path and not cfg.model.dit_ckpt:
+        log.warning("mode=predict without ckpt_path or model.dit_ckpt: predicting with the untrained DiT")
     writer = MaskWriter(out_dir)
-    trainer = L.Trainer(**trainer_args, logger=logger, default_root_dir=str(run_dir), callbacks=[*callbacks, writer])
-    trainer.predict(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, return_predictions=False)
-    results = {
-        "predictions": str(out_dir), "split": datamodule.predict_split, "expressions": writer.expressions,
-        "frames": writer.frames, "checkpoint": cfg.ckpt_path or cfg.model.get("dit_ckpt"),
-        "results_path": str(run_dir / "results.json"),
-        "mlflow_run_id": logger.run_id, "mlflow_url": run_url(cfg, logger), "config": OmegaConf.to_container(cfg, resolve=True),
-    }
+    trainer, _ = make_trainer(cfg, run_dir, tracked.logger, [*(callbacks or []), writer])
+    with signals.deferred():
+        trainer.predict(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, return_predictions=False)
+    results = {"predictions": str(out_dir), "split": datamodule.predict_split, "expressions": writer.expressions,
+               "frames": writer.frames, "checkpoint": cfg.ckpt_path or cfg.model.dit_ckpt}
     source = datamodule.eval_source(datamodule.predict_split)
-    if not source.has_masks and cfg.data.format in ("mevis", "ref_ytvos"):  # server-scored: the zip it takes
-        from rvosflow.evaluate import write_submission
-
+    if not source.has_masks and cfg.data.format in ("mevis", "ref_ytvos"):
         sub = write_submission(source, out_dir, run_dir / f"{cfg.data.format}_{datamodule.predict_split}_submission.zip")
         results["submission"] = sub["zip"]
         log.info("submission zip (%d PNGs, %d expressions missing) -> %s", sub["pngs"], len(sub["missing"]), sub["zip"])
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return _write_results(cfg, run_dir, tracked, results)
+
+
+def _write_results(cfg, run_dir: Path, tracked: TrackedRun, results: dict) -> dict:
+    """``results.json`` (atomically) with where the run is and the config it ran, logged to MLflow."""
+    out = run_dir / "results.json"
+    config = dataclasses.asdict(cfg)
+    results = {**results, "results_path": str(out), "mlflow_run_id": tracked.logger.run_id,
+               "mlflow_url": tracked.url, "config": config}
+    atomic.write_text(out, json.dumps(results, indent=2))
+    client = tracked.logger.experiment
+    client.log_artifact(tracked.logger.run_id, str(out))
+    client.log_text(tracked.logger.run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
+    if results.get("per_expression"):
+        tracked.log_records(results["per_expression"], results["slices"])
+    tracked.finish()  # only now: a run stopped while it was scored is never FINISHED without a score
     return results

@@ -73,7 +73,8 @@ class RssSampler(threading.Thread):
 
 def phase_recorder(sampler: RssSampler):
     """A Lightning callback that records ``(name, start, end)`` spans: each step's VAE encoding,
-    forward, backward, optimiser step (clipping + AdamW), EMA update; checkpoint writes; validation.
+    forward, backward, optimiser step (clipping + AdamW, then the EMA update inside it); checkpoint
+    writes; validation.
     Built here so that the parent never imports Lightning."""
     import torch
     from lightning.pytorch.callbacks import Callback
@@ -110,7 +111,8 @@ def phase_recorder(sampler: RssSampler):
             self.marks["fit_setup"] = time.perf_counter()
             self._wrap(module, "video_posteriors", "vae_encode")
             self._wrap(module, "mask_latents", "vae_encode")
-            self._wrap(module, "on_train_batch_end", "ema")  # the module's hook: the EMA update
+            if module.ema is not None:
+                self._wrap(module.ema, "step", "ema")  # inside the module's optimizer_step
             self._wrap(trainer.strategy.checkpoint_io, "save_checkpoint", "checkpoint_write")
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
@@ -127,7 +129,7 @@ def phase_recorder(sampler: RssSampler):
         def on_before_optimizer_step(self, trainer, module, optimizer):
             self._start("optimizer")  # Lightning clips the gradients after this hook, then steps
 
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):  # before the module's (EMA)
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             self._end("optimizer")
             if "adamw_state_bytes" not in self.state:  # after the first step: gradients and moments exist
                 grads = [p.grad for p in module.transformer.parameters() if p.grad is not None]
@@ -143,7 +145,7 @@ def phase_recorder(sampler: RssSampler):
             self.state.update(
                 rss_at_fit_start=sampler.rss(), dit_params=sum(p.numel() for p in module.transformer.parameters()),
                 dit_weight_bytes=nbytes(module.transformer), vae_weight_bytes=nbytes(module.frozen.vae),
-                ema_weight_bytes=nbytes(module.ema_transformer) if module.ema_transformer is not None else 0)
+                ema_weight_bytes=sum(t.nbytes for t in module.ema.shadow_params) if module.ema is not None else 0)
 
         def on_validation_start(self, trainer, module):
             self._start("validation")
@@ -170,7 +172,7 @@ def child(spec_path: Path) -> int:
     Path(spec["events"]).write_text(json.dumps({
         "t0": t0, "end": end, "marks": recorder.marks, "spans": recorder.spans, "state": recorder.state,
         "samples": sampler.samples, "JF": results["JF"], "checkpoint": results["checkpoint"],
-        "text_max_length": results["config"]["model"]["text_max_length"],
+        "text_max_length": results["config"]["text"]["max_length"],
         "precision": results["config"]["trainer"]["precision"], "ema_decay": results["config"]["ema"]["decay"],
     }))
     return 0
@@ -205,12 +207,13 @@ def summarise(events: dict) -> dict:
     steps = []
     for step in sorted({s for _, s, _, _ in spans if s >= 0}):
         first = min(a for n, s, a, _ in spans if s == step and n == "forward")
-        last = max(b for n, s, _, b in spans if s == step and n == "ema")
+        last = max(b for n, s, _, b in spans if s == step and n == "optimizer")
         seconds = {}
         for name, _, a, b in spans:  # the step's phases: what starts and ends inside its window
             if first <= a and b <= last and name in ("forward", "backward", "optimizer", "ema", "vae_encode"):
                 seconds[name] = seconds.get(name, 0.0) + (b - a)
         seconds["dit_forward"] = seconds["forward"] - seconds.get("vae_encode", 0.0)  # forward holds the encoding
+        seconds["optimizer"] -= seconds.get("ema", 0.0)  # clipping + AdamW; the EMA update is its own figure
         steps.append({"step": step + 1, "total_s": round(last - first, 3),
                       **{f"{k}_s": round(v, 3) for k, v in seconds.items() if k != "forward"},
                       "peak_rss_gb": peak(first, last)})

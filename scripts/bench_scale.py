@@ -45,7 +45,7 @@ from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rvosflow.latents import content_key  # noqa: E402
+from rvosflow.caches import content_key  # noqa: E402
 from rvosflow.models.scale import (  # noqa: E402
     REDUCED_DIT, REDUCED_VAE, WAN21_T2V_1_3B, dit_param_count, dit_tokens, dit_train_flops,
 )
@@ -168,10 +168,10 @@ def bench_training(config: dict, clip: tuple, text_len: int, dtype, device, chec
 def inference_setup(config: dict, vae_kwargs, video: tuple, text_len: int, dtype, device, window_frames: int):
     """A ``FlowRVSModule`` (video2mask, DVI, one Euler step, no latent cache, text from the cache, no
     text encoder) on ``device`` and one whole-video sample."""
+    from rvosflow import schema
     from rvosflow.models.loader import WanBundle
     from rvosflow.module import FlowRVSModule
-    from rvosflow.paradigms import FlowSettings, build_paradigm
-    from rvosflow.text_cache import TextCache
+    from rvosflow.caches import TextCache
 
     frames, height, width = video
     caption = "the smaller monkey jumping"
@@ -179,8 +179,11 @@ def inference_setup(config: dict, vae_kwargs, video: tuple, text_len: int, dtype
     text.put(caption, torch.randn(text_len, config["text_dim"]).to(dtype), text_len)
     dit = build_dit(config, dtype, "cpu", dvi=False)  # the module widens its copy (DVI), as in a run
     bundle = WanBundle(transformer=dit, vae=build_vae(vae_kwargs, "cpu"))
-    module = FlowRVSModule(bundle, build_paradigm("video2mask", FlowSettings(dvi=True, steps=1)), text_max_length=text_len,
-                           window_frames=window_frames, cache_latents=False, text_cache=text, compute_dtype=dtype)
+    cfg = schema.build({"paradigm": {"name": "video2mask"}, "data": {"format": "mevis", "root": "unused"},
+                        "model": {"name": "bench", "path": "unused", "dtype": str(dtype).removeprefix("torch.")},
+                        "text": {"max_length": text_len}, "window_frames": window_frames, "cache_latents": False,
+                        "solver": {"steps": 1}, "dvi": {"enabled": True}})
+    module = FlowRVSModule(cfg, bundle, text_cache=text)
     bundle.transformer = None  # the module holds its own (WI) copy
     module.eval().to(device)
     module.frozen.to(device)

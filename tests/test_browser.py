@@ -23,7 +23,7 @@ def test_a_sweep_renders_in_the_mlflow_ui(tiny_benchmark, test_bundle_dir, tmp_p
 
     overrides = [
         f"data.root={tiny_benchmark / 'mevis'}", "data.height=32", "data.max_width=32", "data.num_frames=9",
-        "data.batch_size=2", "data.val_limit=3", f"model.path={test_bundle_dir}", "model.text_max_length=16",
+        "data.batch_size=2", "data.val_limit=3", f"model.path={test_bundle_dir}", "text.max_length=16",
         "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
         "latent_cache_dir=null", "text_cache_dir=null", "trajectory_steps=2",
     ]

@@ -3,7 +3,6 @@ one sample schema, selectable by config, 1-frame image clips, batch-level mixing
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

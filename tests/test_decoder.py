@@ -1,22 +1,17 @@
 """VAE decoder adaptation: the losses, the 1-channel logit head, tuned-decoder files, the
-frozen/tuned mask rules and `model.vae_decoder` selection (DESIGN §3 "Decoder")."""
+frozen/tuned mask rules and `model.vae_decoder` selection (docs/design.md §3 "Decoder")."""
 
 import pytest
 import torch
 
-from rvosflow.config import ConfigError, compose, validate
-from rvosflow.decoder import (
-    DecoderSettings,
-    dice_loss,
-    focal_loss,
-    load_tuned_state,
-    reconstruction_scores,
-    train_decoder,
-    tuned_vae,
-    with_logit_head,
-)
+from rvosflow import checkpoints
+from rvosflow.checkpoints import read_tuned_decoder as load_tuned_state
+from rvosflow.config import compose
+from rvosflow.config import resolve as validate
+from rvosflow.decoder import dice_loss, focal_loss, reconstruction_scores, train_decoder, tuned_vae, with_logit_head
+from rvosflow.errors import ConfigError
 from rvosflow.models import encoding
-from rvosflow import release
+from rvosflow.schema import Decoder as DecoderSettings
 
 
 def test_focal_loss_matches_its_definition():
@@ -78,9 +73,12 @@ def test_tuned_decoder_round_trips_through_both_layouts(test_bundle, tmp_path):
     vae = test_bundle.vae
     tuned = with_logit_head(vae, init="random")
     tuned.save_pretrained(tmp_path / "folder", safe_serialization=True)
-    release.write_decoder(tmp_path / "decoder.pth", tuned)
-    # the release's file may nest the prefixed dict under "model"
-    torch.save({"model": torch.load(tmp_path / "decoder.pth", weights_only=True)}, tmp_path / "nested.pth")
+    checkpoints.write_release_decoder(tmp_path / "decoder.pth", tuned.state_dict())
+    published = torch.load(tmp_path / "decoder.pth", weights_only=True)
+    assert (tmp_path / "decoder.pth").read_bytes()[:2] == b"\x80\x02"  # legacy container, as the release writes
+    assert set(published) == {"model"} and all(k.startswith("vae.") for k in published["model"])
+    # an older rvosflow export held the prefixed dict at the top level
+    torch.save(published["model"], tmp_path / "nested.pth")
     z = latent(vae)
     with torch.no_grad():
         want = encoding.mask_probs(tuned, z)
@@ -116,9 +114,10 @@ def test_training_moves_the_decoder_only(test_bundle):
 
 
 def test_reconstruction_scores_on_a_benchmark(test_bundle, tiny_benchmark):
+    from functools import partial
+
     from rvosflow.data.formats import MevisSource
     from rvosflow.data.transforms import model_size
-    from functools import partial
 
     src = MevisSource(tiny_benchmark / "mevis" / "valid_u")
     size_fn = partial(model_size, target_height=32, max_width=32, multiple=16)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from rvosflow.evaluate import db_statistics, evaluate, main, merged_labels, open_source, score_davis_video
+from rvosflow.evaluate import compare, db_statistics, evaluate, main, merged_labels, open_source, score_davis_video
 from rvosflow.metrics import JandF
 from rvosflow.predict import write_masks
 
@@ -207,3 +207,143 @@ def test_soft_prediction_pngs_are_an_error_with_count_and_first_files(tiny_bench
     for path in soft:
         Image.fromarray((np.asarray(Image.open(path)) > 0).astype(np.uint8), mode="L").save(path)
     assert evaluate("mevis", tiny_benchmark / "mevis", "valid_u", tmp_path / "p")["JF"] == pytest.approx(100)
+
+
+# ----------------------------------------------------------------------------- temporal consistency,
+# per-expression records, slices, --compare
+
+
+def hand_made_mevis(root):
+    """A MeViS split by hand: one 4-frame 8x8 video, one expression whose prediction scores per-frame
+    J = 1, 1/2, 0 and, on the last frame (target absent, nothing predicted), 1 by DAVIS semantics.
+    TC = (|1/2 - 1| + |0 - 1/2| + |1 - 0|) / 3 = 2/3; J = 2.5/4."""
+    from rvosflow.data.formats.mevis import write_mevis
+    from rvosflow.data.schema import Expression, Video
+
+    gt = np.zeros((4, 8, 8), bool)
+    pred = np.zeros_like(gt)
+    gt[0, 2:4, 2:4] = pred[0, 2:4, 2:4] = True
+    gt[1, 2:4, 2:4] = True
+    pred[1, 2:4, 2] = True
+    gt[2, 2:4, 2:4] = True
+    pred[2, 5:7, 5:7] = True
+    video = Video("vid0", np.full((4, 8, 8, 3), 128, np.uint8), {1: gt},
+                  [Expression("0", "the square", [1], kind="motion")])
+    write_mevis(root / "valid_u", [video])
+    return pred, video
+
+
+def test_evaluate_prints_and_writes_temporal_consistency_on_a_hand_made_case(tmp_path, capsys):
+    pred, video = hand_made_mevis(tmp_path / "mevis")
+    write_masks(tmp_path / "p", "vid0", "0", video.frame_names, pred)
+    rc = main(["--benchmark", "mevis", "--root", str(tmp_path / "mevis"), "--split", "valid_u",
+               "--predictions", str(tmp_path / "p"), "--out", str(tmp_path / "s.json"), "--slices", "absent,length"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    first = out.splitlines()[0]
+    assert first.startswith("mevis/valid_u: J&F ") and "J 62.50" in first and "TC 66.67" in first
+    assert "lower is better" in first
+    assert any(line.split()[:1] == ["motion"] and "TC 66.67" in line for line in out.splitlines())
+    r = json.loads((tmp_path / "s.json").read_text())
+    assert r["TC"] == pytest.approx(200 / 3) and r["TC_expressions"] == 1
+    assert r["per_kind"]["motion"]["TC"] == pytest.approx(200 / 3) and r["per_expression"]["vid0/0"]["TC"] == pytest.approx(200 / 3)
+    # the absent-target frame: predicted empty, so J = F = 1 there; the present frames score J 1.5/3
+    assert r["slices"]["absent"]["absent"] == {"J": 100.0, "F": 100.0, "JF": 100.0, "T": None, "n": 1,
+                                               "frames": 1, "pred_empty": 1.0}
+    assert r["slices"]["absent"]["present"]["J"] == pytest.approx(50.0) and list(r["slices"]["length"]) == ["2-16"]
+    assert "absent absent" in out and "100.0% predicted empty" in out
+    # the per-expression sidecar beside --out
+    from rvosflow.metrics.records import read_records
+
+    assert r["per_expression_file"] == str(tmp_path / "s.per_expression.csv")
+    (rec,) = read_records(tmp_path / "s.per_expression.csv")
+    assert rec.key == ("vid0", "0") and rec.kind == "motion" and rec.J == 0.625 and rec.TC == pytest.approx(2 / 3)
+    assert rec.empty_frames == rec.both_empty_frames == 1 and rec.target_area == 4 / 64
+
+
+def test_records_aggregate_to_the_same_scores_as_the_metric(tiny_benchmark, tmp_path):
+    from rvosflow.metrics.records import flat_scores, read_records
+
+    src = open_source("mevis", tiny_benchmark / "mevis", "valid_u")
+    metric = shifted_predictions(src, tmp_path / "p")
+    r = evaluate("mevis", tiny_benchmark / "mevis", "valid_u", tmp_path / "p", tmp_path / "s.json")
+    records = read_records(r["per_expression_file"])
+    assert [x.key for x in records] == [(e.video_id, e.exp_id) for e in src.expressions]
+    ref = {k: float(v) for k, v in metric.compute().items()}
+    flat = flat_scores(records)
+    assert all(flat[k] == v for k, v in ref.items())  # exact: the sidecar round trip loses nothing
+    assert r["JF"] == 100 * ref["JF"] and r["TC"] is not None and r["TC"] > 0
+    assert sum(s["n"] for s in evaluate("mevis", tiny_benchmark / "mevis", "valid_u", tmp_path / "p",
+                                        slices=["size"])["slices"]["size"].values()) == len(src)
+
+
+def test_ref_davis_reports_temporal_consistency(tiny_benchmark, tmp_path):
+    src = open_source("ref_davis", tiny_benchmark / "ref_davis", "valid")
+    write_gt_predictions(src, tmp_path / "p")
+    r = evaluate("ref_davis", tiny_benchmark / "ref_davis", "valid", tmp_path / "p")
+    assert r["TC"] == 0.0 and all(s["TC"] == 0.0 for s in r["sets"].values())  # perfect: J = 1 on every frame
+    write_gt_predictions(src, tmp_path / "q", shift)
+    r = evaluate("ref_davis", tiny_benchmark / "ref_davis", "valid", tmp_path / "q")
+    assert r["TC"] == pytest.approx(np.mean([s["TC"] for s in r["sets"].values()])) and r["TC"] > 0
+    with pytest.raises(ValueError, match="--slices: expected a per-expression benchmark"):
+        evaluate("ref_davis", tiny_benchmark / "ref_davis", "valid", tmp_path / "q", slices=["length"])
+
+
+def test_compare_two_prediction_folders_or_their_per_expression_files(tiny_benchmark, tmp_path, capsys):
+    src = open_source("mevis", tiny_benchmark / "mevis", "valid_u")
+    write_gt_predictions(src, tmp_path / "good")
+    write_gt_predictions(src, tmp_path / "shifted", shift)
+    split = ["--benchmark", "mevis", "--root", str(tiny_benchmark / "mevis"), "--split", "valid_u"]
+    rc = main(["--compare", str(tmp_path / "good"), str(tmp_path / "shifted"), *split, "--out", str(tmp_path / "c.json")])
+    out = capsys.readouterr().out
+    r = json.loads((tmp_path / "c.json").read_text())
+    d = r["delta_JF"]
+    # every expression is better with the ground truth: every resample's mean difference is > 0
+    assert rc == 0 and d["significant"] and 0 < d["low"] <= d["delta"] <= d["high"]
+    assert d["delta"] == pytest.approx(r["run_scores"]["JF"] - r["reference_scores"]["JF"])
+    assert d["n_expressions"] == len(src) and d["seed"] == 25 and d["n_resamples"] == 10_000
+    assert "significant (the CI excludes 0)" in out and f"{d['delta']:+.2f} points" in out
+    # the same from the per-expression files that scoring wrote
+    for name in ("good", "shifted"):
+        evaluate("mevis", tiny_benchmark / "mevis", "valid_u", tmp_path / name, tmp_path / f"{name}.json")
+    files = compare(tmp_path / "good.per_expression.csv", tmp_path / "shifted.per_expression.csv")
+    assert files["delta_JF"] == d
+    for name in ("good", "shifted"):  # two run folders: the records their closing scores wrote
+        (tmp_path / f"run-{name}").mkdir()
+        (tmp_path / f"run-{name}" / "results.json").write_text("{}")
+        shutil.copy(tmp_path / f"{name}.per_expression.csv", tmp_path / f"run-{name}" / "results.per_expression.csv")
+    assert compare(tmp_path / "run-good", tmp_path / "run-shifted")["delta_JF"] == d
+    same = compare(tmp_path / "shifted.per_expression.csv", tmp_path / "shifted", "mevis", tiny_benchmark / "mevis",
+                   "valid_u", n_resamples=200)
+    assert (same["delta_JF"]["low"], same["delta_JF"]["high"]) == (0.0, 0.0) and not same["delta_JF"]["significant"]
+
+
+def test_compare_and_scoring_errors_are_one_line(tiny_benchmark, tmp_path, capsys):
+    src = open_source("mevis", tiny_benchmark / "mevis", "valid_u")
+    write_gt_predictions(src, tmp_path / "p")
+    evaluate("mevis", tiny_benchmark / "mevis", "valid_u", tmp_path / "p", tmp_path / "all.json")
+    evaluate("mevis", tiny_benchmark / "mevis", "valid_u", tmp_path / "p", tmp_path / "one.json", videos=1)
+    first = src.video_ids()[1]
+    cases = [
+        (["--compare", str(tmp_path / "one.per_expression.csv"), str(tmp_path / "all.per_expression.csv")],
+         f"error: {tmp_path / 'one.per_expression.csv'}: expected the expressions of {tmp_path / 'all.per_expression.csv'}, "
+         f"found that it lacks"),
+        (["--compare", str(tmp_path / "p"), str(tmp_path / "all.per_expression.csv")],
+         f"error: --compare: expected --benchmark, --root, --split to score the predictions folder {tmp_path / 'p'}, found none"),
+        (["--compare", str(tmp_path / "nothing"), str(tmp_path / "all.per_expression.csv")],
+         "error: --compare: expected a per-expression CSV file or a predictions folder, found nothing at"),
+        (["--compare", str(tmp_path / "all.json"), str(tmp_path / "all.per_expression.csv")],
+         f"error: {tmp_path / 'all.json'}: expected the header video_id,exp_id,kind"),
+        (["--benchmark", "mevis", "--root", str(tiny_benchmark / "mevis"), "--split", "valid_u",
+          "--predictions", str(tmp_path / "p")], "error: --out: expected a value (needed to score predictions), found none"),
+        (["--benchmark", "mevis", "--root", str(tiny_benchmark / "mevis"), "--split", "valid_u", "--predictions",
+          str(tmp_path / "p"), "--out", str(tmp_path / "x.json"), "--slices", "length,kinds"],
+         "error: --slices: expected slice names among length, size, absent, found 'kinds'"),
+    ]
+    errs = []
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        errs.append(capsys.readouterr().err)
+        assert errs[-1].startswith(message) and len(errs[-1].strip().splitlines()) == 1, (argv, errs[-1])
+    lacking = [e for e in src.expressions if e.video_id != src.video_ids()[0]]
+    assert f"lacks {len(lacking)} of the {len(src)} expressions ({first}/{lacking[0].exp_id}, " in errs[0]

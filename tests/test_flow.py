@@ -29,17 +29,28 @@ def test_interpolation_ends():
     assert torch.allclose(mid, (z0 + z1) / 2)
 
 
+@pytest.mark.parametrize("sampler", ["release", "bernoulli"])
 @pytest.mark.parametrize("p", [0.0, 0.25, 0.5, 0.75, 1.0])
-def test_bbs_share_of_t0_matches_p(p):
+def test_bbs_share_of_t0_matches_p(p, sampler):
     g = torch.Generator().manual_seed(0)
-    t = sample_bbs_times(200_000, p, g)
+    t = sample_bbs_times(200_000, p, g, sampler=sampler)
     share = (t == 0).float().mean().item()
-    assert abs(share - p) < 0.005
+    assert share == p if sampler == "release" else abs(share - p) < 0.005  # release: exactly int(B p) per batch
     rest = t[t > 0]
-    if p < 1:  # the continuous part is U(0, 1)
+    if p < 1:  # the rest is U(0, 1): continuous (bernoulli) or on the release's 1/1000 grid, never t=1
         assert abs(rest.mean().item() - 0.5) < 0.01 and rest.max() < 1
+        grid = (1 - rest) * 1000
+        assert torch.allclose(grid, grid.round(), atol=1e-6) if sampler == "release" else not torch.allclose(grid, grid.round())
     with pytest.raises(ValueError, match="bbs.p"):
-        sample_bbs_times(4, 1.5)
+        sample_bbs_times(4, 1.5, sampler=sampler)
+    with pytest.raises(ValueError, match="bbs.sampler"):
+        sample_bbs_times(4, 0.5, sampler="uniform")
+
+
+def test_release_bbs_truncates_the_boundary_count_per_batch():
+    g = torch.Generator().manual_seed(0)
+    assert all(int((sample_bbs_times(2, 0.25, g) == 0).sum()) == 0 for _ in range(200))  # int(2 * 0.25) = 0
+    assert all(int((sample_bbs_times(8, 0.75, g) == 0).sum()) == 6 for _ in range(200))
 
 
 def test_shift_matches_definition():

@@ -8,7 +8,6 @@ import os
 import pickle
 import shutil
 
-import numpy as np
 import pytest
 
 from rvosflow.data.formats import (

@@ -1,4 +1,4 @@
-"""Property tests: the bit-packed J&F against a plain per-frame reference from DESIGN §4.
+"""Property tests: the bit-packed J&F against a plain per-frame reference from docs/design.md §4.
 
 The reference is written from the definition, sharing no code with the fast path: seg2bmap as
 comparisons with an edge-replicated copy, the disk tolerance as "some boundary pixel of the
@@ -21,7 +21,6 @@ from scipy.ndimage import distance_transform_edt
 
 from rvosflow.metrics import JandF
 from rvosflow.metrics.functional import boundary_f, jaccard, jaccard_and_boundary_f
-
 
 # --------------------------------------------------------------------------- reference
 

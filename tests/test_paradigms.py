@@ -5,12 +5,12 @@ import itertools
 
 import pytest
 import torch
+from settings import paradigm, run_config
 
 from rvosflow.models import encoding
 from rvosflow.models.dit import build_dit, widen_patch_embedding
 from rvosflow.models.tiny import build_random_bundle
-from rvosflow.module import start_point
-from rvosflow.paradigms import PARADIGMS, FlowSettings, build_paradigm
+from rvosflow.paradigms import PARADIGMS
 
 C, F_, H, W = 16, 2, 4, 4  # latent [C, F, H, W] of the TEST bundle (patch 1x2x2)
 
@@ -36,30 +36,32 @@ def model_fn(dit, cond):
 
 def test_registry_holds_the_four_paradigms():
     assert sorted(PARADIGMS) == ["noise2mask", "onestep_mask", "onestep_velocity", "video2mask"]
-    with pytest.raises(ValueError, match="allowed"):
-        build_paradigm("mask2video", FlowSettings())
+    from rvosflow.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="paradigm.name: expected one of noise2mask"):
+        run_config("mask2video")
 
 
 def test_training_pairs_follow_the_definitions():
     zv, zm = latents()
     g = torch.Generator().manual_seed(0)
-    v2m = build_paradigm("video2mask", FlowSettings(bbs_p=1.0))  # p=1: always at the video end
+    v2m = paradigm("video2mask", bbs_p=1.0)  # p=1: always at the video end
     pair = v2m.training_pair(zv, zm, g)
     assert torch.equal(pair.model_input, zv) and torch.equal(pair.target, zv - zm)  # Wan's sign
     assert pair.timestep.tolist() == [1000.0, 1000.0]
 
-    dvi = build_paradigm("video2mask", FlowSettings(bbs_p=0.0, dvi=True)).training_pair(zv, zm, g)
+    dvi = paradigm("video2mask", bbs_p=0.0, dvi=True).training_pair(zv, zm, g)
     t = 1 - dvi.timestep / 1000
     z_t = (1 - t.view(-1, 1, 1, 1, 1)) * zv + t.view(-1, 1, 1, 1, 1) * zm
     assert torch.allclose(dvi.model_input[:, :C], z_t, atol=1e-6) and torch.equal(dvi.model_input[:, C:], zv)
 
-    ov = build_paradigm("onestep_velocity", FlowSettings()).training_pair(zv, zm, g)
+    ov = paradigm("onestep_velocity").training_pair(zv, zm, g)
     assert torch.equal(ov.model_input, zv) and torch.equal(ov.target, zv - zm) and ov.timestep.tolist() == [1000.0] * 2
 
-    om = build_paradigm("onestep_mask", FlowSettings(onestep_timestep=0.0)).training_pair(zv, zm, g)
+    om = paradigm("onestep_mask", onestep_timestep=0.0).training_pair(zv, zm, g)
     assert torch.equal(om.model_input, zv) and torch.equal(om.target, zm) and om.timestep.tolist() == [0.0, 0.0]
 
-    n2m = build_paradigm("noise2mask", FlowSettings()).training_pair(zv, zm, g)
+    n2m = paradigm("noise2mask").training_pair(zv, zm, g)
     assert n2m.model_input.shape[1] == 2 * C and torch.equal(n2m.model_input[:, C:], zv)
     noise = zm + n2m.target  # target = noise - z1 (Wan's noise - data)
     t = (1 - n2m.timestep / 1000).view(-1, 1, 1, 1, 1)
@@ -67,11 +69,11 @@ def test_training_pairs_follow_the_definitions():
 
 
 def test_video2mask_target_at_t0_is_wans_and_one_euler_step_lands_on_the_mask():
-    """The release's convention at the DiT boundary (DESIGN §3): at t=0 (timestep 1000) the DiT is
+    """The release's convention at the DiT boundary (docs/design.md §3): at t=0 (timestep 1000) the DiT is
     trained on u = z_video - z_mask, and z += (sigma_next - sigma) * u from sigma=1 to 0 lands on the mask."""
     zv, zm = latents()
     for dvi in (False, True):
-        p = build_paradigm("video2mask", FlowSettings(bbs_p=1.0, dvi=dvi, steps=1))
+        p = paradigm("video2mask", bbs_p=1.0, dvi=dvi, steps=1)
         pair = p.training_pair(zv, zm, torch.Generator().manual_seed(0))
         assert pair.timestep.tolist() == [1000.0, 1000.0]
         assert torch.equal(pair.target, zv - zm)
@@ -90,13 +92,13 @@ def test_inference_with_an_oracle_velocity_recovers_the_mask():
     zv, zm = latents()
     for steps in (1, 4):
         for rounding in (True, False):
-            p = build_paradigm("video2mask", FlowSettings(steps=steps, dvi=True, round_timesteps=rounding))
+            p = paradigm("video2mask", steps=steps, dvi=True, round_timesteps=rounding)
             oracle = lambda x, ts: x[:, C:] - zm  # noqa: E731  (Wan's z_video - z_mask, z_video is the injected half)
             assert torch.allclose(p.predict(oracle, zv, None), zm, atol=1e-5)
-    ov = build_paradigm("onestep_velocity", FlowSettings())
+    ov = paradigm("onestep_velocity")
     assert torch.allclose(ov.predict(lambda x, ts: x - zm, zv, None), zm, atol=1e-6)
     # the linear mapping (flow.start_at_noise_end=false): sigma = t, so dz/dsigma = +v
-    lin = build_paradigm("video2mask", FlowSettings(steps=3, start_at_noise_end=False))
+    lin = paradigm("video2mask", steps=3, start_at_noise_end=False)
     assert torch.allclose(lin.predict(lambda x, ts: zm - zv, zv, None), zm, atol=1e-5)
 
 
@@ -104,7 +106,7 @@ def test_inference_timesteps_are_rounded_integers_by_default():
     zv, zm = latents()
     seen = {}
     for rounding in (True, False):
-        p = build_paradigm("video2mask", FlowSettings(steps=4, round_timesteps=rounding))
+        p = paradigm("video2mask", steps=4, round_timesteps=rounding)
         seen[rounding] = []
         p.predict(lambda x, ts: seen[rounding].append(ts[0].item()) or torch.zeros_like(x), zv, None)
     assert seen[True][0] == 1000.0 and all(t == int(t) for t in seen[True])
@@ -153,12 +155,15 @@ def test_spa_start_points_have_the_posterior_mean_and_variance(bundle):
     g = torch.Generator().manual_seed(0)
     mean = torch.randn(1, C, 1, 2, 2, generator=g)
     std = torch.rand(1, C, 1, 2, 2, generator=g) + 0.1
-    draws = torch.stack([start_point(vae, mean, std, True, g) for _ in range(20000)])
+    spa, plain = paradigm("video2mask", spa=True), paradigm("video2mask", spa=False)
+    normalize = lambda z: encoding.normalize_latents(vae, z)  # noqa: E731
+    draws = torch.stack([spa.start_point(mean, std, normalize, g) for _ in range(20000)])
     raw = encoding.denormalize_latents(vae, draws.flatten(0, 1))
     assert torch.allclose(raw.mean(0), mean[0], atol=0.03)
     assert torch.allclose(raw.std(0), std[0], rtol=0.03)
     assert torch.allclose(draws.mean(0), encoding.normalize_latents(vae, mean), atol=0.02)  # normalised after
-    assert torch.equal(start_point(vae, mean, std, False), encoding.normalize_latents(vae, mean))
+    assert torch.equal(plain.start_point(mean, std, normalize), encoding.normalize_latents(vae, mean))  # SPA off
+    assert torch.equal(spa.start_point(mean, None, normalize), encoding.normalize_latents(vae, mean))  # inference
     vae.register_to_config(latents_mean=[0.0] * C, latents_std=[1.0] * C)
 
 
@@ -174,8 +179,8 @@ def combinations():
 @pytest.mark.parametrize("name,p,spa,dvi,wi", list(combinations()))
 def test_every_combination_overfits_a_fixed_batch(bundle, name, p, spa, dvi, wi):
     torch.manual_seed(0)
-    paradigm = build_paradigm(name, FlowSettings(bbs_p=p, spa=spa, dvi=dvi, steps=2))
-    dit = build_dit(bundle.transformer, paradigm.input_channels(C), weight_init=wi, seed=1).train()
+    flow = paradigm(name, bbs_p=p, spa=spa, dvi=dvi, steps=2)
+    dit = build_dit(bundle.transformer, flow.input_channels(C), weight_init=wi, seed=1).train()
     opt = torch.optim.AdamW(dit.parameters(), lr=3e-3)
     mean, zm = latents()
     std = torch.full_like(mean, 0.05)
@@ -184,7 +189,7 @@ def test_every_combination_overfits_a_fixed_batch(bundle, name, p, spa, dvi, wi)
 
     def loss_now(gen):
         zv = mean + std * torch.randn(mean.shape, generator=gen) if spa else mean
-        pair = paradigm.training_pair(zv, zm, gen)
+        pair = flow.training_pair(zv, zm, gen)
         return torch.nn.functional.mse_loss(model_fn(dit, cond)(pair.model_input, pair.timestep), pair.target)
 
     def eval_loss():  # the same draws each time, so the comparison is fair

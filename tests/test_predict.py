@@ -18,7 +18,7 @@ from rvosflow.train import run
 def overrides(bench, bundle, tmp, data="synthetic_ytvos", sub="ref_ytvos", *extra):
     return [
         f"data={data}", f"data.root={bench / sub}", "data.height=32", "data.max_width=32", "data.num_frames=5",
-        "data.batch_size=2", "data.val_limit=3", f"model.path={bundle}", "model.text_max_length=16",
+        "data.batch_size=2", "data.val_limit=3", f"model.path={bundle}", "text.max_length=16",
         "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
         f"logger.tracking_uri=sqlite:///{tmp / 'mlflow.db'}", "num_overlays=0", "data.val_batch_size=4",
         "latent_cache_dir=null", "text_cache_dir=null", *extra,
@@ -56,34 +56,15 @@ def test_predict_writes_binary_pngs_at_original_size_for_any_split(tiny_benchmar
     assert set(np.unique(arr).tolist()) <= {0, 255}
 
 
-def test_predict_refuses_a_non_empty_out_dir_unless_overwrite(tiny_benchmark, test_bundle_dir, trained):
-    # The issue's case: mode=predict into an existing folder mixed two models' PNGs.
-    from rvosflow.config import ConfigError
-
-    tmp, res = trained
-    out = tmp / "mixed"
-    stale = out / "some_video" / "0" / "00000.png"
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"old model")
-    args = [*overrides(tiny_benchmark, test_bundle_dir, tmp), "mode=predict", f"ckpt_path={res['checkpoint']}",
-            f"predict.out_dir={out}", "data.predict_split=valid", "data.eval_videos=1"]
-    with pytest.raises(ConfigError, match=r"predict.out_dir: expected an empty or new folder, found 3 entries"):
-        run(compose(args), tmp / "p1")
-    assert stale.exists()
-    r = run(compose([*args, "predict.overwrite=true"]), tmp / "p2")
-    assert not stale.exists() and r["expressions"] > 0
-    (out / "notes.txt").write_text("mine")  # never deletes what is not a mask
-    with pytest.raises(ConfigError, match="other files"):
-        run(compose([*args, "predict.overwrite=true"]), tmp / "p3")
-
-
 def test_init_from_loads_the_dit_of_a_checkpoint(tiny_benchmark, test_bundle_dir, trained):
+    from rvosflow.checkpoints import init_dit_from as init_transformer_from
+    from rvosflow.config import resolve
     from rvosflow.models.loader import load_wan_bundle
-    from rvosflow.train import build_module, init_transformer_from
+    from rvosflow.module import FlowRVSModule
 
     tmp, res = trained
-    cfg = compose(overrides(tiny_benchmark, test_bundle_dir, tmp))
-    module = build_module(cfg, load_wan_bundle(cfg.model.path))
+    cfg = resolve(compose(overrides(tiny_benchmark, test_bundle_dir, tmp)))
+    module = FlowRVSModule(cfg, load_wan_bundle(cfg.model.path))
     saved = torch.load(res["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
     key = next(k for k in saved if k.startswith("transformer."))
     assert not torch.equal(module.state_dict()[key], saved[key])

@@ -13,7 +13,7 @@ import pytest
 
 from rvosflow.data.formats import DatasetFormatError
 from rvosflow.models.loader import load_wan_bundle
-from rvosflow.models.pretrain import REPORT_NAME, SAMPLE_NAME, PretrainConfig, auto_threads, busy_cores, main, pretrain
+from rvosflow.pretrain import REPORT_NAME, SAMPLE_NAME, PretrainConfig, auto_threads, busy_cores, main, pretrain
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ def test_stage_scoped_overrides():
 
 def tiny(bench, bundle, tmp):
     return [
-        f"model.path={bundle}", "model.text_max_length=16", "data.height=32", "data.max_width=32",
+        f"model.path={bundle}", "text.max_length=16", "data.height=32", "data.max_width=32",
         "data.val_batch_size=4", "data.val_limit=4", "trainer.max_steps=2", "trainer.val_check_interval=2",
         "trainer.enable_progress_bar=false", "num_overlays=0", "latent_cache_dir=null", "text_cache_dir=null",
         f"logger.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",

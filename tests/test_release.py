@@ -2,19 +2,21 @@
 DVI read off the patch embedding, EMA kept and exported, a train -> export -> load round trip
 giving identical predictions, and old-convention checkpoints converted exactly."""
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-
-from rvosflow import release
-from rvosflow.config import ConfigError, compose
-from rvosflow.decoder import DecoderSettings, train_decoder
-from rvosflow.models.dit import build_dit
-from rvosflow.module import CONVENTION_KEY, EMA_PREFIX
-from rvosflow.train import run
+from settings import run_config
 from test_run import tiny_overrides
+
+from rvosflow import checkpoints
+from rvosflow.checkpoints import CONVENTION_KEY, EMA_KEY, ema_shadows
+from rvosflow.config import compose
+from rvosflow.decoder import train_decoder
+from rvosflow.errors import ConfigError
+from rvosflow.models.dit import build_dit
+from rvosflow.schema import Decoder
+from rvosflow.train import run
 
 
 @pytest.fixture(scope="module")
@@ -24,24 +26,50 @@ def tracking_uri(tmp_path_factory):
 
 def test_read_dit_takes_the_published_keys_and_refuses_the_rest(test_bundle, tmp_path):
     C = test_bundle.vae.config.z_dim
-    dvi = build_dit(test_bundle.transformer, 2 * C, weight_init=True, seed=0).state_dict()
-    release.write(tmp_path / "mevis_ckpt.pth", dvi, {k: v + 1 for k, v in dvi.items()})
-    ema = release.read_dit(tmp_path / "mevis_ckpt.pth", "ema")
-    model = release.read_dit(tmp_path / "mevis_ckpt.pth", "model")
-    assert torch.equal(model["proj_out.bias"], dvi["proj_out.bias"]) and torch.equal(ema["proj_out.bias"], dvi["proj_out.bias"] + 1)
-    assert release.dit_input_channels(model) == 2 * C
-    release.check_dit_channels(model, C, 2 * C, True, "f")
+    net = build_dit(test_bundle.transformer, 2 * C, weight_init=True, seed=0)
+    dvi = net.state_dict()
+    names = [n for n, _ in net.named_parameters()]
+    ema = checkpoints.release_ema_state({n: dvi[n] + 1 for n in names}, names, decay=0.9999, optimization_step=3)
+    checkpoints.write_release_dit(tmp_path / "mevis_ckpt.pth", dvi, ema, use_dvi=True)
+    read_ema = checkpoints.read_release_dit(tmp_path / "mevis_ckpt.pth", "ema", net)
+    model = checkpoints.read_release_dit(tmp_path / "mevis_ckpt.pth", "model", net)
+    assert torch.equal(model["proj_out.bias"], dvi["proj_out.bias"])
+    assert torch.equal(read_ema["proj_out.bias"], dvi["proj_out.bias"] + 1)
+    assert all(torch.equal(read_ema[n], dvi[n] + 1) for n in names)  # mapped by the release's order, every name
+    assert checkpoints.dit_input_channels(model) == 2 * C
+    checkpoints.check_dit_channels(model, C, 2 * C, True, "f")
     with pytest.raises(ConfigError, match=rf"{2 * C} input channels \(DVI on\); this run \(dvi.enabled=false\) expects {C}"):
-        release.check_dit_channels(model, C, C, False, "f")
-    release.write(tmp_path / "no_ema.pth", dvi)
+        checkpoints.check_dit_channels(model, C, C, False, "f")
+    checkpoints.write_release_dit(tmp_path / "no_ema.pth", dvi, None, use_dvi=True)
     with pytest.raises(ConfigError, match="model.dit_weights=model"):
-        release.read_dit(tmp_path / "no_ema.pth", "ema")
+        checkpoints.read_release_dit(tmp_path / "no_ema.pth", "ema", net)
     torch.save({"model": {"x": torch.zeros(1)}, "ema_model": {}}, tmp_path / "other.pth")
     with pytest.raises(ConfigError, match="WanTransformer3DModel keys"):
-        release.read_dit(tmp_path / "other.pth", "model")
+        checkpoints.read_release_dit(tmp_path / "other.pth", "model", net)
     torch.save({"model": dvi, "code": Path("x")}, tmp_path / "code.pth")  # not plain tensors
     with pytest.raises(ConfigError, match="weights_only"):
-        release.read_dit(tmp_path / "code.pth", "model")
+        checkpoints.read_release_dit(tmp_path / "code.pth", "model", net)
+
+
+def release_loader_ema(path, net) -> dict:
+    """What the release's inference does with a mevis_ckpt.pth (``prepare()``): ``model`` loaded
+    non-strictly, then ``EMAModel.load_state_dict(ema_model)`` and ``copy_to`` over its parameters,
+    here in the fork's ``parameters()`` order (``release_param_order``)."""
+    import argparse
+    import copy
+
+    from diffusers.training_utils import EMAModel
+
+    obj = torch.load(path, weights_only=False)
+    assert isinstance(obj["args"], argparse.Namespace) and path.read_bytes()[:2] == b"\x80\x02"
+    fork = copy.deepcopy(net)
+    fork.load_state_dict(obj["model"], strict=False)
+    params = dict(fork.named_parameters())
+    ordered = [params[n] for n in checkpoints.release_param_order(list(params))]
+    helper = EMAModel(ordered, decay=0.9999)
+    helper.load_state_dict(obj["ema_model"])
+    helper.copy_to(ordered)
+    return fork.state_dict()
 
 
 def predict_pngs(cfg, run_dir) -> dict[str, bytes]:
@@ -59,18 +87,26 @@ def test_release_layout_round_trip_gives_identical_predictions(tiny_benchmark, t
     ckpt = trained["checkpoint"]
     state = torch.load(ckpt, weights_only=True)
     assert state[CONVENTION_KEY] == "wan"
-    ema = {k: v for k, v in state["state_dict"].items() if k.startswith(EMA_PREFIX)}
-    assert ema and any(not torch.equal(v, state["state_dict"]["transformer." + k[len(EMA_PREFIX):]]) for k, v in ema.items())
+    assert state[EMA_KEY]["optimization_step"] == 4 and state[EMA_KEY]["decay"] == 0.5  # diffusers' EMAModel state
+    names = [k[len("transformer."):] for k in state["state_dict"] if k.startswith("transformer.")]
+    ema = dict(zip(names, ema_shadows(state, names)))
+    assert any(not torch.equal(v, state["state_dict"]["transformer." + k]) for k, v in ema.items())
 
     masks = torch.zeros(2, 9, 32, 32, dtype=torch.bool)
     masks[:, :, 8:20, 4:16] = True
-    tuned, _ = train_decoder(test_bundle.vae, [{"mask": masks}] * 2, DecoderSettings(lr=1e-3), log_every=0)
+    tuned, _ = train_decoder(test_bundle.vae, [{"mask": masks}] * 2, Decoder(lr=1e-3), log_every=0)
     tuned.save_pretrained(tmp_path / "decoder", safe_serialization=True)
 
-    files = release.export(ckpt, tmp_path / "release", decoder=str(tmp_path / "decoder"))
-    published = torch.load(files["dit"], weights_only=True)
-    assert set(published) == {"model", "ema_model"}
-    assert next(iter(torch.load(files["decoder"], weights_only=True))).startswith("vae.")
+    files = checkpoints.export(ckpt, tmp_path / "release", decoder=str(tmp_path / "decoder"))
+    published = torch.load(files["dit"], weights_only=False)
+    assert set(published) == {"model", "ema_model", "epoch", "args"} and published["args"].use_dvi == "True"
+    assert next(iter(torch.load(files["decoder"], weights_only=True)["model"])).startswith("vae.")
+    # the release's own loader reads the export back with the EMA applied
+    net = build_dit(test_bundle.transformer, 2 * test_bundle.vae.config.z_dim, weight_init=True, seed=0)
+    applied = release_loader_ema(files["dit"], net)
+    assert all(torch.equal(applied[n], ema[n].to(applied[n].dtype)) for n in names)
+    with pytest.raises(ConfigError, match="exists: expected a new export folder"):
+        checkpoints.export(ckpt, tmp_path / "release")  # an export is never overwritten silently
 
     ours = predict_pngs(compose([*base, "mode=predict", f"ckpt_path={ckpt}",
                                  f"model.vae_decoder_path={tmp_path / 'decoder'}"]), tmp_path / "ours")
@@ -118,32 +154,42 @@ def test_old_convention_checkpoint_is_converted_exactly(tiny_benchmark, test_bun
     assert conv["JF"] == pytest.approx(new["JF"], abs=1e-9)
     # init_from converts it the same way: the DiT starts from the tagged original's weights
     from rvosflow.module import FlowRVSModule
-    from rvosflow.paradigms import FlowSettings, build_paradigm
-    from rvosflow.train import init_transformer_from
 
-    module = FlowRVSModule(test_bundle, build_paradigm("video2mask", FlowSettings(bbs_p=0.5, spa=True, dvi=True)))
-    init_transformer_from(module, tmp_path / "old.ckpt")
+    module = FlowRVSModule(run_config("video2mask", {"bbs.p": 0.5}), test_bundle)
+    checkpoints.init_dit_from(module, tmp_path / "old.ckpt")
     assert torch.equal(module.transformer.proj_out.weight, ckpt["state_dict"]["transformer.proj_out.weight"])
-    with pytest.raises(ValueError, match="cannot resume training"):
+    with pytest.raises(ConfigError, match="cannot resume training"):
         run(compose([*base, "trainer.max_steps=4", f"ckpt_path={tmp_path / 'old.ckpt'}"]), tmp_path / "resume")
     with pytest.raises(ConfigError, match="predates"):
-        release.export(tmp_path / "old.ckpt", tmp_path / "out")
+        checkpoints.export(tmp_path / "old.ckpt", tmp_path / "out")
 
 
-def test_ema_follows_the_weights_by_its_decay_and_is_what_inference_uses(test_bundle):
+def test_ema_is_diffusers_warmup_and_what_inference_uses(test_bundle):
+    """diffusers' EMAModel with the release's decay: step 1 copies the weights, step 2 averages with
+    min(decay, 2/11); inference calls the DiT on the EMA weights without touching its own."""
     from rvosflow.module import FlowRVSModule
-    from rvosflow.paradigms import FlowSettings, build_paradigm
 
-    module = FlowRVSModule(test_bundle, build_paradigm("video2mask", FlowSettings()), ema_decay=0.9)
-    assert module.inference_transformer is module.ema_transformer
-    assert all(not p.requires_grad for p in module.ema_transformer.parameters())
-    start = {n: p.detach().clone() for n, p in module.transformer.named_parameters()}
+    module = FlowRVSModule(run_config("video2mask", {"ema.enabled": True}), test_bundle)
+    params = list(module.transformer.parameters())
+    start = [p.detach().clone() for p in params]
     with torch.no_grad():
-        for p in module.transformer.parameters():
+        for p in params:
             p.add_(1.0)
-    module.on_train_batch_end(None, None, 0)
-    for n, p in module.ema_transformer.named_parameters():
-        assert torch.allclose(p, start[n] + 0.1, atol=1e-6), n  # 0.9 * w + 0.1 * (w + 1)
-    assert set(k for k in module.state_dict() if k.startswith(EMA_PREFIX))  # checkpoints keep both
-    plain = FlowRVSModule(test_bundle, build_paradigm("video2mask", FlowSettings()))
-    assert plain.ema_transformer is None and plain.inference_transformer is plain.transformer
+    module.ema.step(params)
+    assert all(torch.allclose(s, w + 1) for s, w in zip(module.ema.shadow_params, start))  # decay 0 at step 1
+    with torch.no_grad():
+        for p in params:
+            p.add_(1.0)
+    module.ema.step(params)
+    d = 2 / 11  # (1 + k) / (10 + k) at k = 1, below 0.9999
+    assert all(torch.allclose(s, d * (w + 1) + (1 - d) * (w + 2), atol=1e-6) for s, w in zip(module.ema.shadow_params, start))
+    trained = [p.detach().clone() for p in params]
+    module.on_validation_start()
+    names = [n for n, _ in module.transformer.named_parameters()]
+    assert all(torch.equal(module._inference_weights[n], s) for n, s in zip(names, module.ema.shadow_params))
+    assert all(torch.equal(p, w) for p, w in zip(params, trained))  # the trained weights are untouched
+    checkpoint = {"state_dict": {f"transformer.{k}": v for k, v in module.transformer.state_dict().items()}}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint[EMA_KEY]["optimization_step"] == 2 and len(checkpoint[EMA_KEY]["shadow_params"]) == len(names)
+    plain = FlowRVSModule(run_config("video2mask"), test_bundle)
+    assert plain.ema is None

@@ -8,7 +8,8 @@ import mlflow
 import pytest
 
 from rvosflow.config import compose
-from rvosflow.train import run, summary
+from rvosflow.console import summary
+from rvosflow.train import run
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def saved_expressions(tiny_benchmark) -> list:
 def tiny_overrides(tiny_benchmark, bundle_dir, uri, *extra):
     return [
         f"data.root={tiny_benchmark / 'mevis'}", "data.height=32", "data.max_width=32", "data.num_frames=9",
-        "data.batch_size=2", "data.val_limit=4", f"model.path={bundle_dir}", "model.text_max_length=16",
+        "data.batch_size=2", "data.val_limit=4", f"model.path={bundle_dir}", "text.max_length=16",
         "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
         "trainer.enable_progress_bar=false", f"logger.tracking_uri={uri}", "num_overlays=2",
         "data.val_batch_size=3", "latent_cache_dir=null", "text_cache_dir=null", *extra,
@@ -34,7 +35,9 @@ def tiny_overrides(tiny_benchmark, bundle_dir, uri, *extra):
 
 @pytest.mark.parametrize("paradigm", [None, "noise2mask", "onestep_mask", "onestep_velocity", "video2mask"])
 def test_every_paradigm_trains_and_scores(tiny_benchmark, test_bundle_dir, tracking_uri, tmp_path, paradigm):
-    extra = [f"+paradigm={paradigm}", "solver.steps=2"] if paradigm else []
+    extra = [f"+paradigm={paradigm}"] if paradigm else []
+    if paradigm in ("noise2mask", "video2mask"):  # a one-step paradigm cannot take solver.steps (an error if typed)
+        extra.append("solver.steps=2")
     cfg = compose(tiny_overrides(tiny_benchmark, test_bundle_dir, tracking_uri, *extra))
     results = run(cfg, tmp_path)
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -70,6 +73,22 @@ def test_mlflow_run_holds_params_metrics_overlays_and_results(tiny_benchmark, te
     assert r.data.tags["mlflow.runName"] == "video2mask-p0.25-s0" and "partial_eval" not in r.data.tags
     artifacts = [a.path for a in client.list_artifacts(r.info.run_id)]
     assert "results.json" in artifacts and "config.yaml" in artifacts
+    # per-expression records (issue 25): the sidecar beside results.json, the same file and an MLflow
+    # table in the run; they give back the reported J&F, and TC and the slices come from them
+    from rvosflow.metrics.records import flat_scores, read_records
+
+    assert {"results.per_expression.csv", "per_expression.json"} <= set(artifacts)
+    records = read_records(results["per_expression"])
+    assert [r.key for r in records] == sorted((e.video_id, e.exp_id) for e in saved_expressions(tiny_benchmark))
+    flat = flat_scores(records)
+    assert 100 * flat["JF"] == pytest.approx(results["JF"], rel=1e-6)  # results: float32, as Lightning logs it
+    assert results["TC"] == pytest.approx(100 * flat["TC"]) and r.data.metrics["final/TC"] == pytest.approx(results["TC"])
+    assert list(results["slices"]) == ["length", "size", "absent"]
+    slice_metrics = {k for k in r.data.metrics if k.startswith("final/slice/")}
+    assert {k.split("/")[2] for k in slice_metrics} == {"length", "size", "absent"}
+    sizes = {f"final/slice/size/{label.replace('<', 'lt').replace('>=', 'ge').replace('%', 'pct')}/JF"
+             for label in results["slices"]["size"]}  # bin labels made MLflow-safe: <1% -> lt1pct
+    assert "final/slice/absent/present/JF" in slice_metrics and sizes <= slice_metrics
     overlays = [a.path for a in client.list_artifacts(r.info.run_id, "overlays")]
     assert "overlays/final.png" in overlays and all(p.endswith(".png") for p in overlays)
     assert "trajectory/final.png" in [a.path for a in client.list_artifacts(r.info.run_id, "trajectory")]
@@ -103,7 +122,7 @@ def test_validate_mode_reproduces_the_trained_score(tiny_benchmark, test_bundle_
 def test_a_checkpoint_is_scored_as_what_it_was_trained(tiny_benchmark, test_bundle_dir, tracking_uri, tmp_path):
     # The issue's cases: `mode=validate ckpt_path=<noise2mask ckpt>` without +paradigm scored it
     # as video2mask (and recorded video2mask); init_from of an incompatible checkpoint was silent.
-    from rvosflow.config import ConfigError
+    from rvosflow.errors import ConfigError
 
     base = tiny_overrides(tiny_benchmark, test_bundle_dir, tracking_uri)
     trained = run(compose([*base, "+paradigm=noise2mask", "solver.steps=2"]), tmp_path / "train")
@@ -121,24 +140,13 @@ def test_a_checkpoint_is_scored_as_what_it_was_trained(tiny_benchmark, test_bund
         run(compose([*base, f"init_from={ckpt}"]), tmp_path / "y")
 
 
-def test_results_json_names_the_checkpoint_actually_written(tiny_benchmark, test_bundle_dir, tracking_uri, tmp_path):
-    # A second run in the same folder makes ModelCheckpoint write last-v1.ckpt; results.json
-    # named last.ckpt (the earlier model) regardless.
-    cfg = compose(tiny_overrides(tiny_benchmark, test_bundle_dir, tracking_uri, "trainer.max_steps=1"))
-    first = run(cfg, tmp_path)
-    second = run(cfg, tmp_path)
-    assert first["checkpoint"] == str(tmp_path / "checkpoints" / "last.ckpt")
-    assert second["checkpoint"] == str(tmp_path / "checkpoints" / "last-v1.ckpt")
-    assert json.loads((tmp_path / "results.json").read_text())["checkpoint"] == second["checkpoint"]
-
-
 def test_a_copied_project_logs_into_its_own_artifact_folder(tmp_path):
     # The issue's case: after `cp -a`, the copy wrote its artifacts into the original's
     # mlartifacts (mlflow.db stores an absolute artifact location per experiment).
     import shutil
     from urllib.parse import urlparse
 
-    from rvosflow.train import make_logger
+    from rvosflow.tracking import make_logger
 
     def log_one(project):
         cfg = compose([f"logger.tracking_uri=sqlite:///{project / 'mlflow.db'}"])

@@ -19,7 +19,9 @@ import pytest
 import yaml
 
 from rvosflow import sweep
+from rvosflow.errors import SpecError
 from rvosflow.paths import PROJECT_ROOT
+from rvosflow.tracking import PARENT_TAG, STUDY_TAG
 
 TABLE2 = PROJECT_ROOT / "sweeps" / "table2.yaml"
 BBS_P = PROJECT_ROOT / "sweeps" / "bbs_p.yaml"
@@ -29,7 +31,7 @@ def tiny(tiny_benchmark, bundle_dir, max_steps=2):
     return [
         f"data.root={tiny_benchmark / 'mevis'}", "data.height=32", "data.max_width=32", "data.num_frames=9",
         "data.batch_size=2", "data.val_limit=3", "data.val_batch_size=3", f"model.path={bundle_dir}",
-        "model.text_max_length=16", f"trainer.max_steps={max_steps}", "trainer.val_check_interval=2",
+        "text.max_length=16", f"trainer.max_steps={max_steps}", "trainer.val_check_interval=2",
         "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "num_overlays=1", "latent_cache_dir=null", "text_cache_dir=null",
     ]
 
@@ -67,7 +69,7 @@ def study_trials(env, name="t-test"):
 def children(env, name="t-test"):
     client = mlflow.MlflowClient(env["uri"])
     exp = client.get_experiment_by_name("rvosflow")
-    parents = client.search_runs([exp.experiment_id], f"tags.`{sweep.STUDY_TAG}` = '{name}' and tags.`{sweep.PARENT_TAG}` != ''")
+    parents = client.search_runs([exp.experiment_id], f"tags.`{STUDY_TAG}` = '{name}' and tags.`{PARENT_TAG}` != ''")
     assert len(parents) == 1, "exactly one parent run per study"
     kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     return parents[0], kids
@@ -85,10 +87,14 @@ def test_shipped_sweep_files_compose_for_every_profile():
         assert [r.id for r in spec.rows] == ["a", "b", "c", "base", "d", "e", "f", "g", "h", "i"]
         sweep.compose_rows(spec, [])
         s = {r.id: r.settings for r in spec.rows}
-        assert s["a"]["paradigm"] == "noise2mask" and s["c"]["paradigm"] == "onestep_velocity"
-        assert s["base"]["bbs_p"] == 0.0 and s["e"]["bbs_p"] == 0.5 and not s["e"]["spa"]
-        assert s["g"]["spa"] and not s["g"]["dvi"] and s["h"]["dvi"] and s["h"]["wi"] and not s["i"]["wi"]
+        assert s["a"]["paradigm.name"] == "noise2mask" and s["c"]["paradigm.name"] == "onestep_velocity"
+        assert s["base"]["bbs.p"] == 0.0 and s["e"]["bbs.p"] == 0.5 and not s["e"]["spa.enabled"]
+        assert s["g"]["spa.enabled"] and not s["g"]["dvi.enabled"] and s["h"]["dvi.enabled"]
+        assert s["h"]["wi.enabled"] and not s["i"]["wi.enabled"]
+        assert s["a"]["bbs.p"] == 0.0 and s["a"]["solver.steps"] == 10  # noise2mask takes no BBS: off without a word
         assert spec.row("h").paper == {"JF": 60.6, "J": 55.9, "F": 65.2}
+        # deltas: the base flow for rows a-h (the paper's reading), the final model for row i
+        assert {r.id: r.reference for r in spec.rows} == {**{k: "base" for k in "abcdefgh"}, "base": None, "i": "h"}
     assert len(sweep.load_spec(TABLE2, "default").seeds) == 3
     assert "data=synthetic_hard" in sweep.load_spec(TABLE2, "hard").overrides
     gpu = sweep.load_spec(TABLE2, "gpu")
@@ -99,10 +105,10 @@ def test_shipped_sweep_files_compose_for_every_profile():
 
 
 def test_bad_sweep_files_are_refused(tmp_path):
-    with pytest.raises(sweep.SpecError, match=r"profiles: expected one of default, .*got 'nope'"):
+    with pytest.raises(SpecError, match=r"profiles: expected one of default, .*got 'nope'"):
         sweep.load_spec(TABLE2, "nope")
     bad = write_sweep(tmp_path / "bad.yaml", [], rows=[{"id": "x", "overrides": ["bbs.p=1.5"]}])
-    with pytest.raises(sweep.SpecError, match="row x.*bbs.p"):
+    with pytest.raises(SpecError, match="row x.*bbs.p"):
         sweep.compose_rows(sweep.load_spec(bad, "test"), [])
 
 
@@ -112,29 +118,31 @@ def test_misspelt_keys_in_sweep_files_are_errors_naming_the_key(tmp_path):
     f = tmp_path / "s.yaml"
     cases = [
         ({"profiles": {"test": {"seeds": [0], "overide": ["trainer.max_steps=4"]}}},
-         r"profiles\.test\.overide: unknown key; allowed: seeds, overrides, n_trials"),
+         r"profiles\.test\.overide: expected a key of profiles\.test \(did you mean overrides\?\), got an unknown key"),
         ({"rows": [{"id": "x", "overides": ["+paradigm=noise2mask"]}]},
-         r"overides: unknown key; allowed: id, label, overrides, paper"),
-        ({"grace_periood": 5}, r"grace_periood: unknown key; allowed: kind, name, .*grace_period"),
-        ({"grace_period": "soon"}, r"grace_period: .*soon"),
-        ({"metric": "JandF"}, r"metric: expected one of JF, J, F, found 'JandF'"),
+         r"rows\[0\]\.overides: expected a key of rows\[0\] \(did you mean overrides\?\)"),
+        ({"grace_periood": 5}, r"grace_periood: expected a key of the sweep file \(did you mean grace_period\?\)"),
+        ({"grace_period": "soon"}, r"grace_period: expected an integer >= 1, got 'soon'"),
+        ({"metric": "JandF"}, r"metric: expected one of JF, J, F, got 'JandF'"),
+        ({"reference": "y"}, r"reference: expected a row id \(x\), got 'y'"),
+        ({"rows": [{"id": "x", "reference": "z"}]}, r"rows\[0\]\.reference: expected a row id \(x\), got 'z'"),
     ]
     for top, message in cases:
         spec = {"kind": "grid", "name": "t", "rows": [{"id": "x", "overrides": []}],
                 "profiles": {"test": {"seeds": [0]}}, **top}
         f.write_text(yaml.safe_dump(spec))
-        with pytest.raises(sweep.SpecError, match=message):
+        with pytest.raises(SpecError, match=message):
             sweep.load_spec(f, "test")
     assert sweep.main(["--profile", "test", str(f)]) == 2  # the CLI: one line, exit 2
     search = {"kind": "search", "params": {"bbs.p": {"type": "float", "low": 0.0, "high": 0.9}},
               "sampler": {"type": "tpe", "n_startup_trails": 3}, "profiles": {"test": {"seeds": [0]}}}
     f.write_text(yaml.safe_dump(search))
-    with pytest.raises(sweep.SpecError, match=r"sampler\.n_startup_trails: expected an argument of TPESampler \(allowed: type, .*n_startup_trials"):
+    with pytest.raises(SpecError, match=r"sampler\.n_startup_trails: expected an argument of TPESampler \(allowed: type, .*n_startup_trials"):
         sweep.compose_rows(sweep.load_spec(f, "test"), [])
     search["sampler"] = {"type": "tpe"}
     search["params"]["bbs.p"]["high"] = 1.5  # every parameter's range is composed and validated
     f.write_text(yaml.safe_dump(search))
-    with pytest.raises(sweep.SpecError, match=r"params\.bbs\.p .*bbs\.p=1\.5.*bbs\.p"):
+    with pytest.raises(SpecError, match=r"params\.bbs\.p .*bbs\.p=1\.5.*bbs\.p"):
         sweep.compose_rows(sweep.load_spec(f, "test"), [])
 
 
@@ -167,13 +175,15 @@ def test_reset_starts_a_new_study_folder_and_never_rewrites_earlier_trials(tiny_
 
 
 def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test_bundle_dir, tmp_path, env, capsys):
-    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir), metric="F")
+    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir), metric="F", reference="base")
     assert sweep.main(cli(f, env)) == 0
     trials = study_trials(env)
     assert sorted(completed_points(trials)) == [("base", 0), ("base", 1), ("h", 0), ("h", 1)]
     assert len(trials) == 4
     assert all(t.value == t.user_attrs["F"] for t in trials)  # `metric:` is what Optuna sees
     table = pd.read_csv(env["out"] / "t-test.csv")
+    h_jf = [t.user_attrs["JF"] for t in trials if t.params["row"] == "h"]  # ... and J&F stays J&F in the table
+    assert table.set_index("id").loc["h", "JF_mean"] == pytest.approx(sum(h_jf) / 2, abs=1e-4)
     assert list(table["id"]) == ["base", "h"] and (table["seeds"] == 2).all()
     assert table["JF_std"].notna().all() and table["paper_JF"].tolist() == [47.9, 60.6]
     md = (env["out"] / "t-test.md").read_text()
@@ -181,6 +191,12 @@ def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test
     # per expression kind: the tiny benchmark's default tier has colour expressions
     assert "J&F colour" in md and table["JF/colour_mean"].notna().all()
     assert "Spearman ρ between our row means and the paper's J&F" in md
+    # h against its reference row base: a delta with its paired-bootstrap CI, from the trials' records
+    assert table["reference"].tolist()[1] == "base" and pd.isna(table["reference"].tolist()[0])
+    h_line = table.set_index("id").loc["h"]
+    assert h_line["delta_JF_low"] <= h_line["delta_JF"] <= h_line["delta_JF_high"]
+    assert h_line["delta_JF"] == pytest.approx(h_line["JF_mean"] - table.set_index("id").loc["base", "JF_mean"], abs=1e-3)
+    assert "Δ J&F [95% CI]" in md and "paired bootstrap over expressions" in md and "TC" in md
     for ext in ("tex", "png"):
         assert (env["out"] / f"t-test.{ext}").stat().st_size > 0
     out = capsys.readouterr().out
@@ -199,7 +215,8 @@ def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test
     shown = client.load_table(parent.info.experiment_id, "table.json", run_ids=[parent.info.run_id])
     assert list(shown["ID"]) == ["base", "h"] and {"J&F", "J", "F", "Paper J&F", "J&F colour"} <= set(shown.columns)
     assert float(shown.set_index("ID").loc["h", "Paper J&F"]) == 60.6 and "±" in shown.set_index("ID").loc["h", "J&F"]
-    assert set(parent.data.metrics) == {"rows_scored", "JF_best_row", "JF_span", "JF_seed_std_mean", "spearman_rho_paper"}
+    assert set(parent.data.metrics) == {"rows_scored", "JF_best_row", "JF_span", "JF_seed_std_mean", "spearman_rho_paper",
+                                        "delta_JF/h", "delta_JF_low/h", "delta_JF_high/h", "significant/h"}
     assert parent.data.metrics["rows_scored"] == 2
     assert {"mlflow.user", "mlflow.source.name", "mlflow.source.git.commit"} <= set(parent.data.tags)
     assert parent.data.tags["profile"] == "test"
@@ -207,8 +224,8 @@ def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test
     study = optuna.load_study(study_name="t-test", storage=env["storage"])
     assert study.metric_names == ["F (%)"]
     h0 = next(t for t in trials if (t.params["row"], t.params["seed"]) == ("h", 0))
-    assert {k: h0.params[k] for k in ("paradigm", "bbs.p", "spa", "dvi", "wi")} == {
-        "paradigm": "video2mask", "bbs.p": 0.5, "spa": True, "dvi": True, "wi": True}
+    assert {k: h0.params[k] for k in ("paradigm.name", "bbs.p", "spa.enabled", "dvi.enabled", "wi.enabled")} == {
+        "paradigm.name": "video2mask", "bbs.p": 0.5, "spa.enabled": True, "dvi.enabled": True, "wi.enabled": True}
     assert next(t for t in trials if t.params["row"] == "base").params["bbs.p"] == 0.0
     assert f"/runs/{h0.user_attrs['mlflow_run_id']}?" in h0.user_attrs["mlflow_url"]
     # Re-running a finished study runs nothing and reuses the parent run (and replaces its table).
@@ -263,8 +280,9 @@ def test_tpe_search_with_pruning(tiny_benchmark, test_bundle_dir, tmp_path, env)
     assert sweep.main(cli(f, env)) == 0
     trials = study_trials(env, "s-test")
     # the searched params, and the settings the search holds fixed as one-choice params
-    assert len(trials) == 3 and all(set(t.params) == {"bbs.p", "optim.lr", "paradigm", "spa", "dvi", "wi"} for t in trials)
-    assert all(t.distributions["spa"].choices == (False,) for t in trials)
+    assert len(trials) == 3 and all(set(t.params) == {"bbs.p", "optim.lr", "paradigm.name", "spa.enabled", "dvi.enabled", "wi.enabled"}
+                                 for t in trials)
+    assert all(t.distributions["spa.enabled"].choices == (False,) for t in trials)
     assert [t.state.name for t in trials] == ["PRUNED"] * 3
     # reported at the first in-training validation (global step 2), pruned there: never reached step 4
     assert all(list(t.intermediate_values) == [2] for t in trials)

@@ -1,13 +1,13 @@
 """Table 3 (experiments.table3): the spec file and profiles, the written tables with the paper's
 values, and (slow) the whole pipeline on the tiny benchmark and a TEST-size bundle."""
 
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from experiments.table3 import Table3Error, load_spec, run_table3, write_tables
-from rvosflow.config import compose, validate
+from rvosflow.config import compose
+from rvosflow.config import resolve as validate
 from rvosflow.paths import PROJECT_ROOT
 
 SPEC = PROJECT_ROOT / "sweeps" / "table3.yaml"

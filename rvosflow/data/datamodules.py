@@ -3,7 +3,6 @@ open a split (its reader)."""
 
 from __future__ import annotations
 
-import inspect
 import math
 from functools import partial
 from pathlib import Path
@@ -13,44 +12,39 @@ import lightning as L
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
-from rvosflow.schema import ConfigError
+from rvosflow.data.augment import make_augment, swap_left_right
 from rvosflow.data.datasets import ClipDataset, VideoDataset, as_list
 from rvosflow.data.formats.base import first_videos
+from rvosflow.data.formats.concat import ConcatSource
+from rvosflow.data.formats.davis import RefDAVISSource
+from rvosflow.data.formats.mevis import MevisSource
+from rvosflow.data.formats.refcoco import RefCOCOSource
+from rvosflow.data.formats.ytvos import RefYTVOSSource
 from rvosflow.data.transforms import model_size
+from rvosflow.errors import ConfigError
 
 
 class ReferringDataModule(L.LightningDataModule):
     """Training clips from ``train_split``; whole-video validation/prediction on ``val_split``.
 
-    ``spatial_multiple`` (VAE spatial factor x DiT patch) comes from the loaded bundle.
+    ``data`` is the run's ``data.*`` settings (``rvosflow.schema.Data`` or its format's subclass;
+    anything with those attributes); ``spatial_multiple`` is what frame sides are floored to.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        train_split: str = "train",
-        val_split: str = "valid_u",
-        num_frames: int = 17,
-        frame_sampler: str = "global",
-        height: int = 480,
-        max_width: int = 832,
-        spatial_multiple: int = 16,
-        batch_size: int = 1,
-        val_batch_size: int = 1,
-        num_workers: int = 0,
-        val_limit: int | None = None,
-        predict_split: str | None = None,
-        eval_videos: int | None = None,
-    ):
+    def __init__(self, data, spatial_multiple: int = 16, seed: int = 0):
         super().__init__()
-        self.root = Path(root)
-        self.train_split, self.val_split = train_split, val_split
-        self.predict_split = predict_split or val_split
-        self.eval_videos = eval_videos
-        self.num_frames, self.frame_sampler = num_frames, frame_sampler
-        self.size_fn = partial(model_size, target_height=height, max_width=max_width, multiple=spatial_multiple)
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.num_workers, self.val_limit = num_workers, val_limit
+        self.options = data
+        self.root = Path(data.root)
+        self.train_split, self.val_split = data.train_split, data.val_split
+        self.predict_split = data.predict_split or data.val_split
+        self.eval_videos = data.eval_videos
+        self.num_frames, self.frame_sampler = data.num_frames, data.frame_sampler
+        self.augment = make_augment(data.augment, data.height)  # None: the plain resize
+        self.resample_empty = data.empty_clips == "resample"
+        self.size_fn = partial(model_size, target_height=data.height, max_width=data.max_width, multiple=spatial_multiple)
+        self.batch_size, self.val_batch_size = data.batch_size, data.val_batch_size
+        self.num_workers, self.val_limit = data.num_workers, data.val_limit
+        self.seed = seed
         self._sources: dict[str, object] = {}
 
     def make_source(self, split: str):
@@ -66,13 +60,36 @@ class ReferringDataModule(L.LightningDataModule):
         ``rvosflow.evaluate --videos N`` scores the same subset)."""
         return first_videos(self.source(split), self.eval_videos)
 
+    def training_sources(self) -> list:
+        """The sources training clips come from (checked at set-up: :meth:`train_source`)."""
+        return [self.train_source()]
+
+    def scored_sources(self, mode: str) -> list:
+        """The sources a run in ``mode`` (train | validate | predict) scores or predicts."""
+        return [self.eval_source(self.predict_split if mode == "predict" else self.val_split)]
+
     def sources_read(self, mode: str) -> list:
-        """The sources a run in ``mode`` (train | validate | predict) reads: their captions are what
-        the text-embedding cache must hold (``rvosflow.text_cache``)."""
-        if mode == "predict":
-            return [self.eval_source(self.predict_split)]
-        scored = [self.eval_source(self.val_split)]
-        return scored if mode == "validate" else [self.source(self.train_split), *scored]
+        """The sources a run in ``mode`` reads (every file of them is checked at set-up)."""
+        return [*(self.training_sources() if mode == "train" else []), *self.scored_sources(mode)]
+
+    def train_source(self):
+        """The training split, holding at least one full batch: the loader drops the last partial
+        one, so fewer expressions than ``batch_size`` would train nothing and score the start."""
+        src = self.source(self.train_split)
+        if src.expressions and len(src.expressions) < self.batch_size:  # none: the data check names the file
+            raise ConfigError(f"data.batch_size: expected at most {len(src.expressions)}, the expressions in "
+                              f"data.train_split={self.train_split!r} ({self.root}), got {self.batch_size}: "
+                              "no full batch, nothing would be trained")
+        return src
+
+    def training_texts(self) -> list[str]:
+        """The training captions as written, and with ``data.augment`` their flipped versions."""
+        texts = [e.text for s in self.training_sources() for e in s.expressions]
+        return texts + ([swap_left_right(t) for t in texts] if self.augment is not None else [])
+
+    def clip_dataset(self, source, num_frames: int, frame_sampler: str) -> ClipDataset:
+        """Training clips of ``source`` with this run's augmentation and empty-clip rule."""
+        return ClipDataset(source, num_frames, frame_sampler, self.size_fn, self.augment, self.resample_empty)
 
     def _loader(self, dataset, shuffle: bool, collate=None, batch_size: int = 1) -> DataLoader:
         return DataLoader(
@@ -81,7 +98,7 @@ class ReferringDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        ds = ClipDataset(self.source(self.train_split), self.num_frames, self.frame_sampler, self.size_fn)
+        ds = self.clip_dataset(self.train_source(), self.num_frames, self.frame_sampler)
         return self._loader(ds, shuffle=True, batch_size=self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
@@ -98,8 +115,6 @@ class MevisDataModule(ReferringDataModule):
     """MeViS layout: ``<root>/<split>/{JPEGImages, meta_expressions.json, mask_dict.json}``."""
 
     def make_source(self, split: str):
-        from rvosflow.data.formats.mevis import MevisSource
-
         return MevisSource(self.root / split)
 
 
@@ -109,8 +124,6 @@ class RefYTVOSDataModule(ReferringDataModule):
     with ``mode=predict`` + ``python -m rvosflow.evaluate --benchmark ref_ytvos``."""
 
     def make_source(self, split: str):
-        from rvosflow.data.formats.ytvos import RefYTVOSSource
-
         return RefYTVOSSource(self.root, split)
 
 
@@ -120,15 +133,13 @@ class RefDAVISDataModule(ReferringDataModule):
     3 annot2 full-video); in-training validation averages J&F over the kept expressions, the
     official per-set DAVIS scores come from ``python -m rvosflow.evaluate --benchmark ref_davis``."""
 
-    def __init__(self, root, annotators: Sequence[int] = (0, 1, 2, 3), **kwargs):
-        super().__init__(root, **kwargs)
-        self.annotators = tuple(int(a) for a in annotators)
+    def __init__(self, data, spatial_multiple: int = 16, seed: int = 0):
+        super().__init__(data, spatial_multiple, seed)
+        self.annotators = tuple(int(a) for a in data.annotators)
         if not self.annotators or any(a not in (0, 1, 2, 3) for a in self.annotators):
-            raise ConfigError(f"data.annotators: expected a non-empty subset of [0, 1, 2, 3], got {list(annotators)}")
+            raise ConfigError(f"data.annotators: expected a non-empty subset of [0, 1, 2, 3], got {list(data.annotators)}")
 
     def make_source(self, split: str):
-        from rvosflow.data.formats.davis import RefDAVISSource
-
         src = RefDAVISSource(self.root, split)
         if set(self.annotators) != {0, 1, 2, 3}:
             src.expressions = [e for e in src.expressions if e.annotator in self.annotators]
@@ -138,9 +149,6 @@ class RefDAVISDataModule(ReferringDataModule):
 def refcoco_source(root, datasets: Sequence[str], split: str, images=None):
     """RefCOCO/+/g (one or several, concatenated): every image a one-frame clip. ``exp_id`` is
     ``<dataset>-<sent_id>`` (sentence ids overlap between the three datasets)."""
-    from rvosflow.data.formats.concat import ConcatSource
-    from rvosflow.data.formats.refcoco import RefCOCOSource
-
     if isinstance(datasets, str):
         datasets = [datasets]
     if not datasets:
@@ -153,13 +161,10 @@ class RefCOCODataModule(ReferringDataModule):
     is a one-frame clip (``num_frames: 1``; a larger ``num_frames`` replicates the image into a
     static clip). ``images`` is the COCO ``train2014`` folder (default ``<root>/images/train2014``)."""
 
-    def __init__(self, root, datasets: Sequence[str] = ("refcoco",), images: str | None = None, **kwargs):
-        kwargs.setdefault("train_split", "train")
-        kwargs.setdefault("val_split", "val")
-        kwargs.setdefault("num_frames", 1)
-        super().__init__(root, **kwargs)
-        self.datasets = [datasets] if isinstance(datasets, str) else list(datasets)
-        self.images = images
+    def __init__(self, data, spatial_multiple: int = 16, seed: int = 0):
+        super().__init__(data, spatial_multiple, seed)
+        self.datasets = [data.datasets] if isinstance(data.datasets, str) else list(data.datasets)
+        self.images = data.images
 
     def make_source(self, split: str):
         return refcoco_source(self.root, self.datasets, split, self.images)
@@ -217,36 +222,36 @@ class MixedDataModule(ReferringDataModule):
     benchmark's splits. ``image_batch_size`` (default ``batch_size``) lets image batches be larger,
     as they are ~num_frames times cheaper."""
 
-    def __init__(self, root, video_format: str = "mevis", image_root: str | None = None,
-                 image_datasets: Sequence[str] = ("refcoco",), image_split: str = "train", images: str | None = None,
-                 image_ratio: float = 0.5, image_frames: int = 1, seed: int = 0, **kwargs):
-        super().__init__(root, **kwargs)
-        if video_format not in DATAMODULES or video_format == "mixed" or video_format == "refcoco":
-            raise ConfigError(f"data.video_format: expected a video benchmark, got {video_format!r}")
-        if image_root is None:
+    def __init__(self, data, spatial_multiple: int = 16, seed: int = 0):
+        super().__init__(data, spatial_multiple, seed)
+        if data.video_format not in ("mevis", "ref_ytvos"):
+            raise ConfigError(f"data.video_format: expected a video benchmark, got {data.video_format!r}")
+        if data.image_root is None:
             raise ConfigError("data.image_root: the RefCOCO root is required for mixed training")
-        self.video = DATAMODULES[video_format](root, **kwargs)
-        self.image_root, self.image_datasets, self.image_split = Path(image_root), image_datasets, image_split
-        self.images, self.image_ratio, self.image_frames, self.seed = images, image_ratio, image_frames, seed
+        self.video = DATAMODULES[data.video_format](data, spatial_multiple, seed)
+        self.image_root, self.image_datasets, self.image_split = Path(data.image_root), data.image_datasets, data.image_split
+        self.images, self.image_ratio, self.image_frames = data.images, data.image_ratio, data.image_frames
 
     def make_source(self, split: str):
         return self.video.make_source(split)
 
     def image_source(self):
-        from rvosflow.data.formats.concat import ConcatSource
-
         if "__images__" not in self._sources:
             # Video ids prefixed too, so image ids never collide with the video benchmark's.
             inner = refcoco_source(self.image_root, self.image_datasets, self.image_split, self.images)
             self._sources["__images__"] = ConcatSource([("coco", inner)], prefix_videos=True)
         return self._sources["__images__"]
 
-    def sources_read(self, mode: str) -> list:
-        return super().sources_read(mode) + ([self.image_source()] if mode == "train" else [])
+    def training_sources(self) -> list:
+        return [*super().training_sources(), self.image_source()]
+
+    def train_source(self):
+        # all-image batches (image_ratio 1) need no video clip; MixedBatchSampler checks the images
+        return super().train_source() if self.image_ratio < 1 else self.source(self.train_split)
 
     def train_dataloader(self) -> DataLoader:
-        images = ClipDataset(self.image_source(), self.image_frames, "first", self.size_fn)
-        videos = ClipDataset(self.source(self.train_split), self.num_frames, self.frame_sampler, self.size_fn)
+        images = self.clip_dataset(self.image_source(), self.image_frames, "first")
+        videos = self.clip_dataset(self.train_source(), self.num_frames, self.frame_sampler)
         sampler = MixedBatchSampler(len(images), len(videos), self.batch_size, self.image_ratio, self.seed)
         return DataLoader(ConcatDataset([images, videos]), batch_sampler=sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
@@ -262,23 +267,6 @@ DATAMODULES: dict[str, type[ReferringDataModule]] = {
 }
 
 
-def datamodule_options(cls: type[ReferringDataModule]) -> set[str]:
-    """Constructor arguments of ``cls`` and its bases (the ``data.*`` keys it takes)."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" in vars(klass) and issubclass(klass, ReferringDataModule):
-            names |= {p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "kwargs")}
-    return names
-
-
-def from_config(data_cfg, spatial_multiple: int, **extra) -> ReferringDataModule:
-    """The DataModule of ``data.format`` built from the ``data.*`` keys it accepts (others, like
-    ``format`` and ``generate_if_missing``, are ignored)."""
-    from omegaconf import OmegaConf
-
-    d = OmegaConf.to_container(data_cfg, resolve=True) if not isinstance(data_cfg, dict) else dict(data_cfg)
-    cls = DATAMODULES[d["format"]]
-    allowed = datamodule_options(cls)
-    kwargs = {k: v for k, v in d.items() if k in allowed}
-    kwargs.update(spatial_multiple=spatial_multiple, **{k: v for k, v in extra.items() if k in allowed})
-    return cls(**kwargs)
+def from_config(data, spatial_multiple: int, seed: int = 0) -> ReferringDataModule:
+    """The DataModule of ``data.format`` built from the run's ``data.*`` settings."""
+    return DATAMODULES[data.format](data, spatial_multiple, seed)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from PIL import Image
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 
 def model_size(height: int, width: int, target_height: int, max_width: int, multiple: int) -> tuple[int, int]:

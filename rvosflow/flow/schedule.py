@@ -6,7 +6,7 @@ The public release puts the *start* (video, or noise for noise2mask) at Wan's no
 ``timestep = (1 - t) * 1000``. Wan's DiT also emits the velocity in its own time: it predicts
 ``dz/dsigma`` (``noise - data``) with sigma = timestep / 1000, where the paper's velocity is
 ``v = dz/dt``. With the release's mapping (sigma = 1 - t) the DiT's output is ``-v``: with the
-video in the noise slot it is trained on ``u = z_video - z_mask`` (DESIGN §3, "Velocity sign").
+video in the noise slot it is trained on ``u = z_video - z_mask`` (docs/design.md §3, "Velocity sign").
 :func:`to_wan_timestep` and :func:`wan_velocity_factor` are the one place that converts.
 """
 
@@ -55,15 +55,43 @@ def interpolate(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Te
     return (1.0 - t) * z0 + t * z1
 
 
+BBS_SAMPLERS = ("release", "bernoulli")
+
+
 def sample_bbs_times(
-    batch_size: int, p: float, generator: torch.Generator | None = None, device=None
+    batch_size: int, p: float, generator: torch.Generator | None = None, device=None, sampler: str = "release"
 ) -> torch.Tensor:
-    """Boundary-biased sampling: t ~ p * delta(0) + (1 - p) * U(0, 1). p=0 is the base flow."""
+    """Boundary-biased sampling of paper times: t ~ p * delta(0) + (1 - p) * U(0, 1); p=0 is the base flow.
+
+    ``sampler`` says how the mixture is drawn (``bbs.sampler``):
+
+    * ``release`` (the public code's ``boundary_biased_sample(..., 'bias_video', bias_param=0,
+      special_timesteps=[1000], special_freq=p)``): integer Wan timesteps k. For a batch of B > 1
+      exactly ``int(B * p)`` samples sit at k = 1000 (t = 0) and the rest are ``floor(1000 u)``
+      clamped to [1, 999], then the batch is shuffled; for B = 1 the sample is 1000 with
+      probability p. So t = 1 - k / 1000 takes 1,000 values, and ``int(B * p)`` truncates: p=0.25
+      with B=2 never draws the boundary (a quirk of the release, kept).
+    * ``bernoulli``: one Bernoulli(p) draw per sample, continuous U(0, 1) otherwise.
+
+    Returned as float64 so that ``1 - t`` gives back k / 1000 exactly for the release's integers.
+    """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"bbs.p must lie in [0, 1], got {p}")
-    uniform = torch.rand(batch_size, generator=generator, device=device)
-    at_start = torch.rand(batch_size, generator=generator, device=device) < p
-    return torch.where(at_start, torch.zeros_like(uniform), uniform)
+    if sampler == "bernoulli":
+        uniform = torch.rand(batch_size, generator=generator, device=device)
+        at_start = torch.rand(batch_size, generator=generator, device=device) < p
+        return torch.where(at_start, torch.zeros_like(uniform), uniform).double()
+    if sampler != "release":
+        raise ValueError(f"bbs.sampler: expected one of {', '.join(BBS_SAMPLERS)}, got {sampler!r}")
+    regular = (torch.rand(batch_size, generator=generator, device=device) * WAN_NUM_TRAIN_TIMESTEPS)
+    k = regular.long().clamp(1, WAN_NUM_TRAIN_TIMESTEPS - 1)
+    if batch_size == 1:
+        at_boundary = torch.rand(1, generator=generator, device=device) < p
+    else:
+        at_boundary = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        at_boundary[torch.randperm(batch_size, generator=generator, device=device)[: int(batch_size * p)]] = True
+    k = torch.where(at_boundary, torch.full_like(k, WAN_NUM_TRAIN_TIMESTEPS), k)
+    return 1.0 - k.double() / WAN_NUM_TRAIN_TIMESTEPS
 
 
 def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:

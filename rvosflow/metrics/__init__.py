@@ -1,4 +1,4 @@
-"""Evaluation metrics: J&F with DAVIS semantics, aggregated as MeViS (DESIGN §4).
+"""Evaluation metrics: J&F with DAVIS semantics, aggregated as MeViS (docs/design.md §4).
 
 ``JandF`` keeps, per process, the sums of the per-expression means of J and F and the number
 of expressions, overall and per expression kind, all with ``sum`` reduction, so the result is
@@ -7,14 +7,17 @@ exact under DDP: the mean over all expressions seen by all ranks.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torchmetrics import Metric
 
 from rvosflow.data.schema import EXPRESSION_KINDS
 from rvosflow.metrics import functional
 from rvosflow.metrics.functional import jaccard_and_boundary_f
+from rvosflow.metrics.records import ExpressionRecord, expression_record, flat_scores
 
-__all__ = ["JandF", "by_kind", "functional"]
+__all__ = ["ExpressionRecord", "JandF", "by_kind", "expression_record", "flat_scores", "functional"]
 
 
 class JandF(Metric):
@@ -94,10 +97,14 @@ class JandF(Metric):
 
 def by_kind(scores: dict, scale: float = 100.0) -> dict[str, dict[str, float]]:
     """``{kind: {"J", "F", "JF", "n"}}`` from a ``JandF.compute()``-style flat dict (J, F, J&F
-    multiplied by ``scale``, i.e. percent by default)."""
+    multiplied by ``scale``, i.e. percent by default); also ``"TC"`` where the dict has
+    ``TC/<kind>`` (:func:`flat_scores`), None when no expression of the kind has two frames."""
     out: dict[str, dict[str, float]] = {}
     for kind in EXPRESSION_KINDS:
         if f"n/{kind}" in scores:
             out[kind] = {m: scale * float(scores[f"{m}/{kind}"]) for m in ("J", "F", "JF")}
+            if f"TC/{kind}" in scores:
+                tc = float(scores[f"TC/{kind}"])
+                out[kind]["TC"] = None if math.isnan(tc) else scale * tc
             out[kind]["n"] = int(scores[f"n/{kind}"])
     return out

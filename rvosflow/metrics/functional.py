@@ -1,6 +1,6 @@
 """J (region similarity) and F (boundary F-measure) with the DAVIS 2017 semantics.
 
-Semantics (DESIGN §4), matching the official ``davis2017-evaluation`` ``metrics.py``:
+Semantics (docs/design.md §4), matching the official ``davis2017-evaluation`` ``metrics.py``:
 
 * a mask is foreground wherever it is non-zero;
 * ``J = |P ∩ G| / |P ∪ G|``, and 1 when the union is empty;
@@ -42,6 +42,7 @@ __all__ = [
     "jaccard_and_boundary_f",
     "jandf_per_expression",
     "seg2bmap",
+    "temporal_consistency",
 ]
 
 _WORD = 64
@@ -361,3 +362,26 @@ def jandf_per_expression(preds, target, bound_th: float = 0.008):
         raise ValueError("an expression needs at least one frame")
     return j.mean(), f.mean()
 
+
+
+def temporal_consistency(j) -> float:
+    """REM's temporal consistency of one expression: ``mean_t |J_t - J_(t-1)|`` over its ``T - 1``
+    consecutive frame pairs, from the per-frame region similarities ``J`` (``[T]``, fractions,
+    as :func:`jaccard` returns them). **Lower is better**: 0 when the per-frame IoU never changes.
+
+    Definition: REM ("ReferEverything", Bagchi et al., arXiv 2410.23287) reports temporal
+    consistency in its Table H as the mean absolute IoU difference between consecutive frames.
+    Its public code (github.com/miccooper9/ReferEverything) does not implement the metric, so the
+    edge cases below are this project's choices:
+
+    * the IoUs are those of J&F (DAVIS semantics), so a frame where both the prediction and the
+      ground truth are empty has IoU 1. A target that leaves the view while the prediction
+      correctly goes empty therefore still counts ``|1 - J_before|`` once: the figure measures
+      how steadily the *score* moves, not how steadily the mask moves;
+    * a one-frame expression (an image, a one-frame video) has no consecutive pair: NaN, and
+      the aggregates leave it out (they report how many expressions had a value).
+    """
+    j = np.asarray(j.detach().cpu() if isinstance(j, torch.Tensor) else j, dtype=np.float64).reshape(-1)
+    if j.size < 2:
+        return math.nan
+    return float(np.abs(np.diff(j)).mean())

@@ -1,28 +1,42 @@
-"""The release's text / pixel / latent conventions, in one place (DESIGN §3).
+"""The release's text / pixel / latent conventions, in one place (docs/design.md §3).
 
 Every tensor layout follows diffusers' Wan classes: pixels and latents are ``[B, C, T, H, W]``.
 
-* Captions: lower-cased, whitespace collapsed, tokenised to a fixed length (64 in the first
-  release), UMT5 embeddings past the true length zeroed (as ``WanPipeline`` does).
+* Captions (``text.*``): cleaned as the release's ``prompt_clean`` (whitespace runs collapsed and
+  the ends stripped, HTML entities unescaped, every ``"`` and ``\\`` deleted), lower-cased for
+  training only (the release's MeViS dataset does it; its inference does not), tokenised to a
+  fixed length (256 in the current release, 64 in the first), UMT5 embeddings past the true length
+  zeroed (as ``WanPipeline`` and the release do).
 * Video frames: uint8 -> [-1, 1]. Masks: {0, 1} -> 3 replicated channels -> [-1, 1].
 * Latents: the VAE posterior mean. The video latent is normalised with the VAE config's
   ``latents_mean`` / ``latents_std`` (``(z - mean) / std``); the release leaves the mask latent
   raw (REM normalises both), hence ``encode_mask(normalize=False)`` by default.
-* Frozen-decoder masks: decode, map the 3 channels back to [0, 1], average, threshold at 0.5.
-  Tuned-decoder masks (a 1-channel logit head, ``rvosflow.decoder``): sigmoid, threshold at 0.5.
+* Masks (``model.mask_rule``): the decoder's output as a *mask field* whose positive part is the
+  mask -- a tuned decoder's 1-channel logits (``rvosflow.decoder``), or the mean of a frozen
+  decoder's 3 channels in [-1, 1] -- brought to the frame size and thresholded. ``release``: the
+  field clamped to [-1, 1] (diffusers' ``decode`` does it), resized bilinearly without antialias
+  (``align_corners=False``), then ``> 0`` (= sigmoid > 0.5, = (x + 1) / 2 > 0.5). ``antialias``:
+  the field as a probability (sigmoid of the unclamped logits, or (x + 1) / 2), an area-weighted
+  (antialiased) resize, then ``> 0.5``.
 * Shapes: ``1 + 4k`` frames (the causal VAE silently drops the rest); H, W multiples of
   ``spatial_multiple(vae, transformer)`` = VAE spatial factor x DiT patch size (16 for Wan2.1).
 """
 
 from __future__ import annotations
 
+import html
 import re
 from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
 
 _WS = re.compile(r"\s+")
+_QUOTES = re.compile(r'["\\]+')
+TEXT_CLEANINGS = ("release", "whitespace")
+LOWERCASE = ("train", "always", "never")
 
 
 # ----------------------------------------------------------------------------- text
@@ -31,18 +45,41 @@ def normalize_caption(text: str) -> str:
     return _WS.sub(" ", str(text)).strip().lower()
 
 
+def prompt_clean(text: str) -> str:
+    """The release's ``models/text.py`` ``prompt_clean``, in its order: whitespace runs become one
+    space and the ends are stripped; ``html.unescape``; every ``"`` and ``\\`` is deleted (so a
+    ``\\`` between spaces leaves two spaces, and ``&quot;`` disappears)."""
+    return _QUOTES.sub("", html.unescape(_WS.sub(" ", str(text)).strip()))
+
+
+def clean_caption(text: str, training: bool, clean: str = "release", lowercase: str = "train") -> str:
+    """The caption the text encoder sees (``text.clean``, ``text.lowercase``). The release lower-cases
+    and collapses whitespace in its training dataset, then applies ``prompt_clean`` to every caption,
+    training or not; ``lowercase=train`` is that. (The tiny bundle's tokenizer lower-cases by itself;
+    the real UMT5 tokenizer does not.)"""
+    if clean not in TEXT_CLEANINGS:
+        raise ValueError(f"text.clean: expected one of {', '.join(TEXT_CLEANINGS)}, got {clean!r}")
+    if lowercase not in LOWERCASE:
+        raise ValueError(f"text.lowercase: expected one of {', '.join(LOWERCASE)}, got {lowercase!r}")
+    text = str(text)
+    if lowercase == "always" or (lowercase == "train" and training):
+        text = _WS.sub(" ", text).strip().lower()
+    return prompt_clean(text) if clean == "release" else _WS.sub(" ", text).strip()
+
+
 def tokenize(tokenizer, captions: str | Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised captions -> ``(input_ids, attention_mask)``, both ``[B, max_length]`` (padded, truncated)."""
+    """Captions (already cleaned: :func:`clean_caption`) -> ``(input_ids, attention_mask)``, both
+    ``[B, max_length]`` (padded to ``max_length``, truncated)."""
     if isinstance(captions, str):
         captions = [captions]
-    enc = tokenizer([normalize_caption(c) for c in captions], padding="max_length", max_length=max_length,
+    enc = tokenizer(list(captions), padding="max_length", max_length=max_length,
                     truncation=True, add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
     return enc.input_ids, enc.attention_mask
 
 
-def encode_text(text_encoder, tokenizer, captions: str | Sequence[str], max_length: int = 64,
+def encode_text(text_encoder, tokenizer, captions: str | Sequence[str], max_length: int = 256,
                 grad: bool = False) -> torch.Tensor:
-    """UMT5 embeddings ``[B, max_length, D]`` with every position past the true length set to 0.
+    """UMT5 embeddings ``[B, max_length, D]`` of cleaned captions, every position past the true length 0.
 
     Runs under ``torch.no_grad()`` (the text encoder is frozen in every experiment) unless
     ``grad=True`` (only the T2V pretraining of the tiny bundle trains it).
@@ -167,7 +204,7 @@ def decode_video(vae, latents: torch.Tensor, normalized: bool = True) -> torch.T
 
 
 def is_logit_decoder(vae) -> bool:
-    """True for a tuned mask decoder: its last conv gives 1 channel of logits (DESIGN §3 "Decoder")."""
+    """True for a tuned mask decoder: its last conv gives 1 channel of logits (docs/design.md §3 "Decoder")."""
     return int(vae.decoder.conv_out.out_channels) == 1
 
 
@@ -191,28 +228,52 @@ def decode_raw(vae, z: torch.Tensor) -> torch.Tensor:
                                     first_chunk=(i == 0)))
         out = torch.cat(outs, dim=2)
         if vae.config.patch_size is not None:  # Wan2.2's patchified VAE
-            from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
-
             out = unpatchify(out, patch_size=vae.config.patch_size)
         return out
     finally:
         vae.clear_cache()
 
 
-def decode_mask(vae, latents: torch.Tensor, normalized: bool = False, threshold: float = 0.5) -> torch.Tensor:
-    """Frozen-decoder masks: decode, map the 3 channels to [0, 1], average, ``> threshold`` -> bool ``[B, T, H, W]``.
+MASK_RULES = ("release", "antialias")
 
-    ``normalized`` says whether ``latents`` are in the normalised space (default False: the
-    release's mask latents are raw).
-    """
-    return mask_probs(vae, latents, normalized) > threshold
+
+def mask_field(vae, latents: torch.Tensor, normalized: bool = False) -> torch.Tensor:
+    """The decoder's output ``[B, T, H, W]`` (float32) whose positive part is the mask: a tuned
+    decoder's logits (unclamped), or the mean of a frozen decoder's 3 channels in [-1, 1] (its
+    ``decode`` clamps). ``normalized`` says whether ``latents`` are in the normalised space
+    (default False: the release's mask latents are raw)."""
+    if is_logit_decoder(vae):
+        z = denormalize_latents(vae, latents) if normalized else latents
+        return decode_raw(vae, z).float()[:, 0]
+    return decode_video(vae, latents, normalized=normalized).float().mean(dim=1)
+
+
+def field_to_masks(field: torch.Tensor, size: tuple[int, int], rule: str = "release", logits: bool = True) -> torch.Tensor:
+    """A :func:`mask_field` ``[T, h, w]`` -> bool masks ``[T, H, W]`` at ``size`` by ``rule``
+    (``model.mask_rule``, see the module doc). ``logits``: the field is a tuned decoder's logits
+    (else a frozen decoder's mean channel in [-1, 1])."""
+    if rule not in MASK_RULES:
+        raise ValueError(f"model.mask_rule: expected one of {', '.join(MASK_RULES)}, got {rule!r}")
+    x = field.float()[:, None]
+    if rule == "release":
+        x = x.clamp(-1.0, 1.0)
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=False)
+        return x[:, 0] > 0
+    p = torch.sigmoid(x) if logits else (x + 1.0) / 2.0
+    if tuple(p.shape[-2:]) != tuple(size):
+        p = F.interpolate(p, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    return p[:, 0] > 0.5
+
+
+def decode_mask(vae, latents: torch.Tensor, normalized: bool = False, rule: str = "release") -> torch.Tensor:
+    """Masks ``[B, T, H, W]`` (bool) at the latents' decoded size, by ``rule``."""
+    field = mask_field(vae, latents, normalized)
+    return torch.stack([field_to_masks(f, tuple(f.shape[-2:]), rule, is_logit_decoder(vae)) for f in field])
 
 
 def mask_probs(vae, latents: torch.Tensor, normalized: bool = False) -> torch.Tensor:
-    """The soft mask ``[B, T, H, W]`` in [0, 1] that ``decode_mask`` thresholds: the sigmoid of a
-    tuned decoder's logits, else the frozen decoder's 3 channels mapped to [0, 1] and averaged."""
-    if is_logit_decoder(vae):
-        z = denormalize_latents(vae, latents) if normalized else latents
-        return torch.sigmoid(decode_raw(vae, z).float())[:, 0]
-    x = decode_video(vae, latents, normalized=normalized)
-    return ((x.float() + 1.0) / 2.0).mean(dim=1)
+    """The soft mask ``[B, T, H, W]`` in [0, 1] (for pictures): the sigmoid of a tuned decoder's
+    logits, else the frozen decoder's 3 channels mapped to [0, 1] and averaged."""
+    field = mask_field(vae, latents, normalized)
+    return torch.sigmoid(field) if is_logit_decoder(vae) else (field + 1.0) / 2.0

@@ -24,11 +24,11 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from rvosflow.errors import UserError
+from rvosflow.errors import BundleError
 
 COMPONENTS: tuple[str, ...] = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
-# The release samples with shift 3 (DESIGN §3); Wan2.1's own scheduler config stores it as flow_shift.
+# The release samples with shift 3 (docs/design.md §3); Wan2.1's own scheduler config stores it as flow_shift.
 DEFAULT_SHIFT = 3.0
 
 _DTYPES = {
@@ -43,8 +43,6 @@ _TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 _WEIGHTS = {"transformer": _DIFFUSERS_WEIGHTS, "vae": _DIFFUSERS_WEIGHTS, "text_encoder": _TRANSFORMERS_WEIGHTS}
 
 
-class BundleError(UserError, FileNotFoundError):
-    """A bundle directory is missing, incomplete or not in the diffusers Wan layout."""
 
 
 @dataclass
@@ -119,6 +117,15 @@ def check_bundle(path: str | Path, components: Iterable[str] = COMPONENTS) -> Pa
     if missing:
         raise BundleError(f"{root}: expected a complete Wan bundle, found it missing: " + ", ".join(missing))
     return root
+
+
+def bundle_spatial_multiple(path) -> int:
+    """What H and W must be multiples of (VAE spatial factor x DiT patch), read from the bundle's
+    config.json files so that the data can be set up and checked before any weight is loaded."""
+    root = check_bundle(path, ("transformer", "vae"))
+    vae = json.loads((root / "vae" / "config.json").read_text())
+    dit = json.loads((root / "transformer" / "config.json").read_text())
+    return int(vae.get("scale_factor_spatial") or 8) * int(dit.get("patch_size", [1, 2, 2])[1])
 
 
 def is_complete_bundle(path: str | Path) -> bool:

@@ -24,13 +24,16 @@ overwritten.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
+from rvosflow.errors import ArgumentParser, BundleError, cli
+from rvosflow.models.loader import WanBundle, cast_keeping_fp32, check_bundle, resolve_dtype, save_wan_bundle
 from rvosflow.models.scale import REDUCED_DIT, REDUCED_VAE, WAN21_T2V_1_3B
 from rvosflow.paths import PROJECT_ROOT
 
@@ -52,10 +55,6 @@ SCHEDULER: dict = {"prediction_type": "flow_prediction", "use_flow_sigmas": True
 SIZES = {"real": (WAN21_T2V_1_3B, None), "reduced": (REDUCED_DIT, REDUCED_VAE)}
 
 
-class RandomBundleError(RuntimeError):
-    pass
-
-
 def recipe(dit_config: dict, vae_kwargs: dict | None, seed: int, dit_dtype: str) -> dict:
     return {"format": FORMAT, "transformer": dit_config, "vae": vae_kwargs or {}, "text_encoder": TEXT_ENCODER,
             "scheduler": SCHEDULER, "seed": seed, "dit_dtype": dit_dtype, "tokenizer": "data/tiny-wan/tokenizer",
@@ -75,17 +74,13 @@ def build(out: str | Path, dit_config: dict = WAN21_T2V_1_3B, vae_kwargs: dict |
     """Write the bundle to ``out`` (a folder with the same recipe is kept as it is) and return it.
 
     Peak memory is the DiT at float32 before its cast (5.7 GB at full size) plus one shard."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
-    from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
-
-    from rvosflow.models.loader import WanBundle, cast_keeping_fp32, check_bundle, resolve_dtype, save_wan_bundle
-
     out = Path(out)
     wanted = recipe(dit_config, vae_kwargs, seed, dit_dtype)
     if out.exists():
         found = _read_recipe(out)
         if found is None:
-            raise RandomBundleError(f"{out}: exists and has no {RECIPE_FILE} (not a random bundle): not overwriting it")
+            raise BundleError(f"{out}: expected a random bundle ({RECIPE_FILE}) or nothing, found a folder without "
+                              f"{RECIPE_FILE}: not overwriting it")
         if found == wanted and not force:
             return check_bundle(out)
     tmp = out.with_name(out.name + ".partial")
@@ -114,7 +109,7 @@ def build(out: str | Path, dit_config: dict = WAN21_T2V_1_3B, vae_kwargs: dict |
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rvosflow.models.random_bundle", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m rvosflow.models.random_bundle", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "data" / "wan2.1-t2v-1.3b-random")
     parser.add_argument("--size", choices=sorted(SIZES), default="real",
                         help="real: the published configs; reduced: the same classes narrow and short (seconds, tests)")
@@ -127,4 +122,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli(main))

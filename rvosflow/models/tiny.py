@@ -1,6 +1,6 @@
 """Tiny Wan2.1-architecture configs and a builder for randomly initialised bundles.
 
-``TINY`` is the embedded default that ``python -m rvosflow.models.pretrain`` trains on the
+``TINY`` is the embedded default that ``python -m rvosflow.pretrain`` trains on the
 synthetic benchmark (17x64x64 clips -> 5x16x16 latents -> 5x8x8 = 320 DiT tokens).
 ``TEST`` is far smaller, for unit tests. Both use the real classes (``AutoencoderKLWan``,
 ``WanTransformer3DModel``, ``UMT5EncoderModel``), only with small sizes, so every code path is the

@@ -1,14 +1,19 @@
-"""The four paradigms of Table 2. Adding one: a module here with a ``@register``-ed class and a
-``configs/paradigm/<name>.yaml``; nothing else names paradigms."""
+"""The paradigms of Table 2, one module each: every module of this package is imported here, so a
+new paradigm is one module with a ``@register``-ed class plus one ``configs/paradigm/<name>.yaml``."""
 
-from rvosflow.paradigms import noise2mask, onestep_mask, onestep_velocity, video2mask  # noqa: F401
-from rvosflow.paradigms.base import PARADIGMS, TOGGLES, FlowSettings, Paradigm, TrainingPair
+import importlib
+import pkgutil
+
+from rvosflow.paradigms.base import PARADIGMS, Paradigm, ParadigmOptions, TrainingPair
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 
-def build_paradigm(name: str, settings: FlowSettings) -> Paradigm:
-    if name not in PARADIGMS:
-        raise ValueError(f"paradigm.name: unknown paradigm '{name}'; allowed: {sorted(PARADIGMS)}")
-    return PARADIGMS[name](settings)
+def build_paradigm(cfg) -> Paradigm:
+    """The paradigm ``cfg.paradigm.name`` of a run config (``config.resolve`` checked the name)."""
+    return PARADIGMS[cfg.paradigm.name](cfg)
 
 
-__all__ = ["PARADIGMS", "TOGGLES", "FlowSettings", "Paradigm", "TrainingPair", "build_paradigm"]
+__all__ = ["PARADIGMS", "Paradigm", "ParadigmOptions", "TrainingPair", "build_paradigm"]

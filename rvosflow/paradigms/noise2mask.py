@@ -12,7 +12,7 @@ from rvosflow.paradigms.base import Paradigm, TrainingPair, register, with_video
 @register
 class Noise2Mask(Paradigm):
     name = "noise2mask"
-    accepts = frozenset()
+    accepts = frozenset({"solver"})
     multistep = True
 
     def input_channels(self, latent_channels: int) -> int:
@@ -28,8 +28,7 @@ class Noise2Mask(Paradigm):
             target=self.dit_target(z_mask - noise),  # Wan's sign: noise - z_mask
         )
 
-    def predict(self, model, z_video, generator) -> torch.Tensor:
+    def predict(self, model, z_video, generator, steps=None) -> torch.Tensor:
         noise = torch.randn(z_video.shape, generator=generator, device=z_video.device)
-
         velocity = self.velocity_field(model, lambda z: with_video(z, z_video, True))
-        return euler_integrate(velocity, noise, self.inference_grid())
+        return euler_integrate(velocity, noise, self.inference_grid(steps))

@@ -17,6 +17,6 @@ class OneStepVelocity(Paradigm):
         t = torch.zeros(z_video.shape[0], device=z_video.device)
         return TrainingPair(z_video, self.wan_timestep(t), self.dit_target(z_mask - z_video))
 
-    def predict(self, model, z_video, generator) -> torch.Tensor:
+    def predict(self, model, z_video, generator, steps=None) -> torch.Tensor:
         t = torch.zeros(z_video.shape[0], device=z_video.device)
         return z_video + self.velocity_field(model, lambda z: z)(z_video, t)

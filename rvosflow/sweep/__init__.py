@@ -13,7 +13,7 @@ an MLflow child run of the study's parent run, which holds the results table and
 
 The package, one module per concept: :mod:`.spec` (the sweep file and its schema), :mod:`.study`
 (Optuna storage, samplers, pruners, retries), :mod:`.strategy` (grid vs search), :mod:`.tracking`
-(MLflow parent and child runs), :mod:`.worker` (the trial loop), :mod:`.report` (the table) and
+(MLflow parent and child runs, in ``rvosflow.tracking``), :mod:`.worker` (the trial loop), :mod:`.report` (the table) and
 :mod:`.cli` (``python -m rvosflow.sweep``).
 
 Guarantees:
@@ -32,9 +32,7 @@ Guarantees:
 """
 
 from rvosflow.sweep.cli import main
-from rvosflow.sweep.spec import Row, Spec, SpecError, load_spec, read_sweep_file
+from rvosflow.sweep.spec import Row, Spec, load_spec, read_sweep_file
 from rvosflow.sweep.strategy import compose_rows, strategy_for
-from rvosflow.sweep.tracking import PARENT_TAG, STUDY_TAG, UID_TAG
 
-__all__ = ["main", "Row", "Spec", "SpecError", "load_spec", "read_sweep_file", "compose_rows", "strategy_for",
-           "PARENT_TAG", "STUDY_TAG", "UID_TAG"]
+__all__ = ["main", "Row", "Spec", "load_spec", "read_sweep_file", "compose_rows", "strategy_for"]

@@ -5,19 +5,24 @@ failed (after the others ran) or a worker died, 2 on bad input, 130 when interru
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import sys
 import time
 import uuid
 from pathlib import Path
 
+import torch
+
+from rvosflow.config import check_tracking_uri, compose
+from rvosflow.errors import ArgumentParser, SpecError, cli
 from rvosflow.paths import PROJECT_ROOT
 from rvosflow.sweep.report import report
-from rvosflow.sweep.spec import Spec, SpecError, load_spec, settings_fingerprint
+from rvosflow.sweep.spec import Spec, load_spec, settings_fingerprint
 from rvosflow.sweep.strategy import strategy_for
-from rvosflow.sweep.study import create_study, default_storage, redact, retrying
-from rvosflow.sweep.tracking import Tracking
+from rvosflow.sweep.study import check_storage, create_study, default_storage, redact, retrying
 from rvosflow.sweep.worker import Context, quiet, work, worker_main
+from rvosflow.tracking import Tracking, tracking_uri
 
 _DESCRIPTION = "Sweeps on Optuna: the tables of the paper as grids (row x seed), and searches (TPE + pruning)."
 
@@ -30,10 +35,7 @@ def cpu_count() -> int:
 
 
 def base_logger_settings(spec: Spec, extra: list[str]) -> tuple[str, str]:
-    from rvosflow import config as run_config
-    from rvosflow.train import tracking_uri
-
-    cfg = run_config.compose([*spec.overrides, *extra])
+    cfg = compose([*spec.overrides, *extra])
     return tracking_uri(cfg), str(cfg.logger.experiment_name)
 
 
@@ -76,13 +78,13 @@ def setup(spec: Spec, storage_url: str, extra: list[str], study_name: str | None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m rvosflow.sweep", description=_DESCRIPTION,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m rvosflow.sweep", description=_DESCRIPTION,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep", help="a sweep file, e.g. sweeps/table2.yaml")
     ap.add_argument("--profile", default="default", help="profile in the sweep file (default, smoke, gpu, ...)")
     ap.add_argument("--workers", type=int, default=1,
                     help="worker processes on this machine (each gets cores/workers torch threads)")
-    ap.add_argument("--storage", default=None, help=f"Optuna RDB URL (default sqlite:///<project>/sweeps.db)")
+    ap.add_argument("--storage", default=None, help="Optuna RDB URL (default sqlite:///<project>/sweeps.db)")
     ap.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the run config's)")
     ap.add_argument("--study", default=None, help="study name (default <name>-<profile>)")
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
@@ -100,11 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     """The CLI; bad input (sweep file, a row's override, a setting) is one line, exit 2."""
-    from rvosflow.errors import cli
-
-    args = parse_args(argv)
     quiet()
-    return cli(lambda _: _main(args), None)
+    return cli(lambda _: _main(parse_args(argv)), None)
 
 
 def _main(args) -> int:
@@ -114,6 +113,8 @@ def _main(args) -> int:
     if args.grace_period:
         spec.grace_period = args.grace_period
     storage_url = args.storage or default_storage()
+    check_storage(storage_url)
+    check_tracking_uri(args.tracking_uri, "--tracking-uri")
     t0 = time.monotonic()
     ctx = setup(spec, storage_url, list(args.extra), args.study, Path(args.runs_dir) if args.runs_dir else None,
                 reset=args.reset, tracking_uri=args.tracking_uri)
@@ -130,13 +131,9 @@ def _main(args) -> int:
         print(f"re-queued {ctx.strategy.retry_failed(ctx.study())} failed trial(s)", flush=True)
     try:
         if workers == 1:
-            import torch
-
             torch.set_num_threads(threads)
             work(ctx)
         else:
-            import multiprocessing as mp
-
             mpctx = mp.get_context("spawn")
             procs = []
             for w in range(workers):

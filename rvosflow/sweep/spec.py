@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import yaml
-from omegaconf import MISSING
 
-from rvosflow.errors import UserError
+from rvosflow.axes import setting
+from rvosflow.errors import ConfigError, SpecError
+from rvosflow.schema import build_node, check_node
 
-KINDS = ("grid", "search")
+MISSING = "???"  # a key the file must give
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Row:
     overrides: list[str]
     paper: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)  # filled from the composed config
+    reference: str | None = None  # the row its delta and CI are taken against (None: no delta)
 
 
 @dataclass
@@ -61,122 +63,123 @@ class Spec:
         return next(r for r in self.rows if r.id == row_id)
 
 
-class SpecError(UserError, ValueError):
-    """A bad sweep file or sweep setting; the message names the file and the key."""
-
-
-# The file's schema (OmegaConf structured configs): an unknown or misspelt key, or a value of the
-# wrong type, is an error naming the key (and the allowed keys), never silently a default.
-
-@dataclass
-class ProfileFile:
-    seeds: List[int] = field(default_factory=lambda: [0])
-    overrides: List[str] = field(default_factory=list)  # before every trial's own
-    n_trials: Optional[int] = None                      # search: overrides the file's n_trials
-
-
-@dataclass
-class RowFile:
-    id: str = MISSING
-    label: Optional[str] = None
-    overrides: List[str] = field(default_factory=list)
-    paper: Dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class ParamFile:
-    type: str = "float"  # float | int | categorical
-    low: Optional[float] = None
-    high: Optional[float] = None
-    log: bool = False
-    step: Optional[float] = None
-    choices: Optional[List[Any]] = None
-
-
-@dataclass
-class SweepFile:
-    kind: str = "grid"
-    name: Optional[str] = None
-    title: Optional[str] = None
-    metric: str = "JF"            # what a trial returns to Optuna (percent): JF, J or F
-    direction: str = "maximize"
-    monitor: str = "val/JF"       # search: what the pruner watches during training
-    rows: List[RowFile] = field(default_factory=list)
-    base: List[str] = field(default_factory=list)
-    params: Dict[str, ParamFile] = field(default_factory=dict)
-    n_trials: Optional[int] = None
-    sampler: Dict[str, Any] = field(default_factory=dict)  # Optuna sampler: type + its arguments
-    pruner: Dict[str, Any] = field(default_factory=dict)   # Optuna pruner: type + its arguments
-    profiles: Dict[str, ProfileFile] = field(default_factory=dict)
-    heartbeat_interval: int = 10
-    grace_period: int = 60
-    max_retry: int = 2
-
-
+# The file's schema, checked by the run config's checker (rvosflow.schema.check_node): an unknown
+# or misspelt key, a value of the wrong type or range, is an error naming the file and the key
+# (with the allowed keys), never silently a default.
+KINDS = ("grid", "search")
 METRICS = ("JF", "J", "F")
 DIRECTIONS = ("maximize", "minimize")
 PARAM_TYPES = ("float", "int", "categorical")
 
 
-def _schema_error(path: Path, exc: Exception) -> SpecError:
-    """One line: the file, the key, and what is allowed there."""
-    from omegaconf.errors import ConfigKeyError
+@dataclass(kw_only=True)
+class ProfileFile:
+    seeds: List[int] = setting(lo=0, factory=lambda: [0])
+    overrides: List[str] = field(default_factory=list)  # before every trial's own
+    n_trials: Optional[int] = setting(None, lo=1)       # search: overrides the file's n_trials
 
-    key = getattr(exc, "full_key", "") or "?"
-    obj = getattr(exc, "object_type", None)
-    if isinstance(exc, ConfigKeyError) and obj is not None and dataclasses.is_dataclass(obj):
-        allowed = ", ".join(f.name for f in dataclasses.fields(obj))
-        return SpecError(f"{path}: {key}: unknown key; allowed: {allowed}")
-    msg = (getattr(exc, "msg", None) or str(exc)).splitlines()[0]
-    return SpecError(f"{path}: {key}: {msg}")
+
+@dataclass(kw_only=True)
+class RowFile:
+    id: str = MISSING
+    label: Optional[str] = None
+    overrides: List[str] = field(default_factory=list)
+    paper: Dict[str, float] = field(default_factory=dict)
+    reference: Optional[str] = None  # this row's reference row; default the file's `reference`
+
+
+@dataclass(kw_only=True)
+class ParamFile:
+    type: str = setting("float", choices=lambda: PARAM_TYPES)
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = setting(None, lo=0, lo_open=True)
+    choices: Optional[List[Any]] = None
+
+
+@dataclass(kw_only=True)
+class SweepFile:
+    kind: str = setting("grid", choices=lambda: KINDS)
+    name: Optional[str] = None
+    title: Optional[str] = None
+    metric: str = setting("JF", choices=lambda: METRICS)  # what a trial returns to Optuna (percent)
+    direction: str = setting("maximize", choices=lambda: DIRECTIONS)
+    monitor: str = "val/JF"       # search: what the pruner watches during training
+    rows: List[RowFile] = field(default_factory=list)
+    reference: Optional[str] = None  # grid: the row every other row is compared with (paired bootstrap CI)
+    base: List[str] = field(default_factory=list)
+    params: Dict[str, ParamFile] = field(default_factory=dict)
+    n_trials: Optional[int] = setting(None, lo=1)
+    sampler: Dict[str, Any] = field(default_factory=dict)  # Optuna sampler: type + its arguments
+    pruner: Dict[str, Any] = field(default_factory=dict)   # Optuna pruner: type + its arguments
+    profiles: Dict[str, ProfileFile] = field(default_factory=dict)
+    heartbeat_interval: int = setting(10, lo=1)
+    grace_period: int = setting(60, lo=1)
+    max_retry: int = setting(2, lo=0)
 
 
 def read_sweep_file(path: str | Path) -> SweepFile:
-    """The sweep file checked against :class:`SweepFile` (keys and types)."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
+    """The sweep file checked against :class:`SweepFile` (keys, types, ranges)."""
     path = Path(path)
-    raw = yaml.safe_load(path.read_text())
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        raise SpecError(f"{path}: expected YAML, found a syntax error at {where} ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping, found {type(raw).__name__}")
     if raw.get("command"):  # a table with its own pipeline (sweeps/table3.yaml), not an Optuna sweep
         raise SpecError(f"{path}: expected an Optuna sweep file, found a table run by `{raw['command']}`")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(SweepFile), raw)
-        data = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as exc:
-        raise _schema_error(path, exc) from None
-    for key, value, allowed in (("kind", data.kind, KINDS), ("metric", data.metric, METRICS),
-                                ("direction", data.direction, DIRECTIONS)):
-        if value not in allowed:
-            raise SpecError(f"{path}: {key}: expected one of {', '.join(allowed)}, found {value!r}")
+        check_node(raw, SweepFile, root="the sweep file")
+    except ConfigError as exc:
+        raise SpecError(f"{path}: {exc}") from None
+    data = build_node(raw, SweepFile)
     for name, dist in data.params.items():
-        if dist.type not in PARAM_TYPES:
-            raise SpecError(f"{path}: params.{name}.type: expected one of {', '.join(PARAM_TYPES)}, found {dist.type!r}")
-        need = ("choices",) if dist.type == "categorical" else ("low", "high")
-        for k in need:
+        for k in ("choices",) if dist.type == "categorical" else ("low", "high"):
             if getattr(dist, k) is None:
                 raise SpecError(f"{path}: params.{name}.{k}: expected a value for type {dist.type}, found none")
     return data
 
 
 def load_spec(path: str | Path, profile: str = "default") -> Spec:
+    """The sweep file with ``profile`` chosen: a grid's rows (unique ids) or a search's parameters."""
     path = Path(path)
     raw = read_sweep_file(path)
     profiles = raw.profiles or {"default": ProfileFile()}
     if profile not in profiles:
         raise SpecError(f"{path}: profiles: expected one of {', '.join(profiles)} (--profile), got {profile!r}")
-    prof = profiles[profile] or ProfileFile()
+    prof = profiles[profile]
     spec = Spec(
         path=path, kind=raw.kind, name=raw.name or path.stem, title=raw.title or path.stem,
         profile=profile, seeds=list(prof.seeds), overrides=list(prof.overrides), metric=raw.metric,
         monitor=raw.monitor, direction=raw.direction, heartbeat_interval=raw.heartbeat_interval,
         grace_period=raw.grace_period, max_retry=raw.max_retry,
     )
-    from rvosflow.sweep.strategy import STRATEGIES
-
-    STRATEGIES[raw.kind].read(spec, raw, prof)  # the rows (grid) or the parameters (search)
+    for r in raw.rows:
+        reference = r.reference if r.reference is not None else raw.reference
+        row = Row(id=str(r.id), label=r.label or str(r.id), overrides=list(r.overrides), paper=dict(r.paper),
+                  reference=None if reference is None or str(reference) == str(r.id) else str(reference))
+        if any(row.id == other.id for other in spec.rows):
+            raise SpecError(f"{path}: rows: expected unique row ids, got {row.id!r} twice")
+        spec.rows.append(row)
+    ids = [r.id for r in spec.rows]
+    for i, row in enumerate(spec.rows):
+        if row.reference is not None and row.reference not in ids:
+            key = f"rows[{i}].reference" if raw.rows[i].reference is not None else "reference"
+            raise SpecError(f"{path}: {key}: expected a row id ({', '.join(ids)}), got {row.reference!r}")
+    spec.base = list(raw.base)
+    spec.params = {k: {f: v for f, v in dataclasses.asdict(d).items() if v is not None} for k, d in raw.params.items()}
+    if raw.kind == "grid" and not spec.rows:
+        raise SpecError(f"{path}: rows: expected a grid's rows, found none")
+    if raw.kind == "search":
+        if not spec.params:
+            raise SpecError(f"{path}: params: expected a search's parameters, found none")
+        spec.n_trials = int(prof.n_trials if prof.n_trials is not None else (raw.n_trials or 10))
+        spec.sampler = dict(raw.sampler or {"type": "tpe"})
+        spec.pruner = dict(raw.pruner or {"type": "median"})
     return spec
 
 

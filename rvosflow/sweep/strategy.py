@@ -4,13 +4,21 @@ of the sweep (study, worker, tracking, report) never asks which kind it runs."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import time
 from dataclasses import dataclass, field
 
-from rvosflow.sweep.spec import Row, Spec, SpecError
+import optuna
+from lightning.pytorch.trainer.states import TrainerFn
+from optuna.trial import TrialState
+from optuna_integration import PyTorchLightningPruningCallback
+
+from rvosflow import tables
+from rvosflow.config import compose, resolve
+from rvosflow.errors import ConfigError, SpecError
+from rvosflow.schema import axes
+from rvosflow.sweep.spec import Spec
 from rvosflow.sweep.study import counts, frozen, pruner_from, requeue, sampler_from
 
 log = logging.getLogger("rvosflow.sweep")
@@ -37,27 +45,25 @@ class TrialPlan:
     callbacks: list = field(default_factory=list)
 
 
-def table_settings(cfg) -> dict:
-    """The settings a table shows for a row, from its composed config."""
-    return {"bbs_p": float(cfg.bbs.p), "spa": bool(cfg.spa.enabled), "dvi": bool(cfg.dvi.enabled),
-            "wi": bool(cfg.wi.enabled), "paradigm": str(cfg.paradigm.name)}
+def table_settings(run) -> dict:
+    """A row's settings, every axis of its resolved config by key (``paradigm.name``, ``bbs.p``,
+    ``solver.steps`` ...): what its table shows and its Optuna trial records."""
+    return {a.key: tables.axis_value(run, a.key) for a in axes(run)}
 
 
-# A trial's settings, recorded as Optuna params (name -> (table_settings key, config key)) so that
-# optuna-dashboard's slice and importance plots can use them, not only "row" and "seed".
-SETTING_PARAMS = {"paradigm": ("paradigm", "paradigm.name"), "bbs.p": ("bbs_p", "bbs.p"),
-                  "spa": ("spa", "spa.enabled"), "dvi": ("dvi", "dvi.enabled"), "wi": ("wi", "wi.enabled")}
+def setting_params() -> list[str]:
+    """The trial params a row's settings are recorded as (so that optuna-dashboard's slice plots
+    can use them, not only "row" and "seed"): the paradigm and every table-column axis."""
+    return [a.key for a in axes() if a.column or a.key == "paradigm.name"]
 
 
 def _row_grid_sampler(space: dict, derived: dict[str, dict]):
     """Optuna's GridSampler over ``space`` that also answers the settings params of a row
     (``derived[row][param]``) once the trial has its row: they follow from the row, they are
     not grid dimensions."""
-    import optuna
-
     class RowGridSampler(optuna.samplers.GridSampler):
         def sample_independent(self, study, trial, param_name, param_distribution):
-            if param_name in SETTING_PARAMS and trial.params.get("row") in derived:
+            if param_name in setting_params() and trial.params.get("row") in derived:
                 return derived[trial.params["row"]][param_name]
             return super().sample_independent(study, trial, param_name, param_distribution)
 
@@ -65,14 +71,10 @@ def _row_grid_sampler(space: dict, derived: dict[str, dict]):
 
 
 def _checked(spec: Spec, where: str, overrides: list[str]):
-    """The run config of ``overrides`` composed and validated, or a SpecError naming ``where``."""
-    from rvosflow import config as run_config
-
+    """The run config of ``overrides`` composed and resolved, or a SpecError naming ``where``."""
     try:
-        cfg = run_config.compose(overrides)
-        run_config.validate(cfg)
-        return cfg
-    except run_config.ConfigError as exc:
+        return resolve(compose(overrides))
+    except ConfigError as exc:
         raise SpecError(f"{spec.path}: {where} ({' '.join(overrides)}): {exc}") from exc
 
 
@@ -83,18 +85,6 @@ class Grid:
 
     def __init__(self, spec: Spec):
         self.spec = spec
-
-    @staticmethod
-    def read(spec: Spec, raw, profile) -> None:
-        ids = set()
-        for r in raw.rows:
-            row = Row(id=str(r.id), label=r.label or str(r.id), overrides=list(r.overrides), paper=dict(r.paper))
-            if row.id in ids:
-                raise SpecError(f"{spec.path}: rows: expected unique row ids, got {row.id!r} twice")
-            ids.add(row.id)
-            spec.rows.append(row)
-        if not spec.rows:
-            raise SpecError(f"{spec.path}: rows: expected a grid's rows, found none")
 
     @property
     def size(self) -> int:
@@ -111,16 +101,13 @@ class Grid:
 
     def _settings_params(self) -> dict[str, dict]:
         """Each composed row's settings under their Optuna param names."""
-        return {r.id: {name: r.settings[key] for name, (key, _) in SETTING_PARAMS.items()}
-                for r in self.spec.rows if r.settings}
+        return {r.id: {k: r.settings[k] for k in setting_params() if k in r.settings} for r in self.spec.rows if r.settings}
 
     def sampler(self):
         return _row_grid_sampler({"row": [r.id for r in self.spec.rows], "seed": list(self.spec.seeds)},
                                  self._settings_params())
 
     def pruner(self):
-        import optuna
-
         return optuna.pruners.NopPruner()
 
     def params(self) -> dict:
@@ -135,8 +122,8 @@ class Grid:
             raise DuplicatePoint(owner)
         by_row = self._settings_params()
         if row_id in by_row:  # every row's values as the choices: one distribution across trials
-            for name in SETTING_PARAMS:
-                trial.suggest_categorical(name, sorted({v[name] for v in by_row.values()}))
+            for name in setting_params():
+                trial.suggest_categorical(name, sorted({v[name] for v in by_row.values()}, key=str))
         row = self.spec.row(row_id)
         return TrialPlan(row_id, seed, [*self.spec.overrides, *row.overrides],
                          f"row {row_id} ({row.label}) seed {seed}", f"{row_id}-s{seed}")
@@ -162,8 +149,6 @@ class Grid:
 
     def retry_failed(self, study) -> int:
         """Queue a new attempt for every grid point whose trials all FAILed."""
-        from optuna.trial import TrialState
-
         by_point: dict = {}
         for t in study.get_trials(deepcopy=False):
             if "duplicate_of" not in t.user_attrs:
@@ -179,12 +164,12 @@ class Grid:
     def table(self, records: list[dict], title: str) -> dict:
         """The table's pieces: ``table`` (display), ``csv``, ``md_footer``, ``figure`` and the
         parent run's summary ``metrics`` (the rows themselves go to MLflow as the table)."""
-        from rvosflow import tables
-
-        rows = [{"id": r.id, "label": r.label, "paper": r.paper, "settings": r.settings} for r in self.spec.rows]
+        rows = [{"id": r.id, "label": r.label, "paper": r.paper, "settings": r.settings, "reference": r.reference}
+                for r in self.spec.rows]
         summary = tables.summarize(records, rows)
+        footers = [tables.paper_agreement(summary), tables.delta_footer(summary)]
         return {"table": tables.display_table(summary), "csv": tables.to_csv(summary),
-                "md_footer": "\n" + tables.paper_agreement(summary) + "\n",
+                "md_footer": "".join(f"\n{line}\n" for line in footers if line),
                 "figure": tables.plot_rows(summary, title=title), "metrics": tables.agreement(summary)}
 
 
@@ -195,17 +180,6 @@ class Search:
 
     def __init__(self, spec: Spec):
         self.spec = spec
-
-    @staticmethod
-    def read(spec: Spec, raw, profile) -> None:
-        spec.base = list(raw.base)
-        spec.params = {k: {f: v for f, v in dataclasses.asdict(d).items() if v is not None}
-                       for k, d in raw.params.items()}
-        if not spec.params:
-            raise SpecError(f"{spec.path}: params: expected a search's parameters, found none")
-        spec.n_trials = int(profile.n_trials if profile.n_trials is not None else (raw.n_trials or 10))
-        spec.sampler = dict(raw.sampler or {"type": "tpe"})
-        spec.pruner = dict(raw.pruner or {"type": "median"})
 
     @property
     def size(self) -> int:
@@ -238,9 +212,9 @@ class Search:
         values = {k: suggest(trial, k, d) for k, d in self.spec.params.items()}
         trial.set_user_attr("seed", seed)
         # The settings the search does not vary, as one-choice params (the dashboard shows them beside the rest).
-        for name, (key, config_key) in SETTING_PARAMS.items():
-            if key in self.spec.base_settings and name not in trial.params and config_key not in self.spec.params:
-                trial.suggest_categorical(name, [self.spec.base_settings[key]])
+        for name in setting_params():
+            if name in self.spec.base_settings and name not in trial.params and name not in self.spec.params:
+                trial.suggest_categorical(name, [self.spec.base_settings[name]])
         what = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
         return TrialPlan("search", seed, [*self.spec.overrides, *self.spec.base, *(_override(k, v) for k, v in values.items())],
                          what, f"trial-{trial.number}", [pruning_callback(trial, self.spec.monitor)])
@@ -267,8 +241,6 @@ class Search:
         return 0  # a search draws new points instead
 
     def table(self, records: list[dict], title: str) -> dict:
-        from rvosflow import tables
-
         table = tables.search_table(records, list(self.spec.params))
         done = [r["JF"] for r in records if r["JF"] is not None]
         best = (max if self.spec.direction == "maximize" else min)(done) if done else None
@@ -307,10 +279,6 @@ def suggest(trial, key: str, dist: dict):
 def pruning_callback(trial, monitor: str):
     """optuna_integration's Lightning pruning callback, reporting at every *in-training*
     validation by global step (the final full-split validation after fit is not a report)."""
-    import optuna
-    from lightning.pytorch.trainer.states import TrainerFn
-    from optuna_integration import PyTorchLightningPruningCallback
-
     class StepPruning(PyTorchLightningPruningCallback):
         def on_validation_end(self, trainer, pl_module) -> None:
             if trainer.state.fn != TrainerFn.FITTING:
@@ -348,8 +316,6 @@ def grid_point(t) -> tuple[str, int] | None:
 def find_duplicate(study, me, point, wait_s: float = 10.0) -> int | None:
     """Another trial that owns ``point``: a COMPLETE one, or a RUNNING one numbered below ``me``.
     Lower-numbered RUNNING trials that have not been given their point yet are waited for."""
-    from optuna.trial import TrialState
-
     deadline = time.monotonic() + wait_s
     while True:
         unknown = False

@@ -10,14 +10,28 @@ import time
 import warnings
 from pathlib import Path
 
+import optuna
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from rvosflow.errors import SpecError
 from rvosflow.paths import PROJECT_ROOT
-from rvosflow.sweep.spec import Spec, SpecError
 
 log = logging.getLogger("rvosflow.sweep")
 
 
 def default_storage() -> str:
     return f"sqlite:///{PROJECT_ROOT / 'sweeps.db'}"
+
+
+def check_storage(url: str) -> None:
+    """An SQLAlchemy database URL whose driver is installed (``sqlite:///...``, ``postgresql://...``),
+    checked before any work (Optuna's own error comes 20 s later, after the models are loaded)."""
+    try:
+        make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise SpecError(f"--storage: expected a database URL Optuna can open (sqlite:///<path>, "
+                        f"postgresql://user@host/db), got {redact(url)!r} ({type(exc).__name__})") from None
 
 
 def redact(url: str) -> str:
@@ -41,13 +55,11 @@ def retrying(fn, *args, tries: int = 6, **kw):
             time.sleep(0.5 + i)
 
 
-def make_storage(url: str, spec: Spec):
+def make_storage(url: str, spec):
     return retrying(_make_storage, url, spec)
 
 
-def _make_storage(url: str, spec: Spec):
-    import optuna
-
+def _make_storage(url: str, spec):
     retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
     callback = retry_cls(max_retry=spec.max_retry)
     engine_kwargs = {"connect_args": {"timeout": 300}} if url.startswith("sqlite") else {"pool_pre_ping": True}
@@ -71,10 +83,8 @@ def _construct(path: Path, section: str, cls, kwargs: dict):
     return cls(**kwargs)
 
 
-def sampler_from(spec: Spec):
+def sampler_from(spec):
     """The sweep file's ``sampler:`` (type + arguments) as an Optuna sampler."""
-    import optuna
-
     s = dict(spec.sampler)
     kind = s.pop("type", "tpe")
     table = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
@@ -85,10 +95,8 @@ def sampler_from(spec: Spec):
     return _construct(spec.path, "sampler", table[kind], s)
 
 
-def pruner_from(spec: Spec):
+def pruner_from(spec):
     """The sweep file's ``pruner:`` (type + arguments) as an Optuna pruner."""
-    import optuna
-
     p = dict(spec.pruner)
     kind = p.pop("type", "median")
     table = {"median": optuna.pruners.MedianPruner, "percentile": optuna.pruners.PercentilePruner,
@@ -100,16 +108,12 @@ def pruner_from(spec: Spec):
 
 
 def open_study(storage_url: str, study_name: str, strategy):
-    import optuna
-
     return optuna.load_study(study_name=study_name, storage=make_storage(storage_url, strategy.spec),
                              sampler=strategy.sampler(), pruner=strategy.pruner())
 
 
 def create_study(storage_url: str, study_name: str, strategy, reset: bool = False):
     """The study (created, or loaded when it exists; deleted first with ``reset``)."""
-    import optuna
-
     storage = make_storage(storage_url, strategy.spec)
     if reset:
         try:
@@ -138,8 +142,6 @@ def requeue(study, trial, **user_attrs) -> None:
     """Queue another attempt of a trial (WAITING, same params; popped atomically by one worker).
     Its system attrs (GridSampler's grid_id and search_space) come along, as in Optuna's
     RetryHeartbeatStaleTrialCallback."""
-    import optuna
-
     system_attrs = {k: v for k, v in trial.system_attrs.items() if k != "fixed_params"}
     study.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.WAITING, params=dict(trial.params), distributions=dict(trial.distributions),

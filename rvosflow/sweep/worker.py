@@ -7,13 +7,22 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
+import torch
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import TrialState
+
+from rvosflow.config import compose, flat_params
+from rvosflow.signals import Stopped
 from rvosflow.sweep.spec import Spec
 from rvosflow.sweep.strategy import DuplicatePoint, strategy_for
 from rvosflow.sweep.study import frozen, open_study, requeue
-from rvosflow.sweep.tracking import STUDY_TAG, UID_TAG, tracking_for
+from rvosflow.tracking import STUDY_TAG, UID_TAG, tracking_for
+from rvosflow.train import run
 
 log = logging.getLogger("rvosflow.sweep")
 
@@ -50,14 +59,9 @@ def say(ctx: Context, msg: str) -> None:
 
 
 def make_objective(ctx: Context, study):
-    from rvosflow import config as run_config
-    from rvosflow.train import run
-
     spec, strategy = ctx.spec, ctx.strategy
 
     def objective(trial):
-        import optuna
-
         t0 = time.monotonic()
         try:
             plan = strategy.plan(trial, study)
@@ -73,7 +77,7 @@ def make_objective(ctx: Context, study):
         say(ctx, f"start trial #{trial.number}: {plan.what}  ({done}/{total} done)")
         cfg = None
         try:
-            cfg = run_config.compose(overrides)
+            cfg = compose(overrides)
             results = run(cfg, ctx.runs_root / f"trial-{trial.number:04d}", callbacks=plan.callbacks, tags=tags)
             for cb in plan.callbacks:  # DDP: the library's callback records pruning instead of raising
                 if hasattr(cb, "check_pruned"):
@@ -84,10 +88,10 @@ def make_objective(ctx: Context, study):
             say(ctx, f"pruned trial #{trial.number}: {plan.what}: {exc}  ({time.monotonic() - t0:.0f} s)")
             raise
         except BaseException as exc:
-            interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))  # Lightning turns Ctrl-C into SystemExit
+            interrupted = isinstance(exc, (Stopped, KeyboardInterrupt, SystemExit))  # a signal; Lightning turns Ctrl-C into SystemExit
             status = "KILLED" if interrupted else "FAILED"
             note = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            params = run_config.flat_params(cfg) if cfg is not None else {"overrides": " ".join(overrides)}
+            params = flat_params(cfg) if cfg is not None else {"overrides": " ".join(overrides)}
             try:
                 ctx.tracking.close_trial(ctx.parent_id, trial.number, status, tags, note=note, params=params,
                                          run_name=plan.run_name)
@@ -105,6 +109,8 @@ def make_objective(ctx: Context, study):
         for k in ("J", "F", "JF"):
             trial.set_user_attr(k, float(results[k]))
         trial.set_user_attr("per_kind", results.get("per_kind") or {})
+        trial.set_user_attr("TC", results.get("TC"))
+        trial.set_user_attr("per_expression", results.get("per_expression"))  # pairs it with its reference row
         trial.set_user_attr("mlflow_run_id", results["mlflow_run_id"])
         trial.set_user_attr("mlflow_url", results["mlflow_url"])
         trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
@@ -119,9 +125,6 @@ def make_objective(ctx: Context, study):
 def work(ctx: Context) -> None:
     """One worker: run trials until the study has nothing left to start, then wait for the
     running ones (they may die and come back as retries)."""
-    import optuna
-    from optuna.trial import TrialState
-
     spec, strategy = ctx.spec, ctx.strategy
     study = ctx.study()
     objective = make_objective(ctx, study)
@@ -148,30 +151,18 @@ def work(ctx: Context) -> None:
 
 def worker_main(ctx: Context, threads: int) -> None:
     """A spawned worker process."""
-    import torch
-
     torch.set_num_threads(threads)
     quiet()
     work(ctx)
 
 
 def quiet() -> None:
-    import warnings
-
-    import optuna
-
-    import lightning.pytorch  # noqa: F401  (importing it sets its loggers to INFO: import first, then quieten)
-
+    """Warnings and below off for Lightning and Optuna (Lightning sets its loggers to INFO when
+    imported, which the imports at the top of this module have done)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*ExperimentalWarning.*")
-    try:
-        from optuna.exceptions import ExperimentalWarning
-
-        warnings.filterwarnings("ignore", category=ExperimentalWarning)
-    except ImportError:
-        pass
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)

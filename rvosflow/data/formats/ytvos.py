@@ -14,16 +14,16 @@ import numpy as np
 
 from rvosflow.data.formats.base import (
     DatasetFormatError,
-    header_size,
-    stack_frames,
     ExpressionRef,
     ReferringSource,
-    iter_meta_videos,
+    header_size,
     id_map,
+    iter_meta_videos,
     read_index_png,
     read_json,
     read_kinds,
     require,
+    stack_frames,
     write_index_png,
     write_jpeg,
     write_json,
@@ -82,7 +82,7 @@ class RefYTVOSSource(ReferringSource):
         self.split = split
         require(self.root, "Ref-YouTube-VOS root")
         meta_path = self.root / "meta_expressions" / split / "meta_expressions.json"
-        self._meta_path = meta_path
+        self._meta_path = self.index = meta_path
         meta = read_json(meta_path)
         self.has_masks = (self.root / split / "Annotations").is_dir()
         objects_path = self.root / split / "meta.json"

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
 from pathlib import Path
 
 from rvosflow.data.synthetic import SyntheticConfig, write_benchmark
+from rvosflow.errors import ArgumentParser, cli
 from rvosflow.paths import SYNTHETIC_ROOT
 
 
 def main(argv: list[str] | None = None) -> int:
     """The CLI; bad input is one line, exit 2 (:func:`rvosflow.errors.cli`)."""
-    from rvosflow.errors import cli
-
     return cli(_main, argv)
 
 
 def _main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rvosflow.data.synthetic", description=__doc__)
+    p = ArgumentParser(prog="python -m rvosflow.data.synthetic", description=__doc__)
     p.add_argument("--out", type=Path, default=SYNTHETIC_ROOT, help=f"output directory (default {SYNTHETIC_ROOT})")
     for f in dataclasses.fields(SyntheticConfig):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, dest=f.name)

@@ -5,7 +5,7 @@ Objects are drawn in id order (object 1 at the bottom), so later objects occlude
 each object's mask is its *visible* part. Trajectories are simulated in float pixel coordinates
 and kept (``Video.meta["objects"][i]["track"]``) so expressions can be checked against them.
 
-Two tiers (``SyntheticConfig.tier``, DESIGN §5):
+Two tiers (``SyntheticConfig.tier``, docs/design.md §5):
 
 - ``default``: colour-led scenes that the tiny model grounds within a CPU run. 2 objects, or 3-4
   in a ``crowded_prob`` share of scenes, with pairwise distinct colours except that a scene of
@@ -30,6 +30,8 @@ import zlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from rvosflow.errors import ConfigError
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS = {
@@ -78,7 +80,6 @@ class SyntheticConfig:
     crowded_prob: float = 0.3  # default tier: chance of 3..max_objects objects rather than min_objects
 
     def __post_init__(self) -> None:
-        from rvosflow.schema import ConfigError
 
         if self.tier not in TIERS:
             raise ConfigError(f"tier: expected one of {', '.join(TIERS)}, got {self.tier!r}")

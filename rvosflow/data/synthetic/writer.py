@@ -14,16 +14,16 @@ Layout under ``out_dir``::
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
+from rvosflow import atomic
 from rvosflow.data.formats import write_davis, write_mevis, write_refcoco, write_ytvos
 from rvosflow.data.schema import Video
+from rvosflow.data.synthetic.generate import expression_kind, iter_split
 from rvosflow.data.synthetic.language import World, candidates_for
 from rvosflow.data.synthetic.world import SPLITS, SyntheticConfig
 
@@ -65,8 +65,6 @@ def davis_expression_sets(v: Video) -> dict[int, list[str]] | None:
 
 def text_kinds(v: Video) -> dict[str, str]:
     """{text: kind} of every expression the video's tier supports (for the Ref-DAVIS sidecar)."""
-    from rvosflow.data.synthetic import expression_kind
-
     T, H, W = v.frames.shape[:3]
     return {c.text: expression_kind(c) for c in candidates_for(World(v.meta["objects"], H, W), v.meta.get("tier", "hard"))}
 
@@ -97,20 +95,17 @@ def _tick(items: Iterable, bar: tqdm) -> Iterator:
         bar.update(1)
 
 
-def write_benchmark(out_dir, cfg: SyntheticConfig, progress: bool = True) -> Path:
+def write_benchmark(out_dir, cfg: SyntheticConfig | None = None, progress: bool = True) -> Path:
     """Write every split in every format under ``out_dir``; return ``out_dir``.
 
     Returns at once when ``out_dir/manifest.json`` matches ``cfg`` and every format is there.
     Otherwise writes into a temporary sibling directory and renames it into place, so a reader
     never sees a half-written benchmark.
     """
-    from rvosflow.data.synthetic import iter_split
-
-    out_dir = Path(out_dir)
+    out_dir, cfg = Path(out_dir), cfg or SyntheticConfig()
     if is_complete(out_dir, cfg):
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    tmp = atomic.temporary_folder(out_dir)
     try:
         n = sum(cfg.videos(s) for s in SPLITS)
         with tqdm(total=2 * n + cfg.train_videos + cfg.valid_videos + 2 * cfg.valid_u_videos,
@@ -127,13 +122,7 @@ def write_benchmark(out_dir, cfg: SyntheticConfig, progress: bool = True) -> Pat
             bar.update(cfg.valid_u_videos - len(davis))
             write_refcoco(tmp / "refcoco", refcoco_samples(splits["train"]))
         (tmp / "manifest.json").write_text(json.dumps(manifest_for(cfg), indent=2))
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{time.time_ns()}"
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
+        atomic.swap_in(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Pretrain the tiny Wan bundle on the synthetic benchmark (CPU, minutes), so WI means what it means.
 
-    python -m rvosflow.models.pretrain --data data/synthetic --out data/tiny-wan [--force] [--vae-steps N --t2v-steps N]
+    python -m rvosflow.pretrain --data data/synthetic --out data/tiny-wan [--force] [--vae-steps N --t2v-steps N]
 
 Reads the synthetic ``train`` split from disk through the real MeViS reader
 (:class:`rvosflow.data.formats.mevis.MevisSource`) plus its ``captions.json`` and trains:
@@ -38,9 +38,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from rvosflow.data.formats.base import DatasetFormatError
+from rvosflow import atomic
+from rvosflow.data.formats.mevis import MevisSource
+from rvosflow.data.synthetic import vocabulary
+from rvosflow.errors import DatasetFormatError, cli
+from rvosflow.metrics.functional import jaccard_and_boundary_f
 from rvosflow.models import encoding as E
 from rvosflow.models.loader import WanBundle, check_bundle, is_complete_bundle, save_wan_bundle
 from rvosflow.models.tiny import build_random_bundle, get_config
@@ -105,7 +110,6 @@ class Clip:
 
 def load_split(split_dir: str | Path, max_videos: int | None = None, with_masks: bool = True) -> tuple[list[Clip], list]:
     """Read a MeViS-format split with the project's reader: clips (frames, caption, target masks) and expressions."""
-    from rvosflow.data.formats.mevis import MevisSource
 
     split_dir = Path(split_dir)
     src = MevisSource(split_dir)
@@ -132,7 +136,6 @@ def collect_vocabulary(*clip_lists: list[Clip], exprs=()) -> list[str]:
     """Words of the synthetic language (``vocabulary()`` when available) plus every caption/expression seen."""
     words: list[str] = []
     try:
-        from rvosflow.data.synthetic import vocabulary
 
         words += list(vocabulary())
     except Exception:  # pragma: no cover - fall back to what is on disk
@@ -241,7 +244,6 @@ def set_latent_stats(vae, raw: torch.Tensor) -> dict:
 @torch.no_grad()
 def evaluate_vae(vae, clips: list[Clip], exprs: list, cfg: PretrainConfig) -> dict:
     """Mask J&F (encode -> decode -> threshold 0.5, DAVIS measures) and video PSNR on a split."""
-    from rvosflow.metrics.functional import jaccard_and_boundary_f
 
     masks = [m for c in clips for m in c.masks][: cfg.eval_max_expressions or None]
     js, fs = [], []
@@ -300,7 +302,8 @@ def train_t2v(bundle: WanBundle, latents: torch.Tensor, captions: list[str], cfg
         s = sample_noise_level(len(idx), cfg.t2v_t_sampling, gen)
         sv = s.view(-1, 1, 1, 1, 1)
         xs = (1 - sv) * x0 + sv * noise
-        emb = E.encode_text(te, bundle.tokenizer, [captions[i] for i in idx.tolist()], cfg.max_text_length, grad=True)
+        emb = E.encode_text(te, bundle.tokenizer, [E.normalize_caption(captions[i]) for i in idx.tolist()], cfg.max_text_length,
+                              grad=True)
         pred = tr(hidden_states=xs, timestep=s * 1000.0, encoder_hidden_states=emb).sample
         loss = F.mse_loss(pred, noise - x0)
         opt.zero_grad(set_to_none=True)
@@ -328,7 +331,7 @@ def t2v_validation_loss(bundle: WanBundle, latents: torch.Tensor, captions: list
                         seed: int = 1234, levels=(0.25, 0.5, 0.75)) -> dict:
     """Flow-matching loss at fixed noise levels on held-out latents (fixed noise), and with shuffled captions."""
     g = torch.Generator().manual_seed(seed)
-    emb = E.encode_text(bundle.text_encoder, bundle.tokenizer, captions, cfg.max_text_length)
+    emb = E.encode_text(bundle.text_encoder, bundle.tokenizer, [E.normalize_caption(c) for c in captions], cfg.max_text_length)
     perm = torch.roll(torch.arange(len(captions)), 1)
     out = {}
     for s in levels:
@@ -350,7 +353,7 @@ def generate(bundle: WanBundle, captions: list[str], latent_shape: tuple[int, ..
     sched.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((len(captions), *latent_shape), generator=g)
-    emb = E.encode_text(bundle.text_encoder, bundle.tokenizer, captions, max_length)
+    emb = E.encode_text(bundle.text_encoder, bundle.tokenizer, [E.normalize_caption(c) for c in captions], max_length)
     for t in sched.timesteps:
         v = bundle.transformer(hidden_states=x, timestep=t.expand(len(captions)), encoder_hidden_states=emb).sample
         x = sched.step(v, t, x, return_dict=False)[0]
@@ -359,7 +362,6 @@ def generate(bundle: WanBundle, captions: list[str], latent_shape: tuple[int, ..
 
 def save_strip(path: Path, rows: list[tuple[str, np.ndarray]], scale: int = 2) -> None:
     """PNG of labelled rows of frames (uint8 [T, H, W, 3] each)."""
-    from PIL import Image, ImageDraw
 
     t, h, w, _ = rows[0][1].shape
     label_h = 12
@@ -377,17 +379,6 @@ def save_strip(path: Path, rows: list[tuple[str, np.ndarray]], scale: int = 2) -
 # ----------------------------------------------------------------------------- driver
 def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def busy_cores(window: float = 0.5) -> float:
@@ -514,7 +505,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         report["bundle_bytes"] = _dir_size(tmp)
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=1) + "\n")
         check_bundle(tmp)
-        _swap_in(tmp, out)
+        atomic.swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -525,7 +516,6 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """The CLI; bad input is one line, exit 2 (:func:`rvosflow.errors.cli`)."""
-    from rvosflow.errors import cli
 
     return cli(_main, argv)
 
