@@ -69,10 +69,10 @@ bench-dataloading: $(STAMP)  ## clips/s per DataLoader worker, 17x480x832 clips 
 	$(PY) scripts/bench_dataloading.py --compare-torch $(ARGS)
 
 # Heavy on a shared machine: prefix with `flock /tmp/rvosflow-heavy.lock` where that is the convention.
-bench-real-cpu: $(STAMP)  ## the 1.3B architecture (random weights) trained 2 steps + validated on CPU: peak RSS, step time (16.4 GB, 1-4 min)
+bench-real-cpu: $(STAMP)  ## the 1.3B architecture (random weights) trained 2 steps + validated on CPU: peak RSS, step time (18.6 GB, 1-7 min)
 	$(PY) scripts/bench_real_cpu.py --out results/bench-real-cpu.json $(ARGS)
 
-bench-per-token: $(STAMP)  ## memory per token of real-width Wan blocks on CPU, fitted, extrapolated to 1.3B (+ meta count; 8.6 GB, 4-10 min)
+bench-per-token: $(STAMP)  ## memory per token of real-width Wan blocks on CPU, fitted, extrapolated to 1.3B (+ meta count; ~8 GB, 4-16 min)
 	$(PY) scripts/bench_scale.py --size real --device cpu --per-token --meta --skip-training --skip-inference \
 		--out results/bench-per-token.json $(ARGS)
 

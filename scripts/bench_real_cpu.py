@@ -3,7 +3,7 @@
 for 2 optimiser steps on tiny synthetic clips, then its one validation. Peak resident memory
 and the time of each phase, as one JSON object.
 
-    flock /tmp/rvosflow-heavy.lock python scripts/bench_real_cpu.py   # make bench-real-cpu: 1-4 min, 16.4 GB
+    flock /tmp/rvosflow-heavy.lock python scripts/bench_real_cpu.py   # make bench-real-cpu: 1-7 min, 18.6 GB
     python scripts/bench_real_cpu.py --size reduced                     # same path, reduced DiT and VAE: seconds
 
 The run is ``rvosflow.train.run`` on the config ``python run.py`` composes from the same overrides
@@ -12,7 +12,7 @@ phases of each step and a thread that samples the resident set every 0.1 s. ``pe
 the kernel's high-water mark of the child (``wait4``'s ``ru_maxrss``, what ``/usr/bin/time -v``
 reports as "Maximum resident set size"); the samples say which phase it belongs to. The bundle
 is built first (once; cached by its recipe) in a process of its own, measured the same way.
-The checkpoint the run writes (11+ GB at the real size) is deleted afterwards unless
+The checkpoint the run writes (14 GB at the real size) is deleted afterwards unless
 ``--keep-checkpoint``.
 """
 

@@ -53,7 +53,7 @@ from rvosflow.models.scale import (  # noqa: E402
 CPU_DIT, CPU_VAE = REDUCED_DIT, REDUCED_VAE  # reduced sizes for CPU (--size cpu)
 SIZES = {
     # name: DiT config, VAE kwargs (None = Wan2.1's, the class defaults), train clip, inference video, text length
-    "real": (WAN21_T2V_1_3B, None, (17, 480, 832), (81, 480, 832), 64),
+    "real": (WAN21_T2V_1_3B, None, (17, 480, 832), (81, 480, 832), 256),  # text: the preset's text.max_length
     "cpu": (CPU_DIT, CPU_VAE, (17, 64, 64), (33, 64, 64), 16),
 }
 LATENT = 16  # Wan2.1 VAE latent channels; DVI doubles the DiT's input
@@ -476,6 +476,7 @@ def comparison(config: dict, report: dict) -> list[dict]:
     model = build_dit(config, torch.bfloat16, "meta")
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
     state = 4 * weights  # weights, gradients, AdamW's 2 moments: each the weights' size
+    ema = sum(p.numel() for p in model.parameters()) * 4 / 1e9  # diffusers' EMAModel: float32 shadows
     per_block = lambda name, tokens: fitted(fits[name]["retained"]["per_block"], tokens) / 1e9  # noqa: E731
     meta = {t["checkpointing"]: t for t in report.get("meta_estimate", {}).get("training", [])}
     meta_inf = next((i for i in report.get("meta_estimate", {}).get("inference", []) if i["window_frames"] == 81), None)
@@ -495,8 +496,8 @@ def comparison(config: dict, report: dict) -> list[dict]:
         ("training total (bf16 weights + grads + AdamW + activation peak), checkpointing",
          HAND_COUNTED_GB["train_total_checkpointing_7800"], state + x["train/default/checkpointing/peak@7800"],
          meta.get(True, {}).get("total_gb")),
-        ("training total with the EMA copy on the device (bf16, as the module keeps it), checkpointing", None,
-         state + weights + x["train/default/checkpointing/peak@7800"], None),
+        ("training total with the EMA on the device (float32 shadows, as the module keeps it), checkpointing", None,
+         state + ema + x["train/default/checkpointing/peak@7800"], None),
         ("training activation peak, whole video (32,760 tokens), checkpointing", None,
          x["train/default/checkpointing/peak@32760"], None),
         ("inference DiT activation peak, 32,760 tokens", HAND_COUNTED_GB["inference_dit_block_32760"],
