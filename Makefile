@@ -16,7 +16,7 @@ STORAGE ?=
 SWEEP_ARGS = --profile $(PROFILE) --workers $(WORKERS) $(if $(STORAGE),--storage $(STORAGE),) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data tiny-wan train ablation-table2 ablation-table3 decoder sweep mlflow-ui optuna-dashboard test test-slow bench clean protocol-ytvos protocol-mevis bench-dataloading
+.PHONY: help venv data tiny-wan train ablation-table2 ablation-table3 decoder sweep mlflow-ui optuna-dashboard test test-slow bench clean protocol-ytvos protocol-mevis bench-dataloading bench-real-cpu bench-per-token
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -67,6 +67,14 @@ protocol-mevis: data  ## MeViS from scratch -> valid_u scored -> valid zipped (s
 
 bench-dataloading: $(STAMP)  ## clips/s per DataLoader worker, 17x480x832 clips from 720p JPEG (MeViS layout)
 	$(PY) scripts/bench_dataloading.py --compare-torch $(ARGS)
+
+# Heavy on a shared machine: prefix with `flock /tmp/rvosflow-heavy.lock` where that is the convention.
+bench-real-cpu: $(STAMP)  ## the 1.3B architecture (random weights) trained 2 steps + validated on CPU: peak RSS, step time (18.6 GB, 1-7 min)
+	$(PY) scripts/bench_real_cpu.py --out results/bench-real-cpu.json $(ARGS)
+
+bench-per-token: $(STAMP)  ## memory per token of real-width Wan blocks on CPU, fitted, extrapolated to 1.3B (+ meta count; ~8 GB, 4-16 min)
+	$(PY) scripts/bench_scale.py --size real --device cpu --per-token --meta --skip-training --skip-inference \
+		--out results/bench-per-token.json $(ARGS)
 
 test: $(STAMP)  ## fast test suite (with the import contracts: layers, no cycles; tests/test_architecture.py)
 	$(PY) -m pytest -q

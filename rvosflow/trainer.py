@@ -12,14 +12,17 @@ import lightning as L
 import matplotlib.pyplot as plt
 import torch
 from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.distributed.fsdp import MixedPrecision
 
-from rvosflow import signals
+from rvosflow import atomic, signals
 from rvosflow.console import StepProgressBar
 from rvosflow.models.loader import resolve_dtype
 from rvosflow.signals import Stopped
@@ -98,6 +101,19 @@ class Checkpoints(Callback):
             self.save(trainer)
 
 
+class StreamingCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` serialises the whole checkpoint into an in-memory buffer
+    before writing it: with the 1.3B DiT, its EMA and AdamW's moments that is 14 GB of host memory
+    on top of the live training state (what first failed ``scripts/bench_real_cpu.py`` on 24 GB).
+    Local saves here stream ``torch.save`` into a temporary file renamed into place
+    (:func:`rvosflow.atomic.torch_save`); remote paths and ``storage_options`` keep Lightning's."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic.torch_save(checkpoint, path)
+
+
 class SafeStop(Callback):
     """Stops at a batch boundary when a signal arrived during the loop (:func:`rvosflow.signals.check`)."""
 
@@ -115,7 +131,8 @@ def make_trainer(cfg, run_dir: Path, logger, callbacks: list | None = None, vali
     """The run's Trainer and its checkpoint callback (``last.ckpt`` under ``<run_dir>/checkpoints``).
     ``validate=False`` turns validation off (a split without masks)."""
     torch.set_float32_matmul_precision("high")
-    args = {**cfg.trainer, "strategy": make_strategy(cfg), "enable_checkpointing": False}  # Checkpoints writes them
+    args = {**cfg.trainer, "strategy": make_strategy(cfg), "enable_checkpointing": False,  # Checkpoints writes them
+            "plugins": [StreamingCheckpointIO()]}  # ... without an in-memory copy of the file
     if not validate:
         args["limit_val_batches"] = 0
     checkpoints = Checkpoints(run_dir, cfg.checkpoint.every_n_steps)

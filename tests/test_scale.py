@@ -213,3 +213,150 @@ def test_bench_scale_runs_at_cpu_size():
     assert on["step_s"] > 0 and on["tokens_per_s"] > 0 and on["tflop_per_step"] > off["tflop_per_step"]
     whole, windowed = report["inference"]
     assert (whole["window_frames"], windowed["window_frames"]) == (33, 17) and whole["seconds"] > 0
+
+
+# ----------------------------------------------------------------------------- what a 1.3B run holds in memory
+def test_checkpoints_are_written_without_an_in_memory_copy(tmp_path):
+    """Lightning's own save buffers the whole file in memory first (14 GB at 1.3B with the EMA and
+    AdamW state); the run's CheckpointIO streams it into a temporary file and renames it."""
+    import tracemalloc
+
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from rvosflow.trainer import StreamingCheckpointIO
+
+    state = {"state_dict": {"w": torch.arange(8 * 2**20, dtype=torch.float32)}}  # 32 MB of tensor data
+    peaks = {}
+    for name, io in (("lightning", TorchCheckpointIO()), ("streaming", StreamingCheckpointIO())):
+        tracemalloc.start()  # Python-heap allocations: the buffer's bytes, not the tensor's own storage
+        io.save_checkpoint(state, tmp_path / f"{name}.ckpt")
+        peaks[name] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks["lightning"] > 32e6 > 8 * peaks["streaming"], peaks
+    loaded = StreamingCheckpointIO().load_checkpoint(tmp_path / "streaming.ckpt", weights_only=True)
+    assert torch.equal(loaded["state_dict"]["w"], state["state_dict"]["w"])
+    # A failed save leaves the previous checkpoint whole and no temporary file behind.
+    with pytest.raises(Exception):
+        StreamingCheckpointIO().save_checkpoint({"bad": lambda: None}, tmp_path / "streaming.ckpt")
+    assert torch.equal(torch.load(tmp_path / "streaming.ckpt", weights_only=True)["state_dict"]["w"], state["state_dict"]["w"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lightning.ckpt", "streaming.ckpt"]
+
+
+def test_a_run_holds_one_dit_while_it_trains_and_no_gradients_when_it_scores(tiny_benchmark, test_bundle_dir, tmp_path):
+    """The module trains its own DiT (a copy with WI): the loaded bundle's is gone before fit, or a
+    1.3B run holds 2.8 GB of weights it never uses; the closing score holds no gradients (2.8 GB
+    more; Lightning releases them before a validation); checkpoints go through the streaming CheckpointIO."""
+    import gc
+    import warnings
+
+    from diffusers import WanTransformer3DModel
+    from lightning.pytorch.callbacks import Callback
+
+    from rvosflow.train import run
+
+    def live_dits():
+        gc.collect()
+        with warnings.catch_warnings():  # isinstance on every live object touches deprecated torch attributes
+            warnings.simplefilter("ignore", FutureWarning)
+            return sum(isinstance(o, WanTransformer3DModel) for o in gc.get_objects())
+
+    seen, before = {}, live_dits()  # another test's bundle may still be alive
+
+    class Look(Callback):
+        def on_fit_start(self, trainer, module):
+            seen["dits_in_fit"] = live_dits() - before
+            seen["checkpoint_io"] = type(trainer.strategy.checkpoint_io).__name__
+
+        def on_validation_start(self, trainer, module):
+            if trainer.state.fn != "fit":  # the closing score
+                seen["grads_when_scored"] = sum(p.grad is not None for p in module.transformer.parameters())
+
+    results = run(compose(run_overrides(tiny_benchmark, test_bundle_dir, tmp_path)),
+                  tmp_path / "run", callbacks=[Look()])
+    assert seen == {"dits_in_fit": 1, "checkpoint_io": "StreamingCheckpointIO", "grads_when_scored": 0}
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists() and 0 <= results["JF"] <= 100
+
+
+# ----------------------------------------------------------------------------- the random-weight 1.3B bundle
+def test_random_bundle_has_the_published_shapes_and_loads_like_a_download(tmp_path):
+    """Built at the reduced size (seconds); the real recipe differs only in the configs it is given."""
+    from rvosflow.models import encoding
+    from rvosflow.models.loader import load_wan_bundle
+    from rvosflow.errors import BundleError
+    from rvosflow.models.random_bundle import SIZES, TEXT_ENCODER, build
+    from rvosflow.models.scale import WAN21_T2V_1_3B
+
+    assert SIZES["real"] == (WAN21_T2V_1_3B, None)  # the published DiT config, the VAE's defaults
+    dit_config, vae_kwargs = SIZES["reduced"]
+    out = build(tmp_path / "bundle", dit_config, vae_kwargs)
+    bundle = load_wan_bundle(out, dtype="bfloat16")
+    assert {k: bundle.transformer.config[k] for k in dit_config} == dit_config
+    assert bundle.transformer.dtype == torch.bfloat16 and bundle.vae.config.z_dim == 16
+    # the text side fits the DiT: its width is text_dim, its vocabulary the tokenizer's
+    assert bundle.text_encoder.config.d_model == dit_config["text_dim"] and bundle.text_encoder.config.num_layers == 1
+    assert bundle.text_encoder.config.vocab_size == len(bundle.tokenizer) == 77
+    emb = encoding.encode_text(bundle.text_encoder, bundle.tokenizer, ["the red circle"], 16)
+    assert emb.shape == (1, 16, dit_config["text_dim"]) and torch.isfinite(emb).all()
+    # the download's scheduler class (UniPC, flow_shift 3), converted to the release's Euler on load
+    assert type(bundle.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and bundle.scheduler.config.shift == 3.0
+    assert TEXT_ENCODER["num_layers"] == 1 and "d_model" not in TEXT_ENCODER
+    # the same recipe is kept as it is; a folder that is not a random bundle is never overwritten
+    stamp = (out / "transformer" / "config.json").stat().st_mtime_ns
+    assert build(out, dit_config, vae_kwargs) == out and (out / "transformer" / "config.json").stat().st_mtime_ns == stamp
+    (tmp_path / "download").mkdir()
+    with pytest.raises(BundleError, match="not overwriting it"):
+        build(tmp_path / "download", dit_config, vae_kwargs)
+
+
+@pytest.mark.slow
+def test_bench_real_cpu_runs_the_preset_end_to_end_at_reduced_size(tmp_path):
+    """``make bench-real-cpu``'s path (bundle, data, the 1.3B preset's run in a child process,
+    phases, peak RSS) with the reduced DiT and VAE: 2 optimiser steps, then one validation."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_real_cpu", PROJECT_ROOT / "scripts" / "bench_real_cpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = bench.main(["--size", "reduced", "--work", str(tmp_path), "--frames", "5", "--height", "32", "--width", "32"])
+    run = report["run"]
+    assert [s["step"] for s in run["steps"]] == [1, 2] and len(run["validations"]) == 1
+    assert all(s["total_s"] > 0 and s["backward_s"] > 0 for s in run["steps"])
+    assert run["peak_rss_gb"] > 0.2 and report["settings"]["precision"] == "bf16-mixed"
+    assert report["accounted_gb"]["ema_weights"] == pytest.approx(4 * report["dit_params"] / 1e9, abs=1e-3)  # float32 EMA
+    assert 0 <= report["JF"] <= 100 and report["checkpoint_gb"] > 0
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))  # deleted once measured
+    assert "model=wan2.1_t2v_1.3b" in report["command"] and "trainer.max_steps=2" in report["command"]
+
+
+# ----------------------------------------------------------------------------- memory per token; --meta
+def test_per_token_fit_separates_the_attention_term_and_the_checkpointed_inputs():
+    """At the reduced width in float32 the counts are exact: a block keeps a fixed number of bytes
+    per token; the math kernel adds one N x N matrix per head (heads x 4 bytes per token^2), the
+    CPU's flash kernel none; a checkpointed block keeps its input alone (dim x 4 bytes per token)."""
+    bench = bench_scale()
+    config = bench.CPU_DIT
+    rows = bench.measure_per_token(config, bench.PER_TOKEN_CLIPS["cpu"][:4], 16, torch.float32)
+    fits = bench.per_token_fits(rows, config["num_layers"])["fits"]
+    heads, dim = config["num_attention_heads"], config["num_attention_heads"] * config["attention_head_dim"]
+    flash = fits["train/default/no_checkpointing"]["saved"]
+    math = fits["train/math/no_checkpointing"]["saved"]
+    assert "_scaled_dot_product_flash_attention_for_cpu.default" in flash["kernels"]
+    assert abs(flash["per_block"]["bytes_per_token2"]) < 1e-6 and flash["per_block"]["bytes_per_token"] > 20 * dim
+    assert math["per_block"]["bytes_per_token2"] == pytest.approx(heads * 4, rel=1e-6)
+    assert flash["per_block"]["max_rel_residual"] < 1e-6  # linear in the token count, exactly
+    kept = fits["train/default/checkpointing"]
+    assert kept["retained"]["per_block"]["bytes_per_token"] == pytest.approx(dim * 4, rel=1e-6)
+    assert kept["saved"]["per_block"]["bytes_per_token"] == pytest.approx(dim * 4, rel=1e-6)  # the saved inputs
+    assert fits["train/default/no_checkpointing"]["peak"]["outside_blocks"]["bytes_per_token"] < \
+        kept["peak"]["outside_blocks"]["bytes_per_token"]  # the block recomputed in backward
+
+
+def test_meta_estimate_runs_with_checkpointing():
+    """It failed with a CheckpointError: the recomputation in backward ran without the flash
+    routing and saved other tensors than the forward."""
+    report = bench_scale().main(["--size", "cpu", "--dtype", "float32", "--meta", "--skip-training", "--skip-inference",
+                                 "--window-frames", "17"])
+    on, off = report["meta_estimate"]["training"]
+    assert on["checkpointing"] and not off["checkpointing"]
+    assert on["saved_activation_gb"] < off["saved_activation_gb"] / 4 and on["activation_peak_gb"] < off["activation_peak_gb"]
+    assert on["gradients_gb"] == on["weights_gb"] and on["total_gb"] > 4 * on["weights_gb"]

@@ -43,6 +43,12 @@ UMT5_XXL: dict = {  # transformers.UMT5Config of the encoder
     "tie_word_embeddings": False,
 }
 
+# Reduced sizes for CPU tests: the same classes and structure (8x VAE, 4x frames, 2x2 patches), narrow and short.
+REDUCED_DIT: dict = {**WAN21_T2V_1_3B, "num_attention_heads": 2, "attention_head_dim": 32, "ffn_dim": 256,
+                     "num_layers": 2, "text_dim": 64, "freq_dim": 32}
+REDUCED_VAE: dict = {"base_dim": 8, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1,
+                     "temperal_downsample": [False, True, True]}
+
 VAE_SPATIAL, VAE_TEMPORAL = 8, 4  # Wan2.1 VAE: 8x8 pixels and 4 frames (after the first) per latent
 
 
