@@ -1,6 +1,7 @@
 """``python -m rvosflow.sweep FILE [--profile P] [--workers N] ...``: set the study up (every row's
 config validated first), run the workers, report. Exit 0 when every trial finished, 1 when some
-failed (after the others ran) or a worker died, 2 on bad input, 130 when interrupted."""
+failed (after the others ran) or a worker died, 2 on bad input, 130 on SIGINT (Ctrl-C) and 143 on
+SIGTERM: the sweep stops between trials, the interrupted one queued again for the re-run."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from rvosflow.config import compose
 from rvosflow.errors import ArgumentParser, SpecError, cli
 from rvosflow.paths import PROJECT_ROOT
+from rvosflow.sweep import reuse, stopping
 from rvosflow.sweep.report import report
 from rvosflow.sweep.spec import Spec, load_spec, settings_fingerprint
 from rvosflow.sweep.strategy import strategy_for
@@ -77,6 +79,53 @@ def setup(spec: Spec, storage_url: str, extra: list[str], study_name: str | None
                    runs_root=Path(runs_root), study_name=study_name, uid=uid, parent_id=parent_id)
 
 
+def run_workers(ctx: Context, workers: int, threads: int) -> int | None:
+    """The workers (this process for one), until the study has nothing left: None, or the exit
+    code when a signal stopped them (130 / 143) or a worker died (1)."""
+    try:
+        if workers == 1:
+            torch.set_num_threads(threads)
+            work(ctx)
+            return None
+        procs = start_workers(ctx, workers, threads)
+        try:
+            with stopping.interruptible():
+                for p in procs:
+                    p.join()
+        except KeyboardInterrupt:
+            stop_workers(procs, stopping.requested())
+            raise
+    except (KeyboardInterrupt, SystemExit):
+        print("interrupted; re-run the same command to resume", flush=True)
+        return stopping.exit_code()
+    bad = [p.name for p in procs if p.exitcode != 0]
+    if bad:
+        print(f"worker(s) exited abnormally: {', '.join(bad)}; re-run the same command to finish", flush=True)
+        return 1
+    return None
+
+
+def start_workers(ctx: Context, workers: int, threads: int) -> list:
+    mpctx = mp.get_context("spawn")
+    procs = []
+    for w in range(workers):
+        wctx = Context(**{**ctx.__dict__, "worker": f"w{w}"})
+        p = mpctx.Process(target=worker_main, args=(wctx, threads), name=f"sweep-w{w}")
+        p.start()
+        procs.append(p)
+    return procs
+
+
+def stop_workers(procs: list, signum: int | None) -> None:
+    """Pass the driver's signal on (a SIGTERM reaches the driver alone; the workers ignore a second
+    Ctrl-C) and wait for each worker to queue its trial again."""
+    for p in procs:
+        if p.is_alive() and signum is not None:
+            os.kill(p.pid, signum)
+    for p in procs:
+        p.join()
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = ArgumentParser(prog="python -m rvosflow.sweep", description=_DESCRIPTION,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,30 +175,13 @@ def _main(args) -> int:
           f"| study {ctx.study_name} in {redact(storage_url)} | MLflow {ctx.tracking_uri} parent run {ctx.parent_id} "
           f"| {workers} worker(s) x {threads} thread(s)", flush=True)
     if args.retry_failed:
-        print(f"re-queued {ctx.strategy.retry_failed(ctx.study())} failed trial(s)", flush=True)
-    try:
-        if workers == 1:
-            torch.set_num_threads(threads)
-            work(ctx)
-        else:
-            mpctx = mp.get_context("spawn")
-            procs = []
-            for w in range(workers):
-                wctx = Context(**{**ctx.__dict__, "worker": f"w{w}"})
-                p = mpctx.Process(target=worker_main, args=(wctx, threads), name=f"sweep-w{w}")
-                p.start()
-                procs.append(p)
-            for p in procs:
-                p.join()
-            bad = [p.name for p in procs if p.exitcode != 0]
-            if bad:
-                print(f"worker(s) exited abnormally: {', '.join(bad)}; re-run the same command to finish", flush=True)
-                report(ctx, out_dir, finished=False)
-                return 1
-    except (KeyboardInterrupt, SystemExit):
-        print("interrupted; re-run the same command to resume", flush=True)
-        report(ctx, out_dir, finished=False)
-        return 130
+        print(f"re-queued {ctx.strategy.retry_failed(ctx.study())} failed trial(s); "
+              f"{reuse.forget_failures(ctx)} failed shared training(s) to train again", flush=True)
+    with stopping.handling():
+        code = run_workers(ctx, workers, threads)
+        if code is not None:
+            report(ctx, out_dir, finished=False)
+            return code
     report(ctx, out_dir, finished=True)
     print(f"sweep time {time.monotonic() - t0:.0f} s", flush=True)
     failed = ctx.strategy.failed(ctx.study())

@@ -24,7 +24,7 @@ def trial_records(study, strategy) -> list[dict]:
         out.append({"number": t.number, "state": t.state.name, "row": t.params.get("row", "search"),
                     "seed": t.params.get("seed", t.user_attrs.get("seed")), "params": dict(t.params),
                     "JF": t.value if t.state.name == "COMPLETE" else None,
-                    "J": t.user_attrs.get("J"), "F": t.user_attrs.get("F"),
+                    "J": t.user_attrs.get("J"), "F": t.user_attrs.get("F"), "infer_s": t.user_attrs.get("infer_s"),
                     **{f"JF/{kind}": v["JF"] for kind, v in (t.user_attrs.get("per_kind") or {}).items()},
                     "duplicate_of": t.user_attrs.get("duplicate_of"), "error": t.user_attrs.get("error")})
     return out
