@@ -20,9 +20,11 @@ from test_sweep import children, cli, driver, env, study_trials, tiny, wait_for,
 from rvosflow import sweep, tables
 from rvosflow.config import compose, resolve
 from rvosflow.errors import SpecError
+from rvosflow.paths import PROJECT_ROOT
 from rvosflow.sweep import reuse, stopping, worker
 from rvosflow.train import run
 
+SOLVER_STEPS = PROJECT_ROOT / "sweeps" / "solver_steps.yaml"
 STEPS_ROWS = [{"id": "n1", "label": "N=1", "overrides": ["solver.steps=1"]},
               {"id": "n3", "label": "N=3", "overrides": ["solver.steps=3"]}]
 
@@ -68,6 +70,20 @@ def test_groups_label_rows_and_train_an_ema_when_any_row_scores_one(tmp_path):
     # the row's scoring types every inference-only setting, so the checkpoint's never leak in
     assert "solver.steps=2" in spec.row("b").training.inference and "ema.enabled=true" in spec.row("b").training.inference
     assert "ema.enabled=false" in spec.row("a").training.inference
+
+
+def test_solver_steps_sweep_trains_one_model_per_seed_in_every_profile():
+    for profile, seeds in (("default", [0, 1, 2]), ("smoke", [0]), ("gpu", [0])):
+        spec = sweep.load_spec(SOLVER_STEPS, profile)
+        sweep.compose_rows(spec, [])
+        assert spec.seeds == seeds and len(spec.rows) == 10
+        assert {(r.settings["solver.steps"], r.settings["solver.shift"]) for r in spec.rows} == {
+            (n, s) for n in (1, 2, 3, 5, 10) for s in (1.0, 3.0)}
+        (group,) = reuse.groups(spec)  # default: 3 trainings (one per seed), 30 scorings
+        assert group.shared and len(group.rows) == 10
+        assert all(r.settings["bbs.p"] == 0.5 and r.settings["spa.enabled"] and r.settings["dvi.enabled"]
+                   for r in spec.rows)  # the final model
+    assert "model=wan2.1_t2v_1.3b" in sweep.load_spec(SOLVER_STEPS, "gpu").overrides
 
 
 def test_a_figure_axis_the_rows_do_not_vary_is_refused(tmp_path):
