@@ -18,19 +18,29 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
+import re
+import socket
 import sqlite3
 import subprocess
+import threading
+import time
 import traceback
 from pathlib import Path
 
 import mlflow
+import pandas as pd
+import sqlalchemy.exc
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.tracking.context.registry import resolve_tags
 from optuna.trial import TrialState
 
+from rvosflow import signals
 from rvosflow.config import flat_params
+from rvosflow.errors import ConfigError
 from rvosflow.paths import PROJECT_ROOT
 from rvosflow.schema import axes
+from rvosflow.signals import Stopped
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +67,29 @@ def tracking_uri(cfg) -> str:
 
 
 def client(uri: str) -> mlflow.MlflowClient:
-    """An MlflowClient; for SQLite created under a lock file beside the database (the first client
-    creates its tables, and two at once can abort MLflow's migration half-way)."""
+    """An MlflowClient; for SQLite created under a lock file beside the database, with signals
+    held off: the first client creates the tables, and a second process or a Ctrl-C in the middle
+    leaves MLflow's migration half-done, a store no later run can open."""
     if not uri.startswith("sqlite:///"):
         return mlflow.MlflowClient(uri)
     db = Path(uri[len("sqlite:///"):])
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.parent / f".{db.name}.lock", "w") as lock:
+    with open(db.parent / f".{db.name}.lock", "w") as lock, signals.deferred():
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return mlflow.MlflowClient(uri)
+        try:
+            made = mlflow.MlflowClient(uri)
+        except sqlalchemy.exc.OperationalError as exc:
+            if "_alembic_tmp" not in str(exc):
+                raise
+            raise ConfigError(f"logger.tracking_uri: {db}: expected a complete MLflow store, found one whose table "
+                              "set-up was interrupted (move the file away and rerun)") from None
+        except mlflow.exceptions.MlflowException as exc:
+            if "out-of-date database schema" not in str(exc):
+                raise
+            raise ConfigError(f"logger.tracking_uri: {db}: expected a store at this MLflow's schema, found an older one "
+                              f"(back it up, then run: mlflow db upgrade {uri})") from None
+    signals.check()  # a signal that came during the set-up stops the run now
+    return made
 
 
 def artifact_location(uri: str, experiment_name: str) -> str | None:
@@ -105,6 +129,13 @@ def mark_experiment(mlflow_client, experiment_id: str) -> None:
     key, value = EXPERIMENT_KIND
     if key not in mlflow_client.get_experiment(experiment_id).tags:
         mlflow_client.set_experiment_tag(experiment_id, key, value)
+
+
+def metric_safe(label: str) -> str:
+    """A slice bin's label as MLflow takes it in a metric name (letters, digits, ``_-. /:``)."""
+    for a, b in ((">=", "ge"), ("<", "lt"), (">", "gt"), ("%", "pct")):
+        label = label.replace(a, b)
+    return re.sub(r"[^\w\-. /:]", "_", label)
 
 
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:
@@ -194,42 +225,124 @@ def run_tags(cfg) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- one run
 
-def make_logger(cfg, tags: dict | None = None) -> MLFlowLogger:
+HOST_TAG, PID_TAG, HEARTBEAT_TAG = "rvosflow.host", "rvosflow.pid", "rvosflow.heartbeat"
+HEARTBEAT_S = 60       # how often a live run says so
+STALE_S = 15 * 60      # a RUNNING run on another host silent this long is dead
+
+
+class RunLogger(MLFlowLogger):
+    """Lightning's MLflow logger, except that the end of ``fit`` does not mark the run FINISHED:
+    it is FINISHED only once its results are written (:meth:`TrackedRun.finish`), so a run killed
+    while it is scored is never a FINISHED run without a score."""
+
+    def finalize(self, status: str = "success") -> None:
+        if status == "success":
+            self.save()  # flush, but leave the run RUNNING
+            return
+        super().finalize(status)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def reap_dead_runs(mlflow_client, experiment_id: str, now: float | None = None) -> list[str]:
+    """Mark KILLED the RUNNING runs whose process died without saying so (SIGKILL, a power cut):
+    on this host, a pid that no longer exists; on another, a heartbeat older than STALE_S. Called by
+    every new run of the experiment; returns the run ids it marked."""
+    now = time.time() if now is None else now
+    host = socket.gethostname()
+    marked = []
+    for r in mlflow_client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000):
+        tags = r.data.tags
+        if PID_TAG not in tags:  # not a run of ours (a sweep's parent keeps its own state)
+            continue
+        if tags.get(HOST_TAG) == host:
+            dead = not _alive(int(tags[PID_TAG]))
+        else:
+            dead = now - float(tags.get(HEARTBEAT_TAG, r.info.start_time / 1000)) > STALE_S
+        if dead:
+            mlflow_client.set_tag(r.info.run_id, ERROR_TAG, "the process died without ending the run (found by a later run)")
+            mlflow_client.set_terminated(r.info.run_id, "KILLED")
+            marked.append(r.info.run_id)
+    return marked
+
+
+def make_logger(cfg, tags: dict | None = None) -> RunLogger:
     """The run's MLflow logger: named for what runs (unique in its experiment unless
-    ``logger.run_name`` is given), tagged (:func:`run_tags`), params logged once, flat."""
+    ``logger.run_name`` is given), tagged (:func:`run_tags`, and the host and pid that let a later
+    run find it dead), params logged once, flat. Dead runs of the experiment are marked KILLED first."""
     uri = tracking_uri(cfg)
     location = artifact_location(uri, cfg.logger.experiment_name)
-    name = cfg.logger.run_name or unique_run_name(client(uri), cfg.logger.experiment_name, run_name(cfg))
-    logger = MLFlowLogger(experiment_name=cfg.logger.experiment_name, run_name=name, tracking_uri=uri,
-                          tags={**run_tags(cfg), **dict(cfg.logger.tags or {}), **(tags or {})},
-                          artifact_location=location)
+    mlflow_client = client(uri)
+    experiment = mlflow_client.get_experiment_by_name(cfg.logger.experiment_name)
+    if experiment is not None:
+        reap_dead_runs(mlflow_client, experiment.experiment_id)
+    name = cfg.logger.run_name or unique_run_name(mlflow_client, cfg.logger.experiment_name, run_name(cfg))
+    alive = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), HEARTBEAT_TAG: f"{time.time():.0f}"}
+    logger = RunLogger(experiment_name=cfg.logger.experiment_name, run_name=name, tracking_uri=uri,
+                       tags={**run_tags(cfg), **dict(cfg.logger.tags or {}), **(tags or {}), **alive},
+                       artifact_location=location)
     logger.log_hyperparams(flat_params(cfg))
     mark_experiment(logger.experiment, logger.experiment_id)
     return logger
 
 
 class TrackedRun:
-    """A run's MLflow logger, created on first use, and how the run ends when it fails."""
+    """A run's MLflow logger, created on first use, a heartbeat while it lives, and how it ends:
+    FINISHED once its results are written (:meth:`finish`), else FAILED, or KILLED when stopped."""
 
     def __init__(self, cfg, tags: dict | None = None):
         self.cfg, self.tags, self._logger = cfg, tags, None
+        self._beating = threading.Event()
 
     @property
-    def logger(self) -> MLFlowLogger:
+    def logger(self) -> RunLogger:
         if self._logger is None:
             self._logger = make_logger(self.cfg, self.tags)
+            threading.Thread(target=self._heartbeat, daemon=True, name="mlflow-heartbeat").start()
         return self._logger
+
+    def _heartbeat(self) -> None:
+        while not self._beating.wait(HEARTBEAT_S):
+            try:
+                self._logger.experiment.set_tag(self._logger.run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
+            except Exception:  # noqa: BLE001  (a store that is busy now is asked again next time)
+                log.debug("heartbeat of MLflow run %s failed", self._logger.run_id, exc_info=True)
 
     @property
     def url(self) -> str:
         return run_url(tracking_uri(self.cfg), self.logger.experiment_id, self.logger.run_id)
 
+    def log_records(self, path: str, slices: dict) -> None:
+        """The per-expression records: the sidecar CSV, an MLflow table (``per_expression.json``,
+        browsable in the run's artifacts) and the slices as ``final/slice/<slice>/<bin>/{JF,J,F}``."""
+        client, run_id = self.logger.experiment, self.logger.run_id
+        client.log_artifact(run_id, path)
+        client.log_table(run_id, pd.read_csv(path, keep_default_na=False, dtype=str), "per_expression.json")
+        for name, bins in slices.items():
+            for label, scores in bins.items():
+                for m in ("JF", "J", "F"):
+                    client.log_metric(run_id, f"final/slice/{name}/{metric_safe(label)}/{m}", scores[m])
+
+    def finish(self) -> None:
+        """The run's results are written: FINISHED."""
+        self._beating.set()
+        self.logger.experiment.set_terminated(self.logger.run_id, "FINISHED")
+
     def fail(self, exc: BaseException) -> None:
-        """FAILED (KILLED for Ctrl-C, which Lightning turns into SystemExit) with the error as a tag;
-        never hides ``exc``."""
+        """FAILED, or KILLED for a stop (a signal, Ctrl-C, Lightning's SystemExit), with the error as a
+        tag; never hides ``exc``."""
+        self._beating.set()
         if self._logger is None:  # no MLflow run was started (its first use follows its creation)
             return
-        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+        status = "KILLED" if isinstance(exc, (Stopped, KeyboardInterrupt, SystemExit)) else "FAILED"
         note = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         try:
             mlflow_client = self._logger.experiment

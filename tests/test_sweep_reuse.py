@@ -1,7 +1,7 @@
 """Rows that differ only in what acts at inference share one trained model (rvosflow.sweep.reuse):
 the key, the groups, one training and N scorings equal to separate ``mode=validate`` runs, resume
 (a finished training is never trained again, a killed one is), two workers; and stopping a sweep on
-SIGTERM / SIGINT with the interrupted trial queued again (rvosflow.sweep.stopping)."""
+SIGTERM / SIGINT with the interrupted trial queued again (rvosflow.signals in the sweep)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from test_sweep import children, cli, driver, env, study_trials, tiny, wait_for, write_sweep  # noqa: F401  (env: fixture)
 
-from rvosflow import sweep, tables
+from rvosflow import signals, sweep, tables
 from rvosflow.config import compose, resolve
 from rvosflow.errors import SpecError
 from rvosflow.paths import PROJECT_ROOT
-from rvosflow.sweep import reuse, stopping, worker
+from rvosflow.sweep import reuse, worker
 from rvosflow.train import run
 
 SOLVER_STEPS = PROJECT_ROOT / "sweeps" / "solver_steps.yaml"
@@ -154,20 +154,41 @@ def test_a_failed_shared_training_fails_its_rows_once_and_retry_failed_trains_it
 # ------------------------------------------------------------------------------ stopping on a signal
 
 class SignalDuringScoring(Callback):
-    """Sends ``signum`` to this process at the first batch of the final scoring (trainer.validate)."""
+    """Sends ``signum`` to this process at the first batch of the ``at``-th final scoring (trainer.validate)."""
 
-    def __init__(self, signum):
-        self.signum, self.sent = signum, False
+    def __init__(self, signum, at=1):
+        self.signum, self.at, self.seen, self.sent = signum, at, 0, False
+
+    def on_validation_epoch_start(self, trainer, module):
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            self.seen += 1
 
     def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):
-        if trainer.state.fn == TrainerFn.VALIDATING and not self.sent:
+        if trainer.state.fn == TrainerFn.VALIDATING and self.seen == self.at and not self.sent:
             self.sent = True
             os.kill(os.getpid(), self.signum)
 
 
+class SignalDuringTraining(Callback):
+    """Sends ``signum`` to this process at the first training batch."""
+
+    def __init__(self, signum):
+        self.signum, self.sent = signum, False
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+def with_callback(real_run, callback):
+    return lambda cfg, run_dir, callbacks=None, tags=None: real_run(cfg, run_dir, callbacks=[*(callbacks or []), callback],
+                                                                    tags=tags)
+
+
 @pytest.fixture
 def own_signal_handlers():
-    saved = {s: signal.getsignal(s) for s in stopping.SIGNALS}
+    saved = {s: signal.getsignal(s) for s in signals.SIGNALS}
     yield
     for s, handler in saved.items():
         signal.signal(s, handler)
@@ -178,9 +199,7 @@ def own_signal_handlers():
 def test_a_signal_during_the_final_scoring_stops_the_sweep_and_requeues_the_trial(
         tiny_benchmark, test_bundle_dir, tmp_path, env, monkeypatch, own_signal_handlers, signum, code, rows):
     f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir, max_steps=2), rows=rows, seeds=[0])
-    sender = SignalDuringScoring(signum)
-    monkeypatch.setattr(worker, "run", lambda cfg, run_dir, callbacks=None, tags=None:
-                        run(cfg, run_dir, callbacks=[*(callbacks or []), sender], tags=tags))
+    monkeypatch.setattr(worker, "run", with_callback(run, SignalDuringScoring(signum)))
     assert sweep.main(cli(f, env)) == code
     trials = study_trials(env)
     assert [t.state.name for t in trials] == ["FAIL", "WAITING"]  # stopped after the first trial, queued again
@@ -192,6 +211,42 @@ def test_a_signal_during_the_final_scoring_stops_the_sweep_and_requeues_the_tria
     assert sorted(t.params["row"] for t in study_trials(env) if t.state.name == "COMPLETE") == [r["id"] for r in rows]
     if len(rows) > 1:
         assert len(training_runs(env)) == 1
+
+
+def test_a_stopped_shared_training_is_trained_again_and_the_resume_command_is_the_last_line(
+        tiny_benchmark, test_bundle_dir, tmp_path, env, monkeypatch, own_signal_handlers, capsys):
+    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir, max_steps=2), rows=STEPS_ROWS, seeds=[0])
+    monkeypatch.setattr(reuse, "run", with_callback(run, SignalDuringTraining(signal.SIGTERM)))
+    assert sweep.main(cli(f, env)) == 143
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == "sweep stopped by SIGTERM; resume with: python -m rvosflow.sweep " + " ".join(cli(f, env))
+    assert not list(env["runs"].glob("study-*/models/*/trained.json"))  # not finished: nothing records it
+    assert [k.info.status for k in training_runs(env)] == ["KILLED"] and not study_trials(env)  # no row scored it
+    monkeypatch.undo()
+    assert sweep.main(cli(f, env)) == 0
+    assert sorted(k.info.status for k in training_runs(env)) == ["FINISHED", "KILLED"]  # trained again, from the start
+    record = json.loads(next(env["runs"].glob("study-*/models/*/trained.json")).read_text())
+    assert record["run_dir"].endswith("attempt-2")
+    assert sorted(t.params["row"] for t in study_trials(env) if t.state.name == "COMPLETE") == ["n1", "n3"]
+
+
+def test_a_scored_row_is_never_scored_again_and_a_finished_training_never_trained_again(
+        tiny_benchmark, test_bundle_dir, tmp_path, env, monkeypatch, own_signal_handlers):
+    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir, max_steps=2), rows=STEPS_ROWS, seeds=[0])
+    monkeypatch.setattr(worker, "run", with_callback(run, SignalDuringScoring(signal.SIGINT, at=2)))  # n3's scoring
+    assert sweep.main(cli(f, env)) == 130
+    assert [(t.params["row"], t.state.name) for t in study_trials(env)] == [("n1", "COMPLETE"), ("n3", "FAIL"),
+                                                                            ("n3", "WAITING")]
+    scored = next(t for t in study_trials(env) if t.state.name == "COMPLETE")
+    monkeypatch.undo()
+    assert sweep.main(cli(f, env)) == 0
+    trials = study_trials(env)
+    assert [(t.params["row"], t.state.name) for t in trials] == [("n1", "COMPLETE"), ("n3", "FAIL"), ("n3", "COMPLETE")]
+    assert trials[0].value == scored.value and trials[0].datetime_complete == scored.datetime_complete
+    runs = sorted((k.data.tags["row"], k.info.status) for k in scoring_runs(env))
+    assert runs == [("n1", "FINISHED"), ("n3", "FINISHED"), ("n3", "KILLED")]  # n1 scored once
+    (training,) = training_runs(env)
+    assert training.info.status == "FINISHED" and len(list(env["runs"].glob("study-*/models/*/attempt-*"))) == 1
 
 
 # ------------------------------------------------------------------------- processes

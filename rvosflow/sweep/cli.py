@@ -1,13 +1,15 @@
 """``python -m rvosflow.sweep FILE [--profile P] [--workers N] ...``: set the study up (every row's
 config validated first), run the workers, report. Exit 0 when every trial finished, 1 when some
-failed (after the others ran) or a worker died, 2 on bad input, 130 on SIGINT (Ctrl-C) and 143 on
-SIGTERM: the sweep stops between trials, the interrupted one queued again for the re-run."""
+failed (after the others ran) or a worker died, 2 on bad input, 143 on SIGTERM and 130 on SIGINT
+(Ctrl-C; :mod:`rvosflow.signals`): the running trial stops at its next batch and is queued again,
+and the last line printed is the command that resumes the sweep."""
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
 import os
+import shlex
 import sys
 import time
 import uuid
@@ -15,14 +17,16 @@ from pathlib import Path
 
 import torch
 
-from rvosflow.config import compose
+from rvosflow import signals
+from rvosflow.config import check_tracking_uri, compose
 from rvosflow.errors import ArgumentParser, SpecError, cli
 from rvosflow.paths import PROJECT_ROOT
-from rvosflow.sweep import reuse, stopping
+from rvosflow.signals import Stopped
+from rvosflow.sweep import reuse
 from rvosflow.sweep.report import report
 from rvosflow.sweep.spec import Spec, load_spec, settings_fingerprint
 from rvosflow.sweep.strategy import strategy_for
-from rvosflow.sweep.study import create_study, default_storage, redact, retrying
+from rvosflow.sweep.study import check_storage, create_study, default_storage, redact, retrying
 from rvosflow.sweep.worker import Context, quiet, work, worker_main
 from rvosflow.tracking import Tracking, tracking_uri
 
@@ -80,24 +84,19 @@ def setup(spec: Spec, storage_url: str, extra: list[str], study_name: str | None
 
 
 def run_workers(ctx: Context, workers: int, threads: int) -> int | None:
-    """The workers (this process for one), until the study has nothing left: None, or the exit
-    code when a signal stopped them (130 / 143) or a worker died (1)."""
+    """The workers (this process for one), until the study has nothing left: None, or 1 when a
+    worker died; :class:`Stopped` when a signal stopped them."""
+    if workers == 1:
+        torch.set_num_threads(threads)
+        work(ctx)
+        return None
+    procs = start_workers(ctx, workers, threads)
     try:
-        if workers == 1:
-            torch.set_num_threads(threads)
-            work(ctx)
-            return None
-        procs = start_workers(ctx, workers, threads)
-        try:
-            with stopping.interruptible():
-                for p in procs:
-                    p.join()
-        except KeyboardInterrupt:
-            stop_workers(procs, stopping.requested())
-            raise
-    except (KeyboardInterrupt, SystemExit):
-        print("interrupted; re-run the same command to resume", flush=True)
-        return stopping.exit_code()
+        for p in procs:
+            p.join()
+    except Stopped as stop:
+        stop_workers(procs, stop.signum)
+        raise
     bad = [p.name for p in procs if p.exitcode != 0]
     if bad:
         print(f"worker(s) exited abnormally: {', '.join(bad)}; re-run the same command to finish", flush=True)
@@ -117,8 +116,8 @@ def start_workers(ctx: Context, workers: int, threads: int) -> list:
 
 
 def stop_workers(procs: list, signum: int | None) -> None:
-    """Pass the driver's signal on (a SIGTERM reaches the driver alone; the workers ignore a second
-    Ctrl-C) and wait for each worker to queue its trial again."""
+    """Pass the driver's signal on (a SIGTERM reaches the driver alone; a worker that the terminal's
+    Ctrl-C reached too ignores the second) and wait for each worker to queue its trial again."""
     for p in procs:
         if p.is_alive() and signum is not None:
             os.kill(p.pid, signum)
@@ -152,7 +151,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     """The CLI; bad input (sweep file, a row's override, a setting) is one line, exit 2."""
     quiet()
-    return cli(lambda _: _main(parse_args(argv)), None)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with signals.installed(second_stops=False):
+        try:
+            return cli(lambda _: _main(parse_args(argv)), None)
+        except Stopped as stop:  # the table so far is written; the re-run goes on from the study
+            print(f"sweep {stop}; resume with: {shlex.join(['python', '-m', 'rvosflow.sweep', *argv])}", flush=True)
+            return stop.exit_code
 
 
 def _main(args) -> int:
@@ -162,6 +167,8 @@ def _main(args) -> int:
     if args.grace_period:
         spec.grace_period = args.grace_period
     storage_url = args.storage or default_storage()
+    check_storage(storage_url)
+    check_tracking_uri(args.tracking_uri, "--tracking-uri")
     t0 = time.monotonic()
     ctx = setup(spec, storage_url, list(args.extra), args.study, Path(args.runs_dir) if args.runs_dir else None,
                 reset=args.reset, tracking_uri=args.tracking_uri)
@@ -177,11 +184,14 @@ def _main(args) -> int:
     if args.retry_failed:
         print(f"re-queued {ctx.strategy.retry_failed(ctx.study())} failed trial(s); "
               f"{reuse.forget_failures(ctx)} failed shared training(s) to train again", flush=True)
-    with stopping.handling():
+    try:
         code = run_workers(ctx, workers, threads)
-        if code is not None:
-            report(ctx, out_dir, finished=False)
-            return code
+    except Stopped:
+        report(ctx, out_dir, finished=False)
+        raise
+    if code is not None:
+        report(ctx, out_dir, finished=False)
+        return code
     report(ctx, out_dir, finished=True)
     print(f"sweep time {time.monotonic() - t0:.0f} s", flush=True)
     failed = ctx.strategy.failed(ctx.study())

@@ -18,9 +18,10 @@ scores in its own trial, as before.
   with ``trained.json`` written atomically once the checkpoint is there (``failed.json`` when the
   training raised). It is trained under an exclusive ``flock`` of the folder's ``.lock``, so two
   workers (``--workers 2``, or two drivers on one machine) never train it twice: the second waits,
-  then reads ``trained.json``. A killed training leaves no ``trained.json`` and its lock is freed
-  by the kernel, so the next trial that needs it trains it again (in a new ``attempt-N`` folder;
-  its MLflow run, left RUNNING, is marked KILLED then). Drivers on other machines, with their own
+  then reads ``trained.json``. A killed training leaves no ``trained.json`` (a signal stops it at
+  a batch, its MLflow run KILLED; a SIGKILL frees its lock with the process, and the next run's
+  ``tracking.reap_dead_runs`` marks its run KILLED), so the next trial that needs it trains it
+  again from the start, in a new ``attempt-N`` folder. Drivers on other machines, with their own
   run folders, train their own copy of a model they need.
 * **MLflow**: the training is a child run of the sweep's parent run (tags ``rvosflow.role=training``,
   ``rvosflow.training=<fingerprint>``, the rows and seed); each scoring trial's child run names it
@@ -40,7 +41,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rvosflow import atomic, schema
+from rvosflow import atomic, schema, signals
 from rvosflow.axes import fields_of
 from rvosflow.config import compose
 from rvosflow.train import run
@@ -224,7 +225,7 @@ def _record_or_train(ctx, group: Group, seed: int, where: Path, say) -> dict:
     if failed:
         raise SharedTrainingFailed(f"model {group.label} seed {seed} (rows {', '.join(group.rows)}) failed to train: "
                                    f"{failed['error']} (re-run with --retry-failed to train it again)")
-    _mark_killed(ctx, group.fingerprint(seed))
+    signals.check()  # a signal that came while waiting for the lock: train nothing
     attempt = where / f"attempt-{len(list(where.glob('attempt-*'))) + 1}"
     name = f"train-{group.label}-s{seed}"
     overrides = [*group.overrides, *ctx.extra, f"seed={seed}", f"logger.run_name={name}",
@@ -249,16 +250,6 @@ def _record_or_train(ctx, group: Group, seed: int, where: Path, say) -> dict:
     atomic.write_text(where / TRAINED, json.dumps(record, indent=2))
     say(f"trained model {group.label} seed {seed} in {record['seconds']:.0f} s -> {record['checkpoint']}")
     return record
-
-
-def _mark_killed(ctx, fingerprint: str) -> None:
-    """An earlier attempt's MLflow run that a dead worker left RUNNING: KILLED (we hold the lock, so
-    nobody else runs it)."""
-    client = ctx.tracking.client
-    flt = f"tags.`{TRAINING_TAG}` = '{fingerprint}' and tags.`{ROLE_TAG}` = 'training' and attributes.status = 'RUNNING'"
-    for r in client.search_runs([ctx.tracking.experiment_id()], filter_string=flt):
-        client.set_tag(r.info.run_id, "rvosflow.error", "its worker died; trained again")
-        client.set_terminated(r.info.run_id, "KILLED")
 
 
 def forget_failures(ctx) -> int:

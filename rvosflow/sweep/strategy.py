@@ -169,14 +169,15 @@ class Grid:
         """The table's pieces: ``table`` (display), ``csv``, ``md_footer``, ``figure`` and the
         parent run's summary ``metrics`` (the rows themselves go to MLflow as the table)."""
         models = reuse.model_labels(self.spec)
-        rows = [{"id": r.id, "label": r.label, "paper": r.paper, "settings": r.settings,
+        rows = [{"id": r.id, "label": r.label, "paper": r.paper, "settings": r.settings, "reference": r.reference,
                  **({"model": models[r.id]} if r.id in models else {})} for r in self.spec.rows]
         summary = tables.summarize(records, rows)
         fig = self.spec.figure
         figure = (tables.plot_against(summary, fig["x"], fig.get("series"), title=title) if fig
                   else tables.plot_rows(summary, title=title))
-        footer = tables.paper_agreement(summary) + (f"\n\n{tables.SHARED_MODELS_NOTE}" if models else "")
-        return {"table": tables.display_table(summary), "csv": tables.to_csv(summary), "md_footer": "\n" + footer + "\n",
+        footers = [tables.paper_agreement(summary), tables.delta_footer(summary), tables.SHARED_MODELS_NOTE if models else ""]
+        return {"table": tables.display_table(summary), "csv": tables.to_csv(summary),
+                "md_footer": "".join(f"\n{line}\n" for line in footers if line),
                 "figure": figure, "metrics": tables.agreement(summary)}
 
 

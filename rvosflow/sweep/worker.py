@@ -2,8 +2,13 @@
 waits for the running ones (a dead worker's trial comes back as a retry). Each trial is one
 :func:`rvosflow.train.run`, an MLflow child run of the study's parent run: it trains and scores,
 or, for a grid row that shares its model with other rows (:mod:`.reuse`), scores that model's
-checkpoint (``mode=validate``), which the worker trains first when no process has. A signal stops
-the loop between trials (:mod:`.stopping`); the trial it interrupts is queued again."""
+checkpoint (``mode=validate``), which the worker trains first when no process has.
+
+Signals (:mod:`rvosflow.signals`, installed with ``second_stops=False``): a trial and a shared
+training run deferred, so a SIGTERM or SIGINT stops them at their next batch (their run's
+``SafeStop``) or at the worker's next check, and a finished trial is recorded whole (its results,
+then Optuna's COMPLETE). The trial it interrupts is marked KILLED and queued again; between trials
+(waiting, picking the next one) the worker stops at once. It exits 143 / 130."""
 
 from __future__ import annotations
 
@@ -21,7 +26,9 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from rvosflow.config import compose, flat_params
-from rvosflow.sweep import reuse, stopping
+from rvosflow import signals
+from rvosflow.signals import Stopped
+from rvosflow.sweep import reuse
 from rvosflow.sweep.spec import Spec
 from rvosflow.sweep.strategy import DuplicatePoint, grid_point, strategy_for
 from rvosflow.sweep.study import frozen, open_study, requeue
@@ -86,24 +93,24 @@ def make_objective(ctx: Context, study):
         cfg = None
         timer = InferenceTimer()
         try:
-            with stopping.interruptible():  # a signal from here to the results ends the trial, re-queued
-                if group is not None:  # score the rows' shared model (trained here if nobody has)
-                    model = reuse.trained(ctx, group, plan.seed, say=lambda m: say(ctx, m))
-                    scoring, model_tags = reuse.scoring(spec.row(plan.row), model)
-                    overrides, tags = [*overrides, *scoring], {**tags, **model_tags}
-                cfg = compose(overrides)
-                results = run(cfg, ctx.runs_root / f"trial-{trial.number:04d}", callbacks=[*plan.callbacks, timer],
-                              tags=tags)
-                for cb in plan.callbacks:  # DDP: the library's callback records pruning instead of raising
-                    if hasattr(cb, "check_pruned"):
-                        cb.check_pruned()
+            if group is not None:  # score the rows' shared model (trained here if nobody has)
+                model = reuse.trained(ctx, group, plan.seed, say=lambda m: say(ctx, m))
+                scoring, model_tags = reuse.scoring(spec.row(plan.row), model)
+                overrides, tags = [*overrides, *scoring], {**tags, **model_tags}
+            cfg = compose(overrides)
+            signals.check()  # a signal that came meanwhile: before the run starts
+            results = run(cfg, ctx.runs_root / f"trial-{trial.number:04d}", callbacks=[*plan.callbacks, timer],
+                          tags=tags)
+            for cb in plan.callbacks:  # DDP: the library's callback records pruning instead of raising
+                if hasattr(cb, "check_pruned"):
+                    cb.check_pruned()
         except optuna.TrialPruned as exc:
             ctx.tracking.close_trial(ctx.parent_id, trial.number, "KILLED", tags, note=f"pruned: {exc}",
                                      run_name=plan.run_name)
             say(ctx, f"pruned trial #{trial.number}: {plan.what}: {exc}  ({time.monotonic() - t0:.0f} s)")
             raise
         except BaseException as exc:
-            interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))  # Lightning turns Ctrl-C into SystemExit
+            interrupted = isinstance(exc, (Stopped, KeyboardInterrupt, SystemExit))  # a signal; Lightning turns Ctrl-C into SystemExit
             status = "KILLED" if interrupted else "FAILED"
             note = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             params = flat_params(cfg) if cfg is not None else {"overrides": " ".join(overrides)}
@@ -114,7 +121,7 @@ def make_objective(ctx: Context, study):
                 log.exception("could not mark the MLflow run of trial %d %s", trial.number, status)
             trial.set_user_attr("error", note[:1000])
             if interrupted:  # not the trial's fault: queue it again for the re-run
-                if isinstance(exc, SystemExit):  # Optuna only records Exception/KeyboardInterrupt
+                if not isinstance(exc, (Exception, KeyboardInterrupt)):  # Optuna records only those
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 requeue(study, frozen(study, trial.number), interrupted_trial=trial.number)
                 say(ctx, f"interrupted trial #{trial.number}: {plan.what}; re-queued for the next run")
@@ -124,6 +131,8 @@ def make_objective(ctx: Context, study):
         for k in ("J", "F", "JF"):
             trial.set_user_attr(k, float(results[k]))
         trial.set_user_attr("per_kind", results.get("per_kind") or {})
+        trial.set_user_attr("TC", results.get("TC"))
+        trial.set_user_attr("per_expression", results.get("per_expression"))  # pairs it with its reference row
         trial.set_user_attr("mlflow_run_id", results["mlflow_run_id"])
         trial.set_user_attr("mlflow_url", results["mlflow_url"])
         trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
@@ -150,26 +159,26 @@ def work(ctx: Context) -> None:
     objective = make_objective(ctx, study)
     waiting_said = False
     while True:
-        stopping.check()  # between trials: a signal received meanwhile stops the worker here
+        signals.check()  # a signal that came during the last trial or training stops the worker here
         optuna.storages.fail_stale_trials(study)
         ctx.tracking.reconcile(ctx.parent_id, study)
         trials = study.get_trials(deepcopy=False)
-        with stopping.interruptible():  # first the shared models pending rows need (one per worker at a time)
+        with signals.deferred():  # first the shared models pending rows need (one per worker at a time)
             if reuse.train_next(ctx, pending_points(spec, trials), say=lambda m: say(ctx, m)):
                 continue
         n_waiting = sum(t.state == TrialState.WAITING for t in trials)
         n_running = sum(t.state == TrialState.RUNNING for t in trials)
         if n_waiting or strategy.todo(trials):
             waiting_said = False
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            with signals.deferred():  # the trial stops at a batch, or is recorded whole
+                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
             continue
         if n_running:
             if not waiting_said:
                 say(ctx, f"nothing left to start; waiting for {n_running} running trial(s) "
                          f"(a dead worker's trial is retried {spec.grace_period} s after its last heartbeat)")
                 waiting_said = True
-            with stopping.interruptible():
-                time.sleep(max(1.0, min(spec.heartbeat_interval, 5)))
+            time.sleep(max(1.0, min(spec.heartbeat_interval, 5)))  # a signal stops it at once
             continue
         return
 
@@ -183,14 +192,14 @@ def pending_points(spec: Spec, trials) -> set:
 
 
 def worker_main(ctx: Context, threads: int) -> None:
-    """A spawned worker process; exits 130/143 when a signal stopped it."""
+    """A spawned worker process; exits 143 / 130 when a signal stopped it."""
     torch.set_num_threads(threads)
     quiet()
-    with stopping.handling():
+    with signals.installed(second_stops=False):
         try:
             work(ctx)
-        except (KeyboardInterrupt, SystemExit):
-            sys.exit(stopping.exit_code())
+        except Stopped as stop:
+            sys.exit(stop.exit_code)
 
 
 def quiet() -> None:
