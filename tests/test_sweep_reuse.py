@@ -233,18 +233,22 @@ def test_a_stopped_shared_training_is_trained_again_and_the_resume_command_is_th
 def test_a_scored_row_is_never_scored_again_and_a_finished_training_never_trained_again(
         tiny_benchmark, test_bundle_dir, tmp_path, env, monkeypatch, own_signal_handlers):
     f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir, max_steps=2), rows=STEPS_ROWS, seeds=[0])
-    monkeypatch.setattr(worker, "run", with_callback(run, SignalDuringScoring(signal.SIGINT, at=2)))  # n3's scoring
+    monkeypatch.setattr(worker, "run", with_callback(run, SignalDuringScoring(signal.SIGINT, at=2)))  # 2nd scoring
     assert sweep.main(cli(f, env)) == 130
-    assert [(t.params["row"], t.state.name) for t in study_trials(env)] == [("n1", "COMPLETE"), ("n3", "FAIL"),
-                                                                            ("n3", "WAITING")]
-    scored = next(t for t in study_trials(env) if t.state.name == "COMPLETE")
+    trials = study_trials(env)
+    (scored,) = [t for t in trials if t.state.name == "COMPLETE"]
+    done, other = scored.params["row"], ({"n1", "n3"} - {scored.params["row"]}).pop()
+    assert sorted((t.params["row"], t.state.name) for t in trials) == sorted(
+        [(done, "COMPLETE"), (other, "FAIL"), (other, "WAITING")])
     monkeypatch.undo()
     assert sweep.main(cli(f, env)) == 0
     trials = study_trials(env)
-    assert [(t.params["row"], t.state.name) for t in trials] == [("n1", "COMPLETE"), ("n3", "FAIL"), ("n3", "COMPLETE")]
-    assert trials[0].value == scored.value and trials[0].datetime_complete == scored.datetime_complete
+    assert sorted((t.params["row"], t.state.name) for t in trials) == sorted(
+        [(done, "COMPLETE"), (other, "FAIL"), (other, "COMPLETE")])  # no new trial for the scored row
+    again = next(t for t in trials if t.number == scored.number)
+    assert again.value == scored.value and again.datetime_complete == scored.datetime_complete
     runs = sorted((k.data.tags["row"], k.info.status) for k in scoring_runs(env))
-    assert runs == [("n1", "FINISHED"), ("n3", "FINISHED"), ("n3", "KILLED")]  # n1 scored once
+    assert runs == sorted([(done, "FINISHED"), (other, "FINISHED"), (other, "KILLED")])  # the scored row: once
     (training,) = training_runs(env)
     assert training.info.status == "FINISHED" and len(list(env["runs"].glob("study-*/models/*/attempt-*"))) == 1
 
