@@ -10,7 +10,6 @@ import os
 import signal
 import time
 
-import mlflow
 import pandas as pd
 import pytest
 from lightning.pytorch.callbacks import Callback
