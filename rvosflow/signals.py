@@ -5,8 +5,10 @@ after the run has saved what it had.
 :class:`Stopped` at once. Inside one (:func:`deferred`) it is only recorded, and the loop raises
 at its next batch boundary (:func:`check`, called by the Trainer's ``SafeStop`` callback), where
 the weights and the optimizer are consistent and a checkpoint the rerun resumes from can be
-written. A second signal stops at once. ``Stopped`` is a ``BaseException``: no ``except Exception``
-(ours, Lightning's, a library's) swallows it.
+written. A second signal stops at once -- or, installed with ``second_stops=False`` (a sweep:
+its workers get a Ctrl-C both from the terminal and from the driver passing it on), is ignored:
+the first is being acted on, and SIGKILL ends a stop that hangs. ``Stopped`` is a
+``BaseException``: no ``except Exception`` (ours, Lightning's, a library's) swallows it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from contextlib import contextmanager
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _requested: int | None = None
 _deferred = 0
+_second_stops = True
 
 
 class Stopped(BaseException):
@@ -33,16 +36,38 @@ class Stopped(BaseException):
 
 def _handler(signum, frame) -> None:
     global _requested
+    if _requested is not None and not _second_stops:  # a second signal, while the first is acted on
+        return
     if _requested is not None or not _deferred:  # a second signal, or nothing to wait for
         _requested = signum
         raise Stopped(signum)
     _requested = signum
 
 
-def install() -> None:
-    """Route SIGTERM and SIGINT through :func:`_handler` (idempotent; main thread only)."""
+def install(second_stops: bool = True) -> None:
+    """Route SIGTERM and SIGINT through :func:`_handler` (idempotent; main thread only);
+    ``second_stops=False``: a signal after the first is ignored."""
+    global _second_stops
+    _second_stops = second_stops
     for sig in SIGNALS:
         signal.signal(sig, _handler)
+
+
+@contextmanager
+def installed(second_stops: bool = True):
+    """:func:`install` inside, with no signal received yet; the process' own handlers back after
+    (a sweep run in-process, as the tests run it, leaves the process as it found it)."""
+    global _second_stops
+    saved = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    reset()
+    install(second_stops)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        reset()
+        _second_stops = True
 
 
 def requested() -> int | None:

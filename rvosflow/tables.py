@@ -5,13 +5,16 @@ A *record* is one trial as a plain dict::
     {"row": "e", "seed": 1, "state": "COMPLETE", "JF": 57.1, "J": 53.0, "F": 61.2, "TC": 4.2, "number": 7,
      "JF/colour": 60.2, "JF/multi-object": 41.0, "expressions": [ExpressionRecord, ...]}
 
-(scores in percent; ``JF/<kind>`` only where the benchmark knows expression kinds; ``state`` an
-Optuna trial state name; ``expressions`` the run's per-expression records, or None). A *row spec*
-describes one table line; its ``settings`` are the axes of its resolved config, by key
-(``sweep.strategy.table_settings``), and ``reference`` the row its delta is taken against::
+(scores in percent; ``JF/<kind>`` only where the benchmark knows expression kinds; ``infer_s``, the
+scoring's seconds per video, where measured; ``state`` an Optuna trial state name; ``expressions``
+the run's per-expression records, or None). A *row spec* describes one table line; its
+``settings`` are the axes of its resolved config, by key (``sweep.strategy.table_settings``),
+``reference`` the row its delta is taken against, and ``model``, where rows share trained models,
+its model's label (rows with the same label score one model per seed)::
 
     {"id": "e", "label": "+ BBS p=0.5", "paper": {"JF": 57.9, "J": 53.8, "F": 62.1}, "reference": "base",
-     "settings": {"bbs.p": 0.5, "spa.enabled": False, "dvi.enabled": False, "wi.enabled": True}}
+     "settings": {"bbs.p": 0.5, "spa.enabled": False, "dvi.enabled": False, "wi.enabled": True},
+     "model": "M1"}
 
 A row's delta is its J&F minus its reference's, with a 95% CI from a paired bootstrap over
 expressions, two-level over seeds when there are several (``rvosflow.metrics.bootstrap``: 10,000
@@ -39,6 +42,9 @@ from rvosflow.schema import axes
 
 METRICS = ("JF", "J", "F")
 METRIC_NAMES = {"JF": "J&F", "J": "J", "F": "F"}
+INFER_COLUMN = "Inference s/video"
+SHARED_MODELS_NOTE = ("Rows with the same Model were scored from one trained model per seed "
+                      "(trained once; each row scored its checkpoint under its own inference settings).")
 
 
 def axis_value(run, key: str):
@@ -74,9 +80,10 @@ def summarize(records: Iterable[Mapping], rows: Sequence[Mapping]) -> pd.DataFra
     """
     records = list(records)
     kinds = kind_metrics(records)
-    recs = pd.DataFrame(records, columns=["row", "seed", "state", *METRICS, "TC", *kinds])
+    recs = pd.DataFrame(records, columns=["row", "seed", "state", *METRICS, "TC", *kinds, "infer_s"])
     lines = []
     columns = setting_columns(rows)
+    shared = any("model" in spec for spec in rows)
     for spec in rows:
         mine = recs[recs["row"] == spec["id"]]
         done = mine[mine["state"] == "COMPLETE"]
@@ -84,12 +91,16 @@ def summarize(records: Iterable[Mapping], rows: Sequence[Mapping]) -> pd.DataFra
         line = {"id": spec["id"], "configuration": spec.get("label", spec["id"])}
         for key in columns:
             line[key] = (spec.get("settings") or {}).get(key)
+        if shared:
+            line["model"] = spec.get("model")
         line["seeds"] = int(done["seed"].nunique())
         line["failed"] = len(failed_seeds)
         for m in (*METRICS, *kinds):
             values = done[m].astype(float).dropna()
             line[f"{m}_mean"] = values.mean() if len(values) else math.nan
             line[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        infer = done["infer_s"].astype(float).dropna()
+        line["infer_s_mean"] = infer.mean() if len(infer) else math.nan
         tc = done["TC"].astype(float).dropna() if "TC" in done else pd.Series(dtype=float)
         line["TC_mean"] = tc.mean() if len(tc) else math.nan
         line["TC_std"] = tc.std(ddof=1) if len(tc) > 1 else math.nan
@@ -176,6 +187,8 @@ def display_table(summary: pd.DataFrame, digits: int = 1, pm: str = "±") -> pd.
     labels = {a.key: a.label for a in axes()}
     for key in [c for c in summary.columns if c in labels]:
         out[labels[key]] = [_setting(v) for v in summary[key]]
+    if "model" in summary.columns:
+        out["Model"] = [_setting(v) for v in summary["model"]]
     for m in METRICS:
         out[METRIC_NAMES[m]] = [mean_pm_std(a, b, digits, pm) for a, b in zip(summary[f"{m}_mean"], summary[f"{m}_std"])]
     for col in summary.columns:
@@ -187,6 +200,8 @@ def display_table(summary: pd.DataFrame, digits: int = 1, pm: str = "±") -> pd.
     if "reference" in summary and summary["reference"].notna().any():
         out["Ref"] = [r if isinstance(r, str) else "–" for r in summary["reference"]]
         out["Δ J&F [95% CI]"] = [delta_with_ci(line, digits) for line in summary.to_dict("records")]
+    if "infer_s_mean" in summary.columns and summary["infer_s_mean"].notna().any():
+        out[INFER_COLUMN] = [mean_pm_std(v, math.nan, 3) for v in summary["infer_s_mean"]]
     out["Paper J&F"] = [mean_pm_std(v, math.nan, digits) for v in summary["paper_JF"]]
     out["Seeds"] = [f"{s}" + (f" ({f} failed)" if f else "") for s, f in zip(summary["seeds"], summary["failed"])]
     return out
@@ -324,6 +339,34 @@ def plot_search(table: pd.DataFrame, params: Sequence[str], title: str | None = 
         ax.set_ylabel("J&F (%)")
         if p.endswith("lr"):
             ax.set_xscale("log")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_against(summary: pd.DataFrame, x: str, series: str | None = None, title: str | None = None):
+    """A matplotlib Figure: J&F (mean with std error bars over seeds) against the axis ``x``, a
+    line per value of ``series``; beside it the scoring's inference seconds per video."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    labels = {a.key: a.label for a in axes()}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.0, 4.0))
+    for value, part in (summary.groupby(series, sort=True) if series else [(None, summary)]):
+        part = part.sort_values(x)
+        name = f"{labels.get(series, series)} {_setting(value)}" if series else None
+        left.errorbar(part[x].astype(float), part["JF_mean"].astype(float), yerr=part["JF_std"].astype(float).fillna(0.0),
+                      marker="o", capsize=3, label=name)
+        right.plot(part[x].astype(float), part["infer_s_mean"].astype(float), marker="o", label=name)
+    for ax, ylabel in ((left, "J&F (%)"), (right, "inference s / video")):
+        ax.set_xlabel(labels.get(x, x))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if series:
+            ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -13,8 +13,9 @@ an MLflow child run of the study's parent run, which holds the results table and
 
 The package, one module per concept: :mod:`.spec` (the sweep file and its schema), :mod:`.study`
 (Optuna storage, samplers, pruners, retries), :mod:`.strategy` (grid vs search), :mod:`.tracking`
-(MLflow parent and child runs, in ``rvosflow.tracking``), :mod:`.worker` (the trial loop), :mod:`.report` (the table) and
-:mod:`.cli` (``python -m rvosflow.sweep``).
+(MLflow parent and child runs, in ``rvosflow.tracking``), :mod:`.reuse` (grid rows that share a
+trained model), :mod:`.timing` (the scoring's seconds per video),
+:mod:`.worker` (the trial loop), :mod:`.report` (the table) and :mod:`.cli` (``python -m rvosflow.sweep``).
 
 Guarantees:
 
@@ -26,6 +27,14 @@ Guarantees:
   are kept; trials whose worker died stop sending heartbeats and, after ``grace_period`` seconds,
   are marked FAIL and re-queued (RetryHeartbeatStaleTrialCallback, ``max_retry`` times); a worker
   with nothing left to start waits for running trials so it can pick such retries up;
+* **one model per training configuration** -- grid rows that differ only in axes acting at
+  inference (``Axis.stage``) train one model per seed; each row's trial scores its checkpoint
+  (``mode=validate``). A finished training is never trained again (``trained.json``), a killed
+  one is trained again, a scored row is never scored again (:mod:`.reuse`);
+* **stopping** -- SIGTERM / SIGINT (``rvosflow.signals``) stop the running trial or shared
+  training at its next batch; it is marked KILLED and queued again (a training: trained again),
+  a finished trial is recorded whole, and the sweep exits 143 / 130 with the command that resumes
+  it as its last line;
 * **failures** -- a trial that raises (a NaN loss raises FloatingPointError in training_step) is
   FAIL in Optuna and FAILED in MLflow and the study goes on (``--retry-failed`` re-queues them);
   the command then exits 1 and the table marks the failed rows.

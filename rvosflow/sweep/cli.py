@@ -1,12 +1,15 @@
 """``python -m rvosflow.sweep FILE [--profile P] [--workers N] ...``: set the study up (every row's
 config validated first), run the workers, report. Exit 0 when every trial finished, 1 when some
-failed (after the others ran) or a worker died, 2 on bad input, 130 when interrupted."""
+failed (after the others ran) or a worker died, 2 on bad input, 143 on SIGTERM and 130 on SIGINT
+(Ctrl-C; :mod:`rvosflow.signals`): the running trial stops at its next batch and is queued again,
+and the last line printed is the command that resumes the sweep."""
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
 import os
+import shlex
 import sys
 import time
 import uuid
@@ -14,9 +17,12 @@ from pathlib import Path
 
 import torch
 
+from rvosflow import signals
 from rvosflow.config import check_tracking_uri, compose
 from rvosflow.errors import ArgumentParser, SpecError, cli
 from rvosflow.paths import PROJECT_ROOT
+from rvosflow.signals import Stopped
+from rvosflow.sweep import reuse
 from rvosflow.sweep.report import report
 from rvosflow.sweep.spec import Spec, load_spec, settings_fingerprint
 from rvosflow.sweep.strategy import strategy_for
@@ -77,6 +83,48 @@ def setup(spec: Spec, storage_url: str, extra: list[str], study_name: str | None
                    runs_root=Path(runs_root), study_name=study_name, uid=uid, parent_id=parent_id)
 
 
+def run_workers(ctx: Context, workers: int, threads: int) -> int | None:
+    """The workers (this process for one), until the study has nothing left: None, or 1 when a
+    worker died; :class:`Stopped` when a signal stopped them."""
+    if workers == 1:
+        torch.set_num_threads(threads)
+        work(ctx)
+        return None
+    procs = start_workers(ctx, workers, threads)
+    try:
+        for p in procs:
+            p.join()
+    except Stopped as stop:
+        stop_workers(procs, stop.signum)
+        raise
+    bad = [p.name for p in procs if p.exitcode != 0]
+    if bad:
+        print(f"worker(s) exited abnormally: {', '.join(bad)}; re-run the same command to finish", flush=True)
+        return 1
+    return None
+
+
+def start_workers(ctx: Context, workers: int, threads: int) -> list:
+    mpctx = mp.get_context("spawn")
+    procs = []
+    for w in range(workers):
+        wctx = Context(**{**ctx.__dict__, "worker": f"w{w}"})
+        p = mpctx.Process(target=worker_main, args=(wctx, threads), name=f"sweep-w{w}")
+        p.start()
+        procs.append(p)
+    return procs
+
+
+def stop_workers(procs: list, signum: int | None) -> None:
+    """Pass the driver's signal on (a SIGTERM reaches the driver alone; a worker that the terminal's
+    Ctrl-C reached too ignores the second) and wait for each worker to queue its trial again."""
+    for p in procs:
+        if p.is_alive() and signum is not None:
+            os.kill(p.pid, signum)
+    for p in procs:
+        p.join()
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = ArgumentParser(prog="python -m rvosflow.sweep", description=_DESCRIPTION,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,7 +151,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     """The CLI; bad input (sweep file, a row's override, a setting) is one line, exit 2."""
     quiet()
-    return cli(lambda _: _main(parse_args(argv)), None)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with signals.installed(second_stops=False):
+        try:
+            return cli(lambda _: _main(parse_args(argv)), None)
+        except Stopped as stop:  # the table so far is written; the re-run goes on from the study
+            print(f"sweep {stop}; resume with: {shlex.join(['python', '-m', 'rvosflow.sweep', *argv])}", flush=True)
+            return stop.exit_code
 
 
 def _main(args) -> int:
@@ -128,30 +182,16 @@ def _main(args) -> int:
           f"| study {ctx.study_name} in {redact(storage_url)} | MLflow {ctx.tracking_uri} parent run {ctx.parent_id} "
           f"| {workers} worker(s) x {threads} thread(s)", flush=True)
     if args.retry_failed:
-        print(f"re-queued {ctx.strategy.retry_failed(ctx.study())} failed trial(s)", flush=True)
+        print(f"re-queued {ctx.strategy.retry_failed(ctx.study())} failed trial(s); "
+              f"{reuse.forget_failures(ctx)} failed shared training(s) to train again", flush=True)
     try:
-        if workers == 1:
-            torch.set_num_threads(threads)
-            work(ctx)
-        else:
-            mpctx = mp.get_context("spawn")
-            procs = []
-            for w in range(workers):
-                wctx = Context(**{**ctx.__dict__, "worker": f"w{w}"})
-                p = mpctx.Process(target=worker_main, args=(wctx, threads), name=f"sweep-w{w}")
-                p.start()
-                procs.append(p)
-            for p in procs:
-                p.join()
-            bad = [p.name for p in procs if p.exitcode != 0]
-            if bad:
-                print(f"worker(s) exited abnormally: {', '.join(bad)}; re-run the same command to finish", flush=True)
-                report(ctx, out_dir, finished=False)
-                return 1
-    except (KeyboardInterrupt, SystemExit):
-        print("interrupted; re-run the same command to resume", flush=True)
+        code = run_workers(ctx, workers, threads)
+    except Stopped:
         report(ctx, out_dir, finished=False)
-        return 130
+        raise
+    if code is not None:
+        report(ctx, out_dir, finished=False)
+        return code
     report(ctx, out_dir, finished=True)
     print(f"sweep time {time.monotonic() - t0:.0f} s", flush=True)
     failed = ctx.strategy.failed(ctx.study())

@@ -27,7 +27,7 @@ def trial_records(study, strategy) -> list[dict]:
                     "seed": t.params.get("seed", t.user_attrs.get("seed")), "params": dict(t.params),
                     "JF": t.user_attrs.get("JF") if t.state.name == "COMPLETE" else None,  # t.value is `metric:`
                     "J": t.user_attrs.get("J"), "F": t.user_attrs.get("F"), "TC": t.user_attrs.get("TC"),
-                    "expressions": per_expression(t),
+                    "infer_s": t.user_attrs.get("infer_s"), "expressions": per_expression(t),
                     **{f"JF/{kind}": v["JF"] for kind, v in (t.user_attrs.get("per_kind") or {}).items()},
                     "duplicate_of": t.user_attrs.get("duplicate_of"), "error": t.user_attrs.get("error")})
     return out

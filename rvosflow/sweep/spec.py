@@ -27,6 +27,7 @@ class Row:
     overrides: list[str]
     paper: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)  # filled from the composed config
+    training: Any = None  # what it trains, apart from its seed (sweep.reuse.RowTraining), filled likewise
     reference: str | None = None  # the row its delta and CI are taken against (None: no delta)
 
 
@@ -51,6 +52,7 @@ class Spec:
     metric: str = "JF"
     monitor: str = "val/JF"
     direction: str = "maximize"
+    figure: dict = field(default_factory=dict)  # grid: {x: axis key, series: axis key or None}; empty: J&F per row
     heartbeat_interval: int = 10
     grace_period: int = 60
     max_retry: int = 2
@@ -99,6 +101,14 @@ class ParamFile:
 
 
 @dataclass(kw_only=True)
+class FigureFile:
+    """A grid's figure as J&F (and inference time) against one axis the rows vary, a line per value of another."""
+
+    x: str = MISSING               # e.g. solver.steps
+    series: Optional[str] = None   # e.g. solver.shift
+
+
+@dataclass(kw_only=True)
 class SweepFile:
     kind: str = setting("grid", choices=lambda: KINDS)
     name: Optional[str] = None
@@ -107,6 +117,7 @@ class SweepFile:
     direction: str = setting("maximize", choices=lambda: DIRECTIONS)
     monitor: str = "val/JF"       # search: what the pruner watches during training
     rows: List[RowFile] = field(default_factory=list)
+    figure: Optional[FigureFile] = None  # grid: the figure's axes (default: J&F per row beside the paper's)
     reference: Optional[str] = None  # grid: the row every other row is compared with (paired bootstrap CI)
     base: List[str] = field(default_factory=list)
     params: Dict[str, ParamFile] = field(default_factory=dict)
@@ -155,7 +166,8 @@ def load_spec(path: str | Path, profile: str = "default") -> Spec:
     spec = Spec(
         path=path, kind=raw.kind, name=raw.name or path.stem, title=raw.title or path.stem,
         profile=profile, seeds=list(prof.seeds), overrides=list(prof.overrides), metric=raw.metric,
-        monitor=raw.monitor, direction=raw.direction, heartbeat_interval=raw.heartbeat_interval,
+        monitor=raw.monitor, direction=raw.direction,
+        figure=dataclasses.asdict(raw.figure) if raw.figure else {}, heartbeat_interval=raw.heartbeat_interval,
         grace_period=raw.grace_period, max_retry=raw.max_retry,
     )
     for r in raw.rows:

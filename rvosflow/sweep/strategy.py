@@ -18,6 +18,7 @@ from rvosflow import tables
 from rvosflow.config import compose, resolve
 from rvosflow.errors import ConfigError, SpecError
 from rvosflow.schema import axes
+from rvosflow.sweep import reuse
 from rvosflow.sweep.spec import Spec
 from rvosflow.sweep.study import counts, frozen, pruner_from, requeue, sampler_from
 
@@ -94,10 +95,13 @@ class Grid:
         return f"grid, {self.size} trials ({len(self.spec.rows)} rows x {len(self.spec.seeds)} seeds)"
 
     def compose(self, extra: list[str]) -> None:
-        """Every row's config composed and validated before any trial; the table's settings kept."""
+        """Every row's config composed and validated before any trial; the table's settings and
+        what each row trains (rows that differ only at inference share a model: ``sweep.reuse``) kept."""
         for row in self.spec.rows:
             cfg = _checked(self.spec, f"row {row.id}", [*self.spec.overrides, *row.overrides, *extra])
             row.settings = table_settings(cfg)
+            row.training = reuse.row_training(cfg)
+        check_figure(self.spec)
 
     def _settings_params(self) -> dict[str, dict]:
         """Each composed row's settings under their Optuna param names."""
@@ -164,13 +168,17 @@ class Grid:
     def table(self, records: list[dict], title: str) -> dict:
         """The table's pieces: ``table`` (display), ``csv``, ``md_footer``, ``figure`` and the
         parent run's summary ``metrics`` (the rows themselves go to MLflow as the table)."""
-        rows = [{"id": r.id, "label": r.label, "paper": r.paper, "settings": r.settings, "reference": r.reference}
-                for r in self.spec.rows]
+        models = reuse.model_labels(self.spec)
+        rows = [{"id": r.id, "label": r.label, "paper": r.paper, "settings": r.settings, "reference": r.reference,
+                 **({"model": models[r.id]} if r.id in models else {})} for r in self.spec.rows]
         summary = tables.summarize(records, rows)
-        footers = [tables.paper_agreement(summary), tables.delta_footer(summary)]
+        fig = self.spec.figure
+        figure = (tables.plot_against(summary, fig["x"], fig.get("series"), title=title) if fig
+                  else tables.plot_rows(summary, title=title))
+        footers = [tables.paper_agreement(summary), tables.delta_footer(summary), tables.SHARED_MODELS_NOTE if models else ""]
         return {"table": tables.display_table(summary), "csv": tables.to_csv(summary),
                 "md_footer": "".join(f"\n{line}\n" for line in footers if line),
-                "figure": tables.plot_rows(summary, title=title), "metrics": tables.agreement(summary)}
+                "figure": figure, "metrics": tables.agreement(summary)}
 
 
 class Search:
@@ -250,6 +258,16 @@ class Search:
 
 
 STRATEGIES = {"grid": Grid, "search": Search}
+
+
+def check_figure(spec: Spec) -> None:
+    """A grid's ``figure:`` names axes its rows vary (their table columns), or it is a SpecError."""
+    varying = {k for r in spec.rows for k in r.settings if len({repr(o.settings.get(k)) for o in spec.rows}) > 1}
+    for part in ("x", "series"):
+        key = spec.figure.get(part)
+        if key is not None and key not in varying:
+            raise SpecError(f"{spec.path}: figure.{part}: expected an axis the rows vary "
+                            f"({', '.join(sorted(varying)) or 'none do'}), got {key!r}")
 
 
 def strategy_for(spec: Spec):

@@ -1,10 +1,19 @@
 """The worker loop: one process runs trials of the study until nothing is left to start, then
 waits for the running ones (a dead worker's trial comes back as a retry). Each trial is one
-:func:`rvosflow.train.run`, an MLflow child run of the study's parent run."""
+:func:`rvosflow.train.run`, an MLflow child run of the study's parent run: it trains and scores,
+or, for a grid row that shares its model with other rows (:mod:`.reuse`), scores that model's
+checkpoint (``mode=validate``), which the worker trains first when no process has.
+
+Signals (:mod:`rvosflow.signals`, installed with ``second_stops=False``): a trial and a shared
+training run deferred, so a SIGTERM or SIGINT stops them at their next batch (their run's
+``SafeStop``) or at the worker's next check, and a finished trial is recorded whole (its results,
+then Optuna's COMPLETE). The trial it interrupts is marked KILLED and queued again; between trials
+(waiting, picking the next one) the worker stops at once. It exits 143 / 130."""
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import traceback
 import warnings
@@ -17,10 +26,13 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from rvosflow.config import compose, flat_params
+from rvosflow import signals
 from rvosflow.signals import Stopped
+from rvosflow.sweep import reuse
 from rvosflow.sweep.spec import Spec
-from rvosflow.sweep.strategy import DuplicatePoint, strategy_for
+from rvosflow.sweep.strategy import DuplicatePoint, grid_point, strategy_for
 from rvosflow.sweep.study import frozen, open_study, requeue
+from rvosflow.sweep.timing import InferenceTimer
 from rvosflow.tracking import STUDY_TAG, UID_TAG, tracking_for
 from rvosflow.train import run
 
@@ -74,11 +86,21 @@ def make_objective(ctx: Context, study):
                 "optuna.trial": str(trial.number), "optuna.study": ctx.study_name, STUDY_TAG: ctx.study_name,
                 UID_TAG: ctx.uid}
         done, total = strategy.progress(study)
-        say(ctx, f"start trial #{trial.number}: {plan.what}  ({done}/{total} done)")
+        group = reuse.shared_group(spec, plan.row)
+        model = None
+        say(ctx, f"start trial #{trial.number}: {plan.what}  ({done}/{total} done)"
+                 + (f", scoring model {group.label}" if group else ""))
         cfg = None
+        timer = InferenceTimer()
         try:
+            if group is not None:  # score the rows' shared model (trained here if nobody has)
+                model = reuse.trained(ctx, group, plan.seed, say=lambda m: say(ctx, m))
+                scoring, model_tags = reuse.scoring(spec.row(plan.row), model)
+                overrides, tags = [*overrides, *scoring], {**tags, **model_tags}
             cfg = compose(overrides)
-            results = run(cfg, ctx.runs_root / f"trial-{trial.number:04d}", callbacks=plan.callbacks, tags=tags)
+            signals.check()  # a signal that came meanwhile: before the run starts
+            results = run(cfg, ctx.runs_root / f"trial-{trial.number:04d}", callbacks=[*plan.callbacks, timer],
+                          tags=tags)
             for cb in plan.callbacks:  # DDP: the library's callback records pruning instead of raising
                 if hasattr(cb, "check_pruned"):
                     cb.check_pruned()
@@ -99,7 +121,7 @@ def make_objective(ctx: Context, study):
                 log.exception("could not mark the MLflow run of trial %d %s", trial.number, status)
             trial.set_user_attr("error", note[:1000])
             if interrupted:  # not the trial's fault: queue it again for the re-run
-                if isinstance(exc, SystemExit):  # Optuna only records Exception/KeyboardInterrupt
+                if not isinstance(exc, (Exception, KeyboardInterrupt)):  # Optuna records only those
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 requeue(study, frozen(study, trial.number), interrupted_trial=trial.number)
                 say(ctx, f"interrupted trial #{trial.number}: {plan.what}; re-queued for the next run")
@@ -114,6 +136,13 @@ def make_objective(ctx: Context, study):
         trial.set_user_attr("mlflow_run_id", results["mlflow_run_id"])
         trial.set_user_attr("mlflow_url", results["mlflow_url"])
         trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
+        timing = timer.measures()
+        if timing:
+            trial.set_user_attr("infer_s", timing["infer/seconds_per_video"])
+        if model is not None:
+            trial.set_user_attr("model", model["label"])
+            trial.set_user_attr("trained_by", model["mlflow_run_id"])
+            trial.set_user_attr("checkpoint", model["checkpoint"])
         done, total = strategy.progress(study, running_done=1)  # this one: not COMPLETE until we return
         say(ctx, f"done trial #{trial.number} [{min(done, total)}/{total}]: {plan.what}  "
                  f"J&F {results['JF']:.1f}  J {results['J']:.1f}  F {results['F']:.1f}  ({time.monotonic() - t0:.0f} s)")
@@ -130,30 +159,47 @@ def work(ctx: Context) -> None:
     objective = make_objective(ctx, study)
     waiting_said = False
     while True:
+        signals.check()  # a signal that came during the last trial or training stops the worker here
         optuna.storages.fail_stale_trials(study)
         ctx.tracking.reconcile(ctx.parent_id, study)
         trials = study.get_trials(deepcopy=False)
+        with signals.deferred():  # first the shared models pending rows need (one per worker at a time)
+            if reuse.train_next(ctx, pending_points(spec, trials), say=lambda m: say(ctx, m)):
+                continue
         n_waiting = sum(t.state == TrialState.WAITING for t in trials)
         n_running = sum(t.state == TrialState.RUNNING for t in trials)
         if n_waiting or strategy.todo(trials):
             waiting_said = False
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            with signals.deferred():  # the trial stops at a batch, or is recorded whole
+                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
             continue
         if n_running:
             if not waiting_said:
                 say(ctx, f"nothing left to start; waiting for {n_running} running trial(s) "
                          f"(a dead worker's trial is retried {spec.grace_period} s after its last heartbeat)")
                 waiting_said = True
-            time.sleep(max(1.0, min(spec.heartbeat_interval, 5)))
+            time.sleep(max(1.0, min(spec.heartbeat_interval, 5)))  # a signal stops it at once
             continue
         return
 
 
+def pending_points(spec: Spec, trials) -> set:
+    """A grid's (row, seed) points that no trial holds yet, or whose trial waits (re-queued)."""
+    if spec.kind != "grid":
+        return set()
+    held = {grid_point(t) for t in trials if t.state != TrialState.WAITING}
+    return (set(spec.grid) - held) | {grid_point(t) for t in trials if t.state == TrialState.WAITING}
+
+
 def worker_main(ctx: Context, threads: int) -> None:
-    """A spawned worker process."""
+    """A spawned worker process; exits 143 / 130 when a signal stopped it."""
     torch.set_num_threads(threads)
     quiet()
-    work(ctx)
+    with signals.installed(second_stops=False):
+        try:
+            work(ctx)
+        except Stopped as stop:
+            sys.exit(stop.exit_code)
 
 
 def quiet() -> None:
