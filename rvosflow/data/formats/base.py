@@ -92,6 +92,10 @@ class ReferringSource:
         """Problems of the ground truth of a video's expressions given its frame size (H, W)."""
         return ()
 
+    def annotation_files(self) -> list[Path]:
+        """The files the expressions and masks are read from, frames aside (the data set's digest)."""
+        raise NotImplementedError
+
     def load_target(self, expr: ExpressionRef, indices: Sequence[int] | None = None) -> np.ndarray:
         """bool [T, H, W]: union of the expression's objects."""
         if not self.has_masks:

@@ -14,6 +14,7 @@ from typing import Iterable
 import numpy as np
 
 from rvosflow.data.formats.base import (
+    KINDS_FILE,
     DatasetFormatError,
     ExpressionRef,
     ReferringSource,
@@ -132,6 +133,10 @@ class MevisSource(ReferringSource):
                 problem = rle_problem(rle, hw, f"{self.root / 'mask_dict.json'}: anno_id {a!r} frame {n!r} (video {video_id!r})")
                 if problem:
                     yield problem
+
+    def annotation_files(self) -> list[Path]:
+        names = ("meta_expressions.json", "mask_dict.json", KINDS_FILE, "captions.json")
+        return [self.root / n for n in names if (self.root / n).exists()]
 
     def captions(self) -> dict[str, str]:
         """The synthetic sidecar ``captions.json`` ({vid: caption}); empty for real MeViS."""

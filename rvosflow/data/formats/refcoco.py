@@ -219,6 +219,10 @@ class RefCOCOSource(ReferringSource):
                 if problem:
                     yield problem
 
+    def annotation_files(self) -> list[Path]:
+        d = self.root / self.dataset
+        return [d / f"refs({SPLIT_BY[self.dataset]}).p", d / "instances.json"]
+
     def _load_target_frames(self, expr: ExpressionRef, names: list[str]) -> np.ndarray:
         im = self._images[int(expr.video_id)]
         h, w = int(im["height"]), int(im["width"])
