@@ -33,7 +33,7 @@ from rvosflow.models.loader import load_wan_bundle
 from rvosflow.module import FlowRVSModule
 from rvosflow.predict import MaskWriter, predictions_dir, prepare_predictions_dir
 from rvosflow.text_cache import cache_dir, ensure, run_captions
-from rvosflow.tracking import TrackedRun
+from rvosflow.tracking import TrackedRun, run_callbacks
 from rvosflow.trainer import make_trainer
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None, tag
     datamodule = prepare_data(run_cfg)
     tracked = TrackedRun(run_cfg, tags)
     try:
-        return _run(run_cfg, run_dir, datamodule, callbacks, tracked)
+        return _run(run_cfg, run_dir, datamodule, [*run_callbacks(run_cfg, run_dir), *(callbacks or [])], tracked)
     except BaseException as exc:
         tracked.fail(exc)
         raise
@@ -93,8 +93,9 @@ def _run(cfg, run_dir: Path, datamodule, callbacks, tracked: TrackedRun) -> dict
     if scored:
         datamodule.val_limit = None  # the reported score covers the whole validation split
         module.metric_prefix = "final"  # logged as final/*, apart from the in-training val/* curve
-        scores = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
-        measures = {"J": scores["final/J"], "F": scores["final/F"], "JF": scores["final/JF"],
+        trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        scores = trainer.callback_metrics  # final/* go to MLflow through tracking.RunRecords, not Lightning's logger
+        measures = {"J": float(scores["final/J"]), "F": float(scores["final/F"]), "JF": float(scores["final/JF"]),
                     "per_kind": module.scores_by_kind}
     return _write_results(cfg, run_dir, tracked, {**measures, "checkpoint": str(written) if written else None})
 
