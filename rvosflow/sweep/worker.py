@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from rvosflow.config import compose, flat_params
 from rvosflow.sweep.spec import Spec
 from rvosflow.sweep.strategy import DuplicatePoint, strategy_for
-from rvosflow.sweep.study import frozen, open_study, requeue
+from rvosflow.sweep.study import frozen, link_trial, open_study, requeue
 from rvosflow.tracking import STUDY_TAG, UID_TAG, tracking_for
 from rvosflow.train import run
 
@@ -110,6 +110,7 @@ def make_objective(ctx: Context, study):
         trial.set_user_attr("per_kind", results.get("per_kind") or {})
         trial.set_user_attr("mlflow_run_id", results["mlflow_run_id"])
         trial.set_user_attr("mlflow_url", results["mlflow_url"])
+        link_trial(trial, results["mlflow_url"], plan.run_name)
         trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
         done, total = strategy.progress(study, running_done=1)  # this one: not COMPLETE until we return
         say(ctx, f"done trial #{trial.number} [{min(done, total)}/{total}]: {plan.what}  "
