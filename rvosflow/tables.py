@@ -223,7 +223,7 @@ def plot_rows(summary: pd.DataFrame, title: str | None = None):
     import numpy as np
 
     x = np.arange(len(summary))
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.0 * len(summary) + 2), 5.0))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.8 * len(summary) + 2.5), 5.0))
     width = 0.38
     ours = summary["JF_mean"].astype(float).to_numpy()
     paper = summary["paper_JF"].astype(float).to_numpy()
