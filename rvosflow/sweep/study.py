@@ -144,8 +144,9 @@ GRID_IMPORTANCE_NOTE = (
     "`row` and `seed` are the only dimensions sampled, and every other parameter (`paradigm.name`, "
     "`bbs.p`, `spa.enabled`, `dvi.enabled`, `wi.enabled`) is recorded from the row, so it is a function "
     "of `row`. The importance evaluators fit a model on these dependent columns and share the credit "
-    "among them arbitrarily (on the smoke Table 2, `bbs.p` got 0.68). Compare the rows in the table "
-    "instead (the MLflow parent run, `results/`), and the spread over seeds in the slice plot of `row`.")
+    "among them arbitrarily (smoke Table 2s have credited `bbs.p` with 0.68, `dvi.enabled` with 0.46). "
+    "Compare the rows in the table instead (the MLflow parent run, `results/`), and the spread over seeds "
+    "in the slice plot of `row`.")
 
 
 def note_study(study, kind: str, parent_url: str) -> None:
