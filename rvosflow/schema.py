@@ -293,7 +293,8 @@ MODEL_FILES = ("checkpoint", "release")
 @dataclass(kw_only=True)
 class Logger:
     tracking_uri: Optional[str] = None  # null = sqlite:///<project root>/mlflow.db; or http://server:5000
-    ui_url: Optional[str] = None        # the MLflow UI for links; null = the tracking server, or http://127.0.0.1:5000 (make mlflow-ui)
+    # the MLflow UI for links; null = the tracking server, or http://127.0.0.1:5000 (make mlflow-ui)
+    ui_url: Optional[str] = None
     experiment_name: str = "rvosflow"
     run_name: Optional[str] = None
     tags: Dict[str, Any] = field(default_factory=dict)
@@ -301,7 +302,8 @@ class Logger:
     # optimizer state), release = mevis_ckpt.pth in the release's layout (written into <run dir>/release); [] = none
     model_files: List[str] = setting(choices=lambda: MODEL_FILES, factory=lambda: ["checkpoint"])
     upload_weights: bool = True  # false: the logged model lists the files (path, size), their bytes stay on disk
-    system_metrics_interval: Optional[float] = setting(10.0, lo=0, lo_open=True)  # seconds per CPU/memory/GPU sample; null = off
+    # seconds between MLflow's system metrics samples (CPU, memory, GPU); null = off
+    system_metrics_interval: Optional[float] = setting(10.0, lo=0, lo_open=True)
 
 
 @dataclass(kw_only=True)

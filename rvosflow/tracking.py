@@ -320,12 +320,17 @@ def model_files(cfg, ckpt: Path, run_dir: Path) -> dict[str, Path]:
     return files
 
 
+def size_of(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder (FSDP's sharded checkpoint)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
 def log_model(mlflow_client, run_id: str, experiment_id: str, name: str, files: dict[str, Path], upload: bool,
               params: dict, step: int) -> str:
-    """``files`` as the run's MLflow logged model (READY; FAILED with the error as a tag when the upload
-    fails, the run going on): their bytes when ``upload``, and always a manifest (``files.json``:
-    names, sizes, paths on disk). Returns the model's id."""
-    manifest = {n: {"path": str(p.resolve()), "bytes": p.stat().st_size, "uploaded": upload} for n, p in files.items()}
+    """``files`` (files or folders) as the run's MLflow logged model (READY; FAILED with the error as a
+    tag when the upload fails, the run going on): their bytes when ``upload``, and always a manifest
+    (``files.json``: names, sizes, paths on disk). Returns the model's id."""
+    manifest = {n: {"path": str(p.resolve()), "bytes": size_of(p), "uploaded": upload} for n, p in files.items()}
     model = mlflow_client.create_logged_model(experiment_id, name=name, source_run_id=run_id, model_type=MODEL_TYPE,
                                               params={k: str(v) for k, v in params.items()},
                                               tags={"weights": "uploaded" if upload else "on disk"})
@@ -334,8 +339,12 @@ def log_model(mlflow_client, run_id: str, experiment_id: str, name: str, files: 
             atomic.write_text(Path(tmp) / MANIFEST, json.dumps(manifest, indent=2))
             if upload:  # links: the artifact store copies the files once, from where they are
                 for n, p in files.items():
-                    (Path(tmp) / n).symlink_to(p.resolve())
+                    if p.is_file():
+                        (Path(tmp) / n).symlink_to(p.resolve())
             mlflow_client.log_model_artifacts(model.model_id, tmp)
+            for n, p in files.items():
+                if upload and p.is_dir():  # the store walks a folder, but not one behind a link
+                    mlflow_client.log_model_artifacts(model.model_id, str(p), artifact_path=n)
     except Exception as exc:  # noqa: BLE001  (the run's scores matter more than its upload)
         log.exception("MLflow logged model %s: upload failed", name)
         mlflow_client.set_logged_model_tags(model.model_id, {ERROR_TAG: str(exc)[:4900]})
@@ -388,7 +397,7 @@ class RunRecords(Callback):
         name = logger.experiment.get_run(logger.run_id).info.run_name.replace(".", "_")
         self.model_id = log_model(logger.experiment, logger.run_id, logger.experiment_id, name,
                                   files, self.cfg.logger.upload_weights, params, trainer.global_step)
-        size = sum(p.stat().st_size for p in files.values())
+        size = sum(size_of(p) for p in files.values())
         log.info("MLflow logged model %s: %s (%.1f MB%s) in %.2f s", self.model_id, ", ".join(files), size / 1e6,
                  "" if self.cfg.logger.upload_weights else ", not uploaded", time.perf_counter() - t0)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow.entities import LoggedModelStatus
 
 from rvosflow.config import compose, resolve
 from rvosflow.console import summary
@@ -111,7 +112,7 @@ def test_mlflow_run_holds_params_metrics_overlays_and_results(tiny_benchmark, te
     assert json.loads(valid.source)["uri"] == str(tiny_benchmark / "mevis" / "valid_u")
     # The logged model: last.ckpt as an output of the run, its final scores linked to it and to the data set
     (model,) = client.search_logged_models([r.info.experiment_id], filter_string=f"source_run_id = '{r.info.run_id}'")
-    assert model.status.to_int() == 2 and model.name == "video2mask-p0_25-s0"  # READY
+    assert model.status == LoggedModelStatus.READY and model.name == "video2mask-p0_25-s0"
     assert [o.model_id for o in r.outputs.model_outputs] == [model.model_id]
     files = mlflow.artifacts.download_artifacts(f"{model.artifact_location}", dst_path=str(tmp_path / "model"))
     assert sorted(p.name for p in Path(files).iterdir()) == ["files.json", "last.ckpt"]

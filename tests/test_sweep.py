@@ -225,7 +225,8 @@ def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test
         "paradigm.name": "video2mask", "bbs.p": 0.5, "spa.enabled": True, "dvi.enabled": True, "wi.enabled": True}
     assert next(t for t in trials if t.params["row"] == "base").params["bbs.p"] == 0.0
     assert f"/runs/{h0.user_attrs['mlflow_run_id']}?" in h0.user_attrs["mlflow_url"]
-    assert get_note(optuna.trial.Trial(study, h0._trial_id)) == f"MLflow run: [h-video2mask-p0.5-spa-dvi-s0]({h0.user_attrs['mlflow_url']})"  # a link in the dashboard
+    note = get_note(optuna.trial.Trial(study, h0._trial_id))  # a link in the dashboard
+    assert note == f"MLflow run: [h-video2mask-p0.5-spa-dvi-s0]({h0.user_attrs['mlflow_url']})"
     assert "Parameter importance does not apply" in get_note(study)
     # the sweep ends with where to look: the parent's page and the dashboard's command
     assert f"MLflow parent run: http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}?" in out

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from mlflow.entities import LoggedModelStatus
 
 from rvosflow.config import compose, resolve
 from rvosflow.data.digest import digest, files, profile
@@ -17,7 +18,7 @@ from rvosflow.data.formats import MevisSource, RefCOCOSource, RefYTVOSSource
 from rvosflow.data.formats.base import first_videos
 from rvosflow.sweep.strategy import table_settings
 from rvosflow.trainer import TrainCurves
-from rvosflow.tracking import child_run_name, partial_eval, run_name, run_url
+from rvosflow.tracking import ERROR_TAG, child_run_name, client, log_model, partial_eval, run_name, run_url
 
 # ------------------------------------------------------------------------------ data set digests
 
@@ -140,3 +141,35 @@ def test_links_point_at_the_ui_in_use():
 def test_partial_eval_says_when_the_final_score_does_not_cover_the_split(override, why):
     cfg = resolve(compose([override] if override else []))
     assert partial_eval(cfg) == why
+
+
+# ------------------------------------------------------------------------------ the logged model
+
+
+@pytest.fixture
+def store(tmp_path):
+    mlflow_client = client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = mlflow_client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    return mlflow_client, exp, mlflow_client.create_run(exp).info.run_id
+
+
+def test_a_sharded_checkpoint_folder_is_logged_whole_and_a_failed_upload_says_so(store, tmp_path, monkeypatch):
+    mlflow_client, exp, run_id = store
+    folder = tmp_path / "last.ckpt"  # FSDP's state_dict_type=sharded writes a folder
+    folder.mkdir()
+    (folder / "__0_0.distcp").write_bytes(b"x" * 100)
+    (folder / ".metadata").write_bytes(b"m")
+    model_id = log_model(mlflow_client, run_id, exp, "m", {"last.ckpt": folder}, True, {"bbs.p": 0.5}, 3)
+    model = mlflow_client.get_logged_model(model_id)
+    assert model.status == LoggedModelStatus.READY and model.params == {"bbs.p": "0.5"}
+    logged = {a.path for a in mlflow_client.list_logged_model_artifacts(model_id, "last.ckpt")}
+    assert logged == {"last.ckpt/__0_0.distcp", "last.ckpt/.metadata"}
+    assert [(o.model_id, o.step) for o in mlflow_client.get_run(run_id).outputs.model_outputs] == [(model_id, 3)]
+
+    def refuse(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mlflow_client, "log_model_artifacts", refuse)
+    failed = mlflow_client.get_logged_model(log_model(mlflow_client, run_id, exp, "m2", {"last.ckpt": folder}, True, {}, 4))
+    assert failed.status == LoggedModelStatus.FAILED and failed.tags[ERROR_TAG] == "disk full"  # the run goes on
+    assert len(mlflow_client.get_run(run_id).outputs.model_outputs) == 1

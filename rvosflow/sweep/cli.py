@@ -93,7 +93,9 @@ def where_to_look(ctx: Context) -> str:
         mlflow_ui = f".venv/bin/mlflow ui --backend-store-uri {ctx.tracking_uri} --host 127.0.0.1"
     else:
         mlflow_ui = ""  # a tracking server serves its own UI
-    dashboard = "make optuna-dashboard" + ("" if ctx.storage_url == default_storage() else f" STORAGE={redact(ctx.storage_url)}")
+    dashboard = "make optuna-dashboard"
+    if ctx.storage_url != default_storage():
+        dashboard += f" STORAGE={redact(ctx.storage_url)}"
     return (f"MLflow parent run: {parent_url(ctx)}" + (f"   (serve it: {mlflow_ui})" if mlflow_ui else "")
             + f"\nOptuna dashboard:  {dashboard}   (http://127.0.0.1:8080, study {ctx.study_name})")
 

@@ -64,11 +64,12 @@ def description(ctx, md: str, png: Path, done: int, total: int) -> str:
     """The parent run's description (MLflow's note, Markdown): the table (``md``: stamp, table and
     its footer with ρ) and the figure (the run's own artifact); the table is left out (a pointer
     instead) when it does not fit MLflow's limit."""
-    head = f"**{ctx.spec.title}** — profile `{ctx.spec.profile}`, study `{ctx.study_name}`: {done}/{total} trials complete.\n\n"
+    head = (f"**{ctx.spec.title}** — profile `{ctx.spec.profile}`, study `{ctx.study_name}`: "
+            f"{done}/{total} trials complete.\n\n")
     figure = f"\n![{png.name}](get-artifact?path=results/{png.name}&run_uuid={ctx.parent_id})\n"
     text = head + md + figure
     if len(text) > NOTE_LIMIT:
-        text = head + f"The table is too long for the description: see `results/{png.stem}.md` and `table.json`.\n" + figure
+        text = head + f"The table is too long for a description: see `results/{png.stem}.md`, `table.json`.\n" + figure
     return text
 
 
