@@ -21,7 +21,7 @@ SWEEP_ARGS = --profile $(PROFILE) --workers $(WORKERS) $(if $(STORAGE),--storage
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-# torch first and alone (DESIGN §7): a local CPU wheel here, the normal release elsewhere.
+# torch first and alone (docs/design.md §7): a local CPU wheel here, the normal release elsewhere.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

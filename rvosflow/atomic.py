@@ -14,12 +14,22 @@ from pathlib import Path
 import torch
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # read once: os.umask can only be read by setting it
+
+
 def write_with(path, write: Callable) -> Path:
     """``write(file_object)`` into a temporary file beside ``path``, then renamed to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(fd, 0o666 & ~UMASK)  # mkstemp makes it 0600; the result is an ordinary file
         with os.fdopen(fd, "wb") as fh:
             write(fh)
         os.replace(tmp, path)

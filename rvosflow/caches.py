@@ -6,7 +6,7 @@ a sweep that share a bundle and a dataset. Misses are encoded together in one ba
 live in memory and, when a directory is given, on disk (one file per entry, written atomically,
 so several sweep workers can share it).
 
-Keys are by content (DESIGN §8): an entry is named by a hash of the very pixels the encoder
+Keys are by content (docs/design.md §8): an entry is named by a hash of the very pixels the encoder
 would see (``content_key``, computed by the datasets), so a changed, replaced or blackened frame
 is a miss and is encoded again. The directory is named by what else fixes the value: the VAE
 weights, the dtype, the resolution and the latent convention (``train.latent_cache_dir``).
@@ -15,6 +15,7 @@ weights, the dtype, the resolution and the latent convention (``train.latent_cac
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from rvosflow import atomic
 from rvosflow.models import encoding
 
 Entry = tuple[torch.Tensor, ...]
+
+log = logging.getLogger(__name__)
 
 
 def fingerprint(*parts) -> str:
@@ -79,10 +82,14 @@ class LatentCache:
             path = self.directory / f"{name}.pt"
             if path.exists():
                 try:
-                    entry = tuple(torch.load(path, weights_only=True))
-                except Exception:  # a torn or foreign file: recompute it
+                    entry = torch.load(path, weights_only=True)
+                except Exception:  # noqa: BLE001  (a torn, empty or garbage file: recompute it)
                     return None
-                self._memory[name] = entry
+                # what _store writes: a list of tensors (anything else, e.g. a dict or one tensor, would
+                # iterate into a wrong entry)
+                if not (isinstance(entry, list) and entry and all(isinstance(t, torch.Tensor) for t in entry)):
+                    return None
+                self._memory[name] = entry = tuple(entry)
                 return entry
         return None
 
@@ -100,7 +107,7 @@ class LatentCache:
         missing = [i for i, e in enumerate(found) if e is None]
         if missing:
             for i, entry in zip(missing, compute(missing)):
-                entry = tuple(t.detach().cpu().contiguous() for t in entry)
+                entry = tuple(t.detach().cpu().clone() for t in entry)  # its own storage: a view would save the whole batch
                 self._store(names[i], entry)
                 found[i] = entry
         return found
@@ -122,37 +129,59 @@ class TextCache:
 
     ``directory=None`` keeps the embeddings in memory only. Entries read from disk are also kept
     in memory, trimmed to their true length (MeViS train: ~28k captions x ~15 tokens x 4096 x 2 bytes).
+    An entry is a hit only once read back whole, so :meth:`missing` reads the entries it is asked
+    about (~0.5 ms each): a torn one is missing there, before training, and the text encoder is
+    loaded to encode it again (``text_cache.ensure``).
     """
 
     def __init__(self, directory: str | Path | None, max_length: int):
         self.directory = Path(directory) if directory else None
         self.max_length = max_length
         self._memory: dict[str, torch.Tensor] = {}
+        self._unreadable: set[str] = set()  # captions whose file failed to read: not read (or logged) twice
 
     def _path(self, caption: str) -> Path:
         return self.directory / f"{hashlib.sha1(caption.encode()).hexdigest()}.pt"
 
-    def _has(self, caption: str) -> bool:
-        return caption in self._memory or (self.directory is not None and self._path(caption).exists())
+    def _read(self, caption: str) -> torch.Tensor | None:
+        """The caption's embedding from its file; None when there is none or it cannot be read back
+        (logged once): either way a miss, which ``put`` rewrites."""
+        path = self._path(caption)
+        if caption in self._unreadable or not path.exists():
+            return None
+        try:
+            saved = torch.load(path, weights_only=True)
+        except Exception as e:  # noqa: BLE001  (torn, empty or garbage: torch raises many kinds)
+            problem = f"unreadable by torch.load ({type(e).__name__})"  # its message is pages long for some
+        else:
+            embedding = saved.get("embedding") if isinstance(saved, dict) else None
+            if not (isinstance(embedding, torch.Tensor) and embedding.dim() == 2 and len(embedding) <= self.max_length):
+                problem = f"expected {{caption, embedding [<= {self.max_length}, D]}}, found another structure"
+            elif saved.get("caption") != caption:
+                problem = f"expected the embedding of {caption!r}, found that of {saved.get('caption')!r}"
+            else:
+                return embedding
+        log.warning("text cache %s: %s; encoding it again", path, problem)
+        self._unreadable.add(caption)
+        return None
 
     def _trimmed(self, caption: str) -> torch.Tensor | None:
         if caption not in self._memory:
-            if not self._has(caption):
+            embedding = self._read(caption) if self.directory is not None else None
+            if embedding is None:
                 return None
-            saved = torch.load(self._path(caption), weights_only=True)
-            if saved["caption"] != caption:
-                raise ValueError(f"{self._path(caption)}: expected the embedding of {caption!r}, found {saved['caption']!r}")
-            self._memory[caption] = saved["embedding"]
+            self._memory[caption] = embedding
         return self._memory[caption]
 
     def missing(self, captions: Iterable[str]) -> list[str]:
-        """The distinct captions not in the cache, in first-seen order."""
-        return [c for c in dict.fromkeys(captions) if not self._has(c)]
+        """The distinct captions not in the cache, or whose entry cannot be read back, in first-seen order."""
+        return [c for c in dict.fromkeys(captions) if self._trimmed(c) is None]
 
     def put(self, caption: str, embedding: torch.Tensor, length: int) -> None:
         """Store ``embedding`` ``[max_length, D]`` of a caption whose true length is ``length`` tokens."""
         trimmed = embedding[:length].detach().cpu().clone()
         self._memory[caption] = trimmed
+        self._unreadable.discard(caption)
         if self.directory is not None:
             atomic.torch_save({"caption": caption, "embedding": trimmed}, self._path(caption))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+from pathlib import Path
 
 import yaml
 from hydra import compose as hydra_compose
@@ -64,7 +65,7 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         else:
             with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
                 cfg = hydra_compose(config_name="config", overrides=list(overrides))
-    except HydraException as exc:
+    except (HydraException, yaml.YAMLError) as exc:
         raise hydra_error(exc, overrides) from exc
     return with_overrides(cfg, overrides)
 
@@ -218,6 +219,7 @@ def check_rules(run: schema.RunConfig) -> None:
     if strategy == "fsdp" and run.ema.enabled:  # each rank holds a shard: EMAModel's shadows would not fit it
         raise ConfigError("ema.enabled: expected false with trainer.strategy=fsdp (the EMA keeps whole-model shadows), "
                           "got true (use +strategy=ddp, or ema.enabled=false)")
+    check_tracking_uri(run.logger.tracking_uri)
     m = run.model
     if m.vae_decoder_path and m.vae_ckpt:
         raise ConfigError(f"model.vae_ckpt: expected one tuned decoder, found model.vae_ckpt={m.vae_ckpt} "
@@ -232,6 +234,43 @@ def check_rules(run: schema.RunConfig) -> None:
     if m.dit_ckpt and (run.ckpt_path or run.init_from):
         other = "ckpt_path" if run.ckpt_path else "init_from"
         raise ConfigError(f"model.dit_ckpt: expected one source of DiT weights, found model.dit_ckpt and {other}")
+
+
+TRACKING_SCHEMES = ("sqlite", "http", "https", "databricks", "postgresql", "mysql", "mssql")
+
+
+def check_tracking_uri(uri: str | None, key: str = "logger.tracking_uri") -> None:
+    """An MLflow tracking URI MLflow can use, checked before any work: ``sqlite:///<path>`` (its
+    folder must exist or be creatable), a server (``http(s)://``) or a database URL. MLflow 3.13+
+    refuses the ``./mlruns`` file store."""
+    if uri is None:
+        return
+    scheme, sep, rest = str(uri).partition("://")
+    base = scheme.split("+")[0]  # postgresql+psycopg2://
+    if not sep or base not in TRACKING_SCHEMES:
+        raise ConfigError(f"{key}: expected sqlite:///<path>, http(s)://host:port or a database URL "
+                          f"({', '.join(TRACKING_SCHEMES[3:])}://...), got {uri!r}")
+    if base == "sqlite":
+        if not rest.startswith("/"):
+            raise ConfigError(f"{key}: expected sqlite:///<absolute path> (three slashes), got {uri!r}")
+        folder = Path(rest[1:] if rest.startswith("//") else rest).parent
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is None or not existing.is_dir():
+            raise ConfigError(f"{key}: expected a database path in a folder, got {uri!r} ({existing} is not a folder)")
+
+
+def meaningless(run: schema.RunConfig) -> list[str]:
+    """Settings that are valid but make a training's number mean something else than it says (a
+    warning and a tag on the run, not an error: a baseline may want them)."""
+    if run.mode != "train":
+        return []
+    out = []
+    if run.optim.lr == 0:
+        out.append("optim.lr=0: the weights never change; the score is the untrained model's")
+    if run.trainer.get("max_steps") == 0 or run.trainer.get("max_epochs") == 0 or run.trainer.get("limit_train_batches") == 0:
+        out.append("no training step runs (trainer.max_steps, max_epochs or limit_train_batches is 0): "
+                   "the score is the starting model's")
+    return out
 
 
 def flat_params(run) -> dict[str, str]:
@@ -253,6 +292,17 @@ def flat_params(run) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------ Hydra's errors
 
+def yaml_error(exc: BaseException) -> ConfigError | None:
+    """A config file that is not YAML, as one line: the file and the line PyYAML names."""
+    while exc is not None:
+        mark = getattr(exc, "problem_mark", None)
+        if isinstance(exc, yaml.YAMLError) and mark is not None:
+            return ConfigError(f"{mark.name}: expected YAML, found a syntax error at line {mark.line + 1}, "
+                               f"column {mark.column + 1} ({getattr(exc, 'problem', '') or exc})")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def hydra_error(exc: Exception, overrides=()) -> ConfigError:
     """A Hydra composition error (unknown key or group option, bad override syntax, a value the
     schema's type refuses) as one line naming the key: ``<key>: expected <what>, got <what>``."""
@@ -264,6 +314,9 @@ def hydra_error(exc: Exception, overrides=()) -> ConfigError:
         detail = [ln for ln in text.splitlines() if ln and not ln.startswith(("See ", "Error parsing"))]
         return ConfigError(f"{exc.override}: expected key=value (Hydra's override syntax), got "
                            f"{detail[0] if detail else 'a parse error'}")
+    marked = yaml_error(exc)
+    if marked is not None:
+        return marked
     m = re.match(r"Error merging override (\S+?)=(.*)", text)
     if m:  # the schema's type refused the value (OmegaConf's conversion): say it the schema's way
         key, raw = m.group(1).lstrip("+"), m.group(2)

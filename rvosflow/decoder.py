@@ -1,4 +1,4 @@
-"""VAE decoder adaptation, as in the release and Table 3/4 (DESIGN §3 "Decoder").
+"""VAE decoder adaptation, as in the release and Table 3/4 (docs/design.md §3 "Decoder").
 
     python -m rvosflow.decoder --out outputs/decoder/tiny [overrides as run.py takes them]
 

@@ -16,7 +16,8 @@ frames or more; lower is better (:func:`rvosflow.metrics.functional.temporal_con
 MeViS / Ref-YTVOS also write every expression's record to ``<out stem>.per_expression.csv``
 (:mod:`rvosflow.metrics.records`) and, with ``--slices``, scores by video length, target size and
 absent target (:mod:`rvosflow.metrics.slices`). ``--compare RUN REFERENCE`` takes two such CSV
-files, or two prediction folders scored here on the same split, and prints RUN's J&F minus
+files, two run folders (``outputs/...``, their ``results.per_expression.csv``), or two
+prediction folders scored here on the same split, and prints RUN's J&F minus
 REFERENCE's with a paired-bootstrap 95% CI (:mod:`rvosflow.metrics.bootstrap`).
 
 * **MeViS** (``train``/``valid_u``, any split with ``mask_dict.json``) and **Ref-YouTube-VOS**
@@ -371,11 +372,18 @@ def evaluate(benchmark: str, root, split: str, predictions, out=None, zip_path=N
 
 def load_run(path, benchmark=None, root=None, split=None, videos: int | None = None) -> tuple[list[ExpressionRecord], int]:
     """A scored run's records and how many of its expressions had no prediction (0 for a file):
-    ``path`` is a per-expression CSV (:func:`~rvosflow.metrics.records.read_records`) or a
-    predictions folder, scored here on ``benchmark``/``root``/``split``."""
+    ``path`` is a per-expression CSV (:func:`~rvosflow.metrics.records.read_records`), a run's
+    folder (its ``results.per_expression.csv``) or a predictions folder, scored here on
+    ``benchmark``/``root``/``split``."""
     p = Path(path)
     if p.is_file():
         return read_records(p), 0
+    if (p / "results.json").is_file():  # a run's folder: the records its closing score wrote
+        sidecar = sidecar_path(p / "results.json")
+        if not sidecar.is_file():
+            raise EvaluationError(f"--compare: expected {sidecar} (the per-expression scores of the run in {p}), "
+                                  "found none: the run was not scored")
+        return read_records(sidecar), 0
     if not p.is_dir():
         raise EvaluationError(f"--compare: expected a per-expression CSV file or a predictions folder, found nothing at {p}")
     lacking = [opt for opt, v in (("--benchmark", benchmark), ("--root", root), ("--split", split)) if v is None]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 
 import lightning as L
 import torch
@@ -21,9 +22,15 @@ from diffusers.training_utils import EMAModel
 
 from rvosflow import checkpoints
 from rvosflow.caches import LatentCache, TextCache, latent_cache_dir
-from rvosflow.data.transforms import pad_frames, padded_frame_count, resize_masks, windows
+from rvosflow.data.transforms import (
+    pad_frames,
+    padded_frame_count,
+    resize_masks,
+    windows,
+)
 from rvosflow.metrics import JandF, by_kind
 from rvosflow.metrics.functional import jandf_per_expression
+from rvosflow.metrics.records import ExpressionRecord, expression_record, flat_scores
 from rvosflow.models import encoding
 from rvosflow.models.dit import build_dit
 from rvosflow.models.loader import resolve_dtype
@@ -81,6 +88,9 @@ class FlowRVSModule(L.LightningModule):
         self.metric_prefix = "val"
         self.overlays: list[dict] = []  # one expression per video, filled during validation, read by OverlayLogger
         self.scores_by_kind: dict[str, dict] = {}  # last validation's {kind: {J, F, JF (percent), n}}
+        # The closing score's per-expression records (J, F, TC, the slices' facts), in (video, exp_id)
+        # order, gathered from every rank: what pairs two runs (rvosflow.metrics.bootstrap).
+        self.records: list[ExpressionRecord] = []
 
     # ----------------------------------------------------------------- frozen encoders
     @property
@@ -224,7 +234,7 @@ class FlowRVSModule(L.LightningModule):
         """The EMA as the DiT's own dtypes, for functional calls during inference: the trained weights
         stay untouched (a checkpoint saved meanwhile holds them), and nothing has to be restored."""
         self.frozen.to(self.device)
-        self.overlays = []
+        self.overlays, self.records = [], []
         if self.ema is not None:
             self.ema.to(self.device)
             self._inference_weights = {n: s.to(p.dtype) for (n, p), s in
@@ -270,6 +280,9 @@ class FlowRVSModule(L.LightningModule):
             if sample["target"] is None:
                 raise ValueError(f"validation split has no masks (video {sample['video_id']})")
             self.val_metric.update(pred, sample["target"], kinds=[sample.get("kind", "")])
+            if self.metric_prefix == "final":
+                self.records.append(expression_record(pred, sample["target"], sample["video_id"], sample["exp_id"],
+                                                      sample.get("kind", "")))
             if len(self.overlays) < self.cfg.num_overlays and sample["video_id"] not in {o["video_id"] for o in self.overlays}:
                 j, f = jandf_per_expression(pred, sample["target"])
                 keep = ("video_id", "exp_id", "caption", "target", "frames", "frames_key")
@@ -283,6 +296,12 @@ class FlowRVSModule(L.LightningModule):
                 self.log(f"{self.metric_prefix}/{name}", 100.0 * value.float(), logger=self.metric_prefix != "final")
         self.scores_by_kind = by_kind(scores)
         self.val_metric.reset()
+        if self.metric_prefix == "final":
+            self.records = gather_records(self.records)
+            tc = flat_scores(self.records)  # every rank holds all records, so every rank logs the same
+            for name in [k for k in tc if k.startswith("TC") and not math.isnan(tc[k])]:
+                # REM's temporal consistency, lower is better; to MLflow through tracking.RunRecords like final/JF
+                self.log(f"final/{name}", 100.0 * tc[name], logger=False)
 
     @torch.no_grad()
     def trajectory(self, sample: dict) -> dict | None:
@@ -326,3 +345,13 @@ class FlowRVSModule(L.LightningModule):
             {k: s[k] for k in ("video_id", "exp_id", "frame_names")} | {"pred": pred}
             for s, pred in zip(samples, self.predict_masks(samples))
         ]
+
+
+def gather_records(records: list[ExpressionRecord]) -> list[ExpressionRecord]:
+    """Every rank's records, once each (a distributed sampler pads the split with repeats), by
+    (video, exp_id)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        parts = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, records)
+        records = [r for part in parts for r in part]
+    return sorted({r.key: r for r in reversed(records)}.values(), key=lambda r: r.key)

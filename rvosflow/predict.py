@@ -7,7 +7,7 @@ the layout the MeViS and Ref-YouTube-VOS evaluation scripts and servers read, an
 
 from __future__ import annotations
 
-import shutil
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
+from rvosflow import atomic
 from rvosflow.errors import ConfigError, DatasetFormatError
 
 
@@ -26,7 +27,8 @@ def write_masks(out_dir: str | Path, video_id: str, exp_id: str, frame_names, ma
     d = Path(out_dir) / str(video_id) / str(exp_id)
     d.mkdir(parents=True, exist_ok=True)
     for name, m in zip(frame_names, masks):
-        Image.fromarray(np.where(m, 255, 0).astype(np.uint8), mode="L").save(d / f"{name}.png")
+        png = Image.fromarray(np.where(m, 255, 0).astype(np.uint8), mode="L")
+        atomic.write_with(d / f"{name}.png", lambda fh: png.save(fh, format="PNG"))
 
 
 def read_png_values(path: str | Path) -> np.ndarray:
@@ -65,27 +67,42 @@ class MaskWriter(BasePredictionWriter):
             self.frames += len(p["frame_names"])
 
 
+MANIFEST = ".rvosflow-predictions.json"  # what a prediction run writes into its folder, listed before it writes
+
+
 def predictions_dir(cfg, run_dir: Path) -> Path:
     """``predict.out_dir``, or ``<run dir>/predictions``."""
     return Path(cfg.predict.out_dir) if cfg.predict.out_dir else Path(run_dir) / "predictions"
 
 
-def prepare_predictions_dir(cfg, run_dir: Path) -> None:
-    """Refuse a non-empty ``predict.out_dir`` (two models' masks would mix) unless
-    ``predict.overwrite=true``; then remove the earlier masks, and nothing but masks."""
+def planned_masks(source) -> list[str]:
+    """The PNGs a prediction of ``source`` writes, relative to its folder."""
+    return [f"{e.video_id}/{e.exp_id}/{name}.png" for e in source.expressions for name in e.frame_names]
+
+
+def prepare_predictions_dir(cfg, run_dir: Path, source) -> Path:
+    """The prediction folder, made ready for ``source``'s masks, losing nothing rvosflow did not
+    write: a folder holding any file that no earlier prediction listed in its manifest is refused
+    (a folder of ground-truth PNGs is not overwritten, whatever the flags); one holding an earlier
+    prediction is refused unless ``predict.overwrite=true``, which then deletes exactly the files
+    that manifest lists. The new run's files are listed before they are written."""
     out_dir = predictions_dir(cfg, run_dir)
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
+    if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"predict.out_dir: expected a folder, found a file at {out_dir}")
-    entries = list(out_dir.rglob("*"))
-    if not entries:
-        return
-    if not cfg.predict.overwrite:
-        raise ConfigError(f"predict.out_dir: expected an empty or new folder, found {len(entries)} entries in {out_dir} "
-                          "(set predict.overwrite=true to replace them)")
-    others = [p for p in entries if p.is_file() and p.suffix != ".png"]
-    if others:
-        raise ConfigError(f"predict.out_dir: expected a folder of mask PNGs to overwrite, found {len(others)} other files "
-                          f"in {out_dir} (e.g. {others[0]})")
-    shutil.rmtree(out_dir)
+    files = [p for p in out_dir.rglob("*") if p.is_file()] if out_dir.exists() else []
+    manifest = out_dir / MANIFEST
+    ours = set(json.loads(manifest.read_text())["files"]) if manifest.is_file() else set()
+    foreign = [p for p in files if p != manifest and str(p.relative_to(out_dir)) not in ours]
+    if foreign:
+        raise ConfigError(f"predict.out_dir: {out_dir} holds {len(foreign)} file(s) rvosflow did not write "
+                          f"(e.g. {foreign[0]}): expected an empty folder or an earlier prediction's")
+    if files and not cfg.predict.overwrite:
+        raise ConfigError(f"predict.out_dir: expected an empty or new folder, found {len(files)} entries of an earlier "
+                          f"prediction in {out_dir} (set predict.overwrite=true to replace them)")
+    for rel in ours:
+        (out_dir / rel).unlink(missing_ok=True)
+    for d in sorted((p for p in out_dir.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(d.iterdir()):
+            d.rmdir()
+    atomic.write_text(manifest, json.dumps({"files": planned_masks(source)}))
+    return out_dir

@@ -34,11 +34,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from rvosflow.axes import Axis, axes_of, axis, setting, stages_of
+from rvosflow.data.augment import AUGMENTATIONS
 from rvosflow.data.datamodules import DATAMODULES
+from rvosflow.data.datasets import EMPTY_CLIPS
 from rvosflow.data.sampling import FRAME_SAMPLERS
 from rvosflow.data.synthetic.world import TIERS
 from rvosflow.errors import ConfigError
 from rvosflow.flow.schedule import BBS_SAMPLERS
+from rvosflow.metrics.slices import SLICES
 from rvosflow.models.encoding import LOWERCASE, MASK_RULES, TEXT_CLEANINGS
 from rvosflow.paradigms import PARADIGMS
 
@@ -54,6 +57,13 @@ _ONE_PLUS_4K = (lambda n: (n - 1) % 4 == 0, "1 + 4k frames (the Wan VAE drops th
 
 def _on(name: str) -> "typing.Callable":
     return lambda v: name if v else None
+
+
+@dataclass(kw_only=True)
+class Checkpoint:
+    # last.ckpt is written at every in-training validation, at the end, when a signal stops the run,
+    # and every N optimizer steps when this is set (an epoch of real MeViS is hours)
+    every_n_steps: Optional[int] = setting(None, lo=1)
 
 
 @dataclass(kw_only=True)
@@ -189,7 +199,9 @@ class Data:
     predict_split: str = "${.val_split}"  # mode=predict: any split (MeViS `valid` for the server)
     eval_videos: Optional[int] = setting(None, lo=1)  # score/predict only the first N videos (quick runs)
     num_frames: int = setting(17, lo=1, rule=_ONE_PLUS_4K)
-    frame_sampler: str = setting("global", choices=lambda: FRAME_SAMPLERS)  # global (release) | uniform | random_sorted | first
+    frame_sampler: str = setting("global", choices=lambda: FRAME_SAMPLERS)  # global | uniform | random_sorted (REM) | first | release
+    augment: str = setting("none", choices=lambda: AUGMENTATIONS)  # training clips; release: its resize/crop + flip
+    empty_clips: str = setting("keep", choices=lambda: EMPTY_CLIPS)  # resample: redraw a clip with no target pixel (release)
     height: int = setting(480, lo=16)            # frames fit height x max_width, sides floored to size_multiple
     max_width: int = setting(832, lo=16)
     size_multiple: Optional[int] = setting(16, lo=1, stage="inference")  # release: 16 hard-coded; null = the model's
@@ -314,6 +326,8 @@ class RunConfig:
     mode: str = setting("train", choices=lambda: ("train", "validate", "predict"))
     ckpt_path: Optional[str] = None  # a Lightning checkpoint to validate/predict with (or resume training from)
     init_from: Optional[str] = None  # a Lightning checkpoint whose DiT weights start training (e.g. RefCOCO stage 1)
+    overwrite: bool = False  # replace a finished run's results in its run folder (else refused)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
     predict: Predict = field(default_factory=Predict)
     seed: int = setting(0, lo=0, hi=MAX_SEED)
     paradigm: Any = None  # the paradigm's options class (``paradigms``): name, and its own knobs
@@ -334,6 +348,9 @@ class RunConfig:
     text_cache_dir: Optional[str] = "${root:}/cache/text"  # UMT5 embeddings per caption; null = memory only
     num_overlays: int = setting(4, lo=0)  # validation expressions (one per video) drawn as mask overlays into MLflow
     trajectory_steps: int = setting(5, lo=0)  # the flow's path for one of them, at this many solver steps (0 = off)
+    # the closing score's slices beyond kinds (rvosflow.metrics.slices): results.json and MLflow
+    slices: List[str] = setting(factory=lambda: list(SLICES),
+                                rule=(lambda v: set(v) <= set(SLICES), f"a list of {', '.join(SLICES)}"))
     # null: whole videos in one pass (the release); N: windows of N frames (memory)
     window_frames: Optional[int] = axis(None, label="window", token=lambda w: f"w{w}" if w else None, scope="all",
                                         stage="inference", lo=1)

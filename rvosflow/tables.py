@@ -2,14 +2,20 @@
 
 A *record* is one trial as a plain dict::
 
-    {"row": "e", "seed": 1, "state": "COMPLETE", "JF": 57.1, "J": 53.0, "F": 61.2, "number": 7,
-     "JF/colour": 60.2, "JF/multi-object": 41.0}
+    {"row": "e", "seed": 1, "state": "COMPLETE", "JF": 57.1, "J": 53.0, "F": 61.2, "TC": 4.2, "number": 7,
+     "JF/colour": 60.2, "JF/multi-object": 41.0, "expressions": [ExpressionRecord, ...]}
 
-(scores in percent; ``JF/<kind>`` only where the benchmark knows expression kinds; ``state`` an Optuna trial state name). A *row spec* describes one table line; its ``settings`` are the axes of its resolved config, by
-key (``sweep.strategy.table_settings``)::
+(scores in percent; ``JF/<kind>`` only where the benchmark knows expression kinds; ``state`` an
+Optuna trial state name; ``expressions`` the run's per-expression records, or None). A *row spec*
+describes one table line; its ``settings`` are the axes of its resolved config, by key
+(``sweep.strategy.table_settings``), and ``reference`` the row its delta is taken against::
 
-    {"id": "e", "label": "+ BBS p=0.5", "paper": {"JF": 57.9, "J": 53.8, "F": 62.1},
+    {"id": "e", "label": "+ BBS p=0.5", "paper": {"JF": 57.9, "J": 53.8, "F": 62.1}, "reference": "base",
      "settings": {"bbs.p": 0.5, "spa.enabled": False, "dvi.enabled": False, "wi.enabled": True}}
+
+A row's delta is its J&F minus its reference's, with a 95% CI from a paired bootstrap over
+expressions, two-level over seeds when there are several (``rvosflow.metrics.bootstrap``: 10,000
+resamples, fixed seed, so a table built from the same trials always shows the same CIs).
 
 The settings columns are the axes declared as table columns (``rvosflow.schema``), plus any other
 axis whose value differs between the rows.
@@ -27,6 +33,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import pandas as pd
 
 from rvosflow.data.schema import EXPRESSION_KINDS
+from rvosflow.errors import PairingError
+from rvosflow.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_bootstrap
 from rvosflow.schema import axes
 
 METRICS = ("JF", "J", "F")
@@ -57,7 +65,8 @@ def kind_metrics(records: Iterable[Mapping]) -> list[str]:
 
 def summarize(records: Iterable[Mapping], rows: Sequence[Mapping]) -> pd.DataFrame:
     """One line per row spec (in their order): settings, seeds done, mean/std of J&F, J, F (and
-    of J&F per expression kind, where the records have it), paper.
+    of J&F per expression kind, where the records have it), of TC, the delta against the row's
+    reference with its CI (:func:`reference_delta`), paper.
 
     Only ``COMPLETE`` records count towards the scores; ``failed`` counts ``FAIL`` records of the
     row that no later attempt with the same seed completed. Rows without a completed trial have
@@ -65,7 +74,7 @@ def summarize(records: Iterable[Mapping], rows: Sequence[Mapping]) -> pd.DataFra
     """
     records = list(records)
     kinds = kind_metrics(records)
-    recs = pd.DataFrame(records, columns=["row", "seed", "state", *METRICS, *kinds])
+    recs = pd.DataFrame(records, columns=["row", "seed", "state", *METRICS, "TC", *kinds])
     lines = []
     columns = setting_columns(rows)
     for spec in rows:
@@ -81,11 +90,66 @@ def summarize(records: Iterable[Mapping], rows: Sequence[Mapping]) -> pd.DataFra
             values = done[m].astype(float).dropna()
             line[f"{m}_mean"] = values.mean() if len(values) else math.nan
             line[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        tc = done["TC"].astype(float).dropna() if "TC" in done else pd.Series(dtype=float)
+        line["TC_mean"] = tc.mean() if len(tc) else math.nan
+        line["TC_std"] = tc.std(ddof=1) if len(tc) > 1 else math.nan
+        line.update(reference_delta(records, spec))
         paper = spec.get("paper") or {}
         for m in METRICS:
             line[f"paper_{m}"] = paper.get(m, math.nan)
         lines.append(line)
     return pd.DataFrame(lines)
+
+
+def _seed_runs(records: Sequence[Mapping], row: str) -> list | None:
+    """The per-expression records of ``row``'s completed trials, one run per seed (seed order);
+    None when the row has none, or when a completed trial's records are not at hand."""
+    done = sorted((r for r in records if r["row"] == row and r["state"] == "COMPLETE"), key=lambda r: r["seed"])
+    if not done or any(not r.get("expressions") for r in done):
+        return None
+    return [r["expressions"] for r in done]
+
+
+def reference_delta(records: Sequence[Mapping], spec: Mapping) -> dict:
+    """``reference``, ``delta_JF`` with ``delta_JF_low``/``delta_JF_high`` (the 95% CI), ``significant``
+    (the CI excludes 0) and ``delta_note`` (why there is none) for one row spec."""
+    out = {"reference": spec.get("reference"), "delta_JF": math.nan, "delta_JF_low": math.nan,
+           "delta_JF_high": math.nan, "significant": None, "delta_note": ""}
+    if not spec.get("reference"):
+        return out
+    row, ref = _seed_runs(records, spec["id"]), _seed_runs(records, spec["reference"])
+    if row is None or ref is None:
+        out["delta_note"] = "no per-expression records yet"
+        return out
+    try:
+        d = paired_bootstrap(row, ref, row_name=f"row {spec['id']}", reference_name=f"row {spec['reference']}")
+    except PairingError as exc:  # scored on other expressions (another split, a limit): not comparable
+        out["delta_note"] = str(exc)
+        return out
+    out.update(delta_JF=d.delta, delta_JF_low=d.low, delta_JF_high=d.high, significant=d.significant)
+    return out
+
+
+def delta_with_ci(summary_line: Mapping, digits: int = 1) -> str:
+    """``"+2.3 [+0.8, +3.9] *"``: the delta, its 95% CI and ``*`` when the CI excludes 0; ``"–"`` without one."""
+    d = summary_line.get("delta_JF")
+    if d is None or (isinstance(d, float) and math.isnan(d)):
+        return "–"
+    text = f"{d:+.{digits}f} [{summary_line['delta_JF_low']:+.{digits}f}, {summary_line['delta_JF_high']:+.{digits}f}]"
+    return text + (" *" if summary_line["significant"] else "")
+
+
+def delta_footer(summary: pd.DataFrame) -> str:
+    """What the delta column means, and which rows' differences are real ("" for a table without references)."""
+    if not summary["reference"].notna().any():
+        return ""
+    shown = summary[summary["delta_JF"].astype(float).notna()]
+    if shown.empty:
+        return "Δ J&F: no row and its reference have per-expression records yet."
+    sig = [str(i) for i, s in zip(shown["id"], shown["significant"]) if s]
+    return (f"Δ J&F: the row's J&F minus its reference row's (Ref), with a 95% CI from a paired bootstrap over "
+            f"expressions (two-level over seeds; {DEFAULT_RESAMPLES:,} resamples, seed {DEFAULT_SEED}); "
+            f"* = the CI excludes 0: {', '.join(sig) if sig else 'none'} of {len(shown)} rows.")
 
 
 def mean_pm_std(mean: float, std: float, digits: int = 1, pm: str = "±") -> str:
@@ -118,6 +182,11 @@ def display_table(summary: pd.DataFrame, digits: int = 1, pm: str = "±") -> pd.
         if col.startswith("JF/") and col.endswith("_mean"):
             m = col[: -len("_mean")]
             out[f"J&F {m[3:]}"] = [mean_pm_std(a, b, digits, pm) for a, b in zip(summary[col], summary[f"{m}_std"])]
+    if "TC_mean" in summary and summary["TC_mean"].astype(float).notna().any():
+        out["TC"] = [mean_pm_std(a, b, digits, pm) for a, b in zip(summary["TC_mean"], summary["TC_std"])]
+    if "reference" in summary and summary["reference"].notna().any():
+        out["Ref"] = [r if isinstance(r, str) else "–" for r in summary["reference"]]
+        out["Δ J&F [95% CI]"] = [delta_with_ci(line, digits) for line in summary.to_dict("records")]
     out["Paper J&F"] = [mean_pm_std(v, math.nan, digits) for v in summary["paper_JF"]]
     out["Seeds"] = [f"{s}" + (f" ({f} failed)" if f else "") for s, f in zip(summary["seeds"], summary["failed"])]
     return out
@@ -145,6 +214,13 @@ def agreement(summary: pd.DataFrame) -> dict[str, float]:
     both = _with_paper(summary)
     if len(both) >= 2:
         out["spearman_rho_paper"] = _spearman(both)
+    if "delta_JF" in summary:
+        for line in summary.to_dict("records"):
+            if not math.isnan(float(line["delta_JF"])):
+                out.update({f"delta_JF/{line['id']}": float(line["delta_JF"]),
+                            f"delta_JF_low/{line['id']}": float(line["delta_JF_low"]),
+                            f"delta_JF_high/{line['id']}": float(line["delta_JF_high"]),
+                            f"significant/{line['id']}": float(bool(line["significant"]))})
     return out
 
 
@@ -171,7 +247,7 @@ def to_csv(summary: pd.DataFrame) -> str:
 def _latex_escape(text: str) -> str:
     repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-            "±": r"$\pm$", "✓": r"\checkmark", "✗": r"--", "–": "--", "−": "$-$"}
+            "±": r"$\pm$", "✓": r"\checkmark", "✗": r"--", "–": "--", "−": "$-$", "Δ": r"$\Delta$", "ρ": r"$\rho$"}
     return "".join(repl.get(ch, ch) for ch in str(text))
 
 

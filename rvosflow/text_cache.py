@@ -50,12 +50,14 @@ def cache_dir(cfg) -> str | None:
 
 def run_captions(datamodule, mode: str, text_cfg) -> list[str]:
     """Every caption a run in ``mode`` feeds the text encoder, cleaned as it will be (``text.*``:
-    training captions may be lower-cased, scored ones not): what the cache must cover."""
-    def cleaned(sources, training: bool):
-        return [encoding.clean_caption(e.text, training, text_cfg.clean, text_cfg.lowercase) for s in sources for e in s.expressions]
+    training captions may be lower-cased, scored ones not; a training clip flipped by
+    ``data.augment`` has left and right swapped): what the cache must cover."""
+    def cleaned(texts, training: bool):
+        return [encoding.clean_caption(t, training, text_cfg.clean, text_cfg.lowercase) for t in texts]
 
-    training = cleaned(datamodule.training_sources(), True) if mode == "train" else []
-    return list(dict.fromkeys([*training, *cleaned(datamodule.scored_sources(mode), False)]))
+    training = cleaned(datamodule.training_texts(), True) if mode == "train" else []
+    scored = [e.text for s in datamodule.scored_sources(mode) for e in s.expressions]
+    return list(dict.fromkeys([*training, *cleaned(scored, False)]))
 
 
 def encoder_device() -> torch.device:

@@ -9,7 +9,7 @@ and a sweep's parent run with its children.
   the seed) and made unique within its experiment (``...-s0-2``); a sweep names its children by
   row and configuration. **Tags**: the axes of the tables, mode, data, tier, ``partial_eval``
   when the score does not cover the whole split, and MLflow's context (user, source, git commit).
-* **Records** (the Trainer callbacks of :func:`run_callbacks`): the splits a run reads as MLflow data
+* **Records** (the Trainer callbacks of :meth:`TrackedRun.callbacks`): the splits a run reads as MLflow data
   set inputs (digest, size, context training / evaluation / inference), the final checkpoint as
   the run's logged model (``logger.model_files``, ``logger.upload_weights``), the final scores
   linked to both, and MLflow's system metrics (``logger.system_metrics_interval``).
@@ -23,14 +23,20 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
+import re
+import socket
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
 
 import mlflow
+import pandas as pd
+import sqlalchemy.exc
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.trainer.states import TrainerFn
@@ -39,11 +45,13 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking.context.registry import resolve_tags
 from optuna.trial import TrialState
 
-from rvosflow import atomic, checkpoints
+from rvosflow import atomic, checkpoints, signals
 from rvosflow.config import flat_params
 from rvosflow.data import digest as data_digest
+from rvosflow.errors import ConfigError
 from rvosflow.paths import PROJECT_ROOT
 from rvosflow.schema import axes
+from rvosflow.signals import Stopped
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +80,29 @@ def tracking_uri(cfg) -> str:
 
 
 def client(uri: str) -> mlflow.MlflowClient:
-    """An MlflowClient; for SQLite created under a lock file beside the database (the first client
-    creates its tables, and two at once can abort MLflow's migration half-way)."""
+    """An MlflowClient; for SQLite created under a lock file beside the database, with signals
+    held off: the first client creates the tables, and a second process or a Ctrl-C in the middle
+    leaves MLflow's migration half-done, a store no later run can open."""
     if not uri.startswith("sqlite:///"):
         return mlflow.MlflowClient(uri)
     db = Path(uri[len("sqlite:///"):])
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.parent / f".{db.name}.lock", "w") as lock:
+    with open(db.parent / f".{db.name}.lock", "w") as lock, signals.deferred():
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return mlflow.MlflowClient(uri)
+        try:
+            made = mlflow.MlflowClient(uri)
+        except sqlalchemy.exc.OperationalError as exc:
+            if "_alembic_tmp" not in str(exc):
+                raise
+            raise ConfigError(f"logger.tracking_uri: {db}: expected a complete MLflow store, found one whose table "
+                              "set-up was interrupted (move the file away and rerun)") from None
+        except mlflow.exceptions.MlflowException as exc:
+            if "out-of-date database schema" not in str(exc):
+                raise
+            raise ConfigError(f"logger.tracking_uri: {db}: expected a store at this MLflow's schema, found an older one "
+                              f"(back it up, then run: mlflow db upgrade {uri})") from None
+    signals.check()  # a signal that came during the set-up stops the run now
+    return made
 
 
 def artifact_location(uri: str, experiment_name: str) -> str | None:
@@ -120,6 +142,13 @@ def mark_experiment(mlflow_client, experiment_id: str) -> None:
     key, value = EXPERIMENT_KIND
     if key not in mlflow_client.get_experiment(experiment_id).tags:
         mlflow_client.set_experiment_tag(experiment_id, key, value)
+
+
+def metric_safe(label: str) -> str:
+    """A slice bin's label as MLflow takes it in a metric name (letters, digits, ``_-. /:``)."""
+    for a, b in ((">=", "ge"), ("<", "lt"), (">", "gt"), ("%", "pct")):
+        label = label.replace(a, b)
+    return re.sub(r"[^\w\-. /:]", "_", label)
 
 
 def ui_base(uri: str, ui_url: str | None = None) -> str:
@@ -226,42 +255,134 @@ def run_tags(cfg) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- one run
 
-def make_logger(cfg, tags: dict | None = None) -> MLFlowLogger:
+HOST_TAG, PID_TAG, HEARTBEAT_TAG = "rvosflow.host", "rvosflow.pid", "rvosflow.heartbeat"
+HEARTBEAT_S = 60       # how often a live run says so
+STALE_S = 15 * 60      # a RUNNING run on another host silent this long is dead
+
+
+class RunLogger(MLFlowLogger):
+    """Lightning's MLflow logger, except that the end of ``fit`` does not mark the run FINISHED:
+    it is FINISHED only once its results are written (:meth:`TrackedRun.finish`), so a run killed
+    while it is scored is never a FINISHED run without a score."""
+
+    def finalize(self, status: str = "success") -> None:
+        if status == "success":
+            self.save()  # flush, but leave the run RUNNING
+            return
+        super().finalize(status)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def reap_dead_runs(mlflow_client, experiment_id: str, now: float | None = None) -> list[str]:
+    """Mark KILLED the RUNNING runs whose process died without saying so (SIGKILL, a power cut):
+    on this host, a pid that no longer exists; on another, a heartbeat older than STALE_S. Called by
+    every new run of the experiment; returns the run ids it marked."""
+    now = time.time() if now is None else now
+    host = socket.gethostname()
+    marked = []
+    for r in mlflow_client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000):
+        tags = r.data.tags
+        if PID_TAG not in tags:  # not a run of ours (a sweep's parent keeps its own state)
+            continue
+        if tags.get(HOST_TAG) == host:
+            dead = not _alive(int(tags[PID_TAG]))
+        else:
+            dead = now - float(tags.get(HEARTBEAT_TAG, r.info.start_time / 1000)) > STALE_S
+        if dead:
+            mlflow_client.set_tag(r.info.run_id, ERROR_TAG, "the process died without ending the run (found by a later run)")
+            mlflow_client.set_terminated(r.info.run_id, "KILLED")
+            marked.append(r.info.run_id)
+    return marked
+
+
+def make_logger(cfg, tags: dict | None = None) -> RunLogger:
     """The run's MLflow logger: named for what runs (unique in its experiment unless
-    ``logger.run_name`` is given), tagged (:func:`run_tags`), params logged once, flat."""
+    ``logger.run_name`` is given), tagged (:func:`run_tags`, and the host and pid that let a later
+    run find it dead), params logged once, flat. Dead runs of the experiment are marked KILLED first."""
     uri = tracking_uri(cfg)
     location = artifact_location(uri, cfg.logger.experiment_name)
-    name = cfg.logger.run_name or unique_run_name(client(uri), cfg.logger.experiment_name, run_name(cfg))
-    logger = MLFlowLogger(experiment_name=cfg.logger.experiment_name, run_name=name, tracking_uri=uri,
-                          tags={**run_tags(cfg), **dict(cfg.logger.tags or {}), **(tags or {})},
-                          artifact_location=location)
+    mlflow_client = client(uri)
+    experiment = mlflow_client.get_experiment_by_name(cfg.logger.experiment_name)
+    if experiment is not None:
+        reap_dead_runs(mlflow_client, experiment.experiment_id)
+    name = cfg.logger.run_name or unique_run_name(mlflow_client, cfg.logger.experiment_name, run_name(cfg))
+    alive = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), HEARTBEAT_TAG: f"{time.time():.0f}"}
+    logger = RunLogger(experiment_name=cfg.logger.experiment_name, run_name=name, tracking_uri=uri,
+                       tags={**run_tags(cfg), **dict(cfg.logger.tags or {}), **(tags or {}), **alive},
+                       artifact_location=location)
     logger.log_hyperparams(flat_params(cfg))
     mark_experiment(logger.experiment, logger.experiment_id)
     return logger
 
 
 class TrackedRun:
-    """A run's MLflow logger, created on first use, and how the run ends when it fails."""
+    """A run's MLflow logger, created on first use, a heartbeat while it lives, and how it ends:
+    FINISHED once its results are written (:meth:`finish`), else FAILED, or KILLED when stopped."""
 
     def __init__(self, cfg, tags: dict | None = None):
         self.cfg, self.tags, self._logger = cfg, tags, None
+        self.records: RunRecords | None = None  # set by callbacks()
+        self._beating = threading.Event()
 
     @property
-    def logger(self) -> MLFlowLogger:
+    def logger(self) -> RunLogger:
         if self._logger is None:
             self._logger = make_logger(self.cfg, self.tags)
+            threading.Thread(target=self._heartbeat, daemon=True, name="mlflow-heartbeat").start()
         return self._logger
+
+    def _heartbeat(self) -> None:
+        while not self._beating.wait(HEARTBEAT_S):
+            try:
+                self._logger.experiment.set_tag(self._logger.run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
+            except Exception:  # noqa: BLE001  (a store that is busy now is asked again next time)
+                log.debug("heartbeat of MLflow run %s failed", self._logger.run_id, exc_info=True)
 
     @property
     def url(self) -> str:
         return run_url(tracking_uri(self.cfg), self.logger.experiment_id, self.logger.run_id, self.cfg.logger.ui_url)
 
+    def callbacks(self, run_dir) -> list[Callback]:
+        """The Trainer callbacks that record the run in MLflow: :class:`RunRecords` (data sets, model,
+        final scores) and, when ``logger.system_metrics_interval`` is set, :class:`SystemMetrics`."""
+        self.records = RunRecords(self.cfg, run_dir)
+        out: list[Callback] = [self.records]
+        if self.cfg.logger.system_metrics_interval:
+            out.append(SystemMetrics(tracking_uri(self.cfg), self.cfg.logger.system_metrics_interval))
+        return out
+
+    def log_records(self, path: str, slices: dict) -> None:
+        """The per-expression records: the sidecar CSV, an MLflow table (``per_expression.json``,
+        browsable in the run's artifacts) and the slices as ``final/slice/<slice>/<bin>/{JF,J,F}``
+        (final scores like the others: :meth:`RunRecords.log_final`)."""
+        client, run_id = self.logger.experiment, self.logger.run_id
+        client.log_artifact(run_id, path)
+        client.log_table(run_id, pd.read_csv(path, keep_default_na=False, dtype=str), "per_expression.json")
+        self.records.log_final(client, run_id, {f"final/slice/{name}/{metric_safe(label)}/{m}": scores[m]
+                                                for name, bins in slices.items()
+                                                for label, scores in bins.items() for m in ("JF", "J", "F")})
+
+    def finish(self) -> None:
+        """The run's results are written: FINISHED."""
+        self._beating.set()
+        self.logger.experiment.set_terminated(self.logger.run_id, "FINISHED")
+
     def fail(self, exc: BaseException) -> None:
-        """FAILED (KILLED for Ctrl-C, which Lightning turns into SystemExit) with the error as a tag;
-        never hides ``exc``."""
+        """FAILED, or KILLED for a stop (a signal, Ctrl-C, Lightning's SystemExit), with the error as a
+        tag; never hides ``exc``."""
+        self._beating.set()
         if self._logger is None:  # no MLflow run was started (its first use follows its creation)
             return
-        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+        status = "KILLED" if isinstance(exc, (Stopped, KeyboardInterrupt, SystemExit)) else "FAILED"
         note = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         try:
             mlflow_client = self._logger.experiment
@@ -365,6 +486,7 @@ class RunRecords(Callback):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.scored: Dataset | None = None
         self.model_id: str | None = None
+        self.final_step = 0  # the step the final scores are logged at: the last optimizer step
         self._logged_inputs = False
 
     @staticmethod
@@ -386,11 +508,11 @@ class RunRecords(Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         logger = self._mlflow(trainer)
-        ckpt = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
-        if logger is None or not ckpt or not self.cfg.logger.model_files:
+        ckpt = checkpoints.last_checkpoint(self.run_dir)  # trainer.Checkpoints wrote it at the end of training
+        if logger is None or not ckpt.exists() or not self.cfg.logger.model_files:
             return
         t0 = time.perf_counter()
-        files = model_files(self.cfg, Path(ckpt), self.run_dir)
+        files = model_files(self.cfg, ckpt, self.run_dir)
         params = {"model.name": self.cfg.model.name,
                   **{a.key: _value(self.cfg, a.key) for a in axes(self.cfg) if a.column or a.key == "paradigm.name"}}
         # named like its run ("." is not allowed in a model name)
@@ -405,11 +527,17 @@ class RunRecords(Callback):
         logger = self._mlflow(trainer)
         if logger is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.VALIDATING:
             return
+        self.final_step = trainer.global_step
+        self.log_final(logger.experiment, logger.run_id,
+                       {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("final/")})
+
+    def log_final(self, mlflow_client, run_id: str, metrics: dict[str, float]) -> None:
+        """Final scores (``final/*``) at the final step, linked to the scored data set and the model."""
         now = int(time.time() * 1000)
         link = {"dataset_name": self.scored.name, "dataset_digest": self.scored.digest} if self.scored else {}
-        metrics = [Metric(k, float(v), now, trainer.global_step, model_id=self.model_id, **link)
-                   for k, v in trainer.callback_metrics.items() if k.startswith("final/")]
-        logger.experiment.log_batch(logger.run_id, metrics=metrics)
+        batch = [Metric(k, v, now, self.final_step, model_id=self.model_id, **link) for k, v in metrics.items()]
+        for i in range(0, len(batch), 1000):  # MLflow's limit per batch
+            mlflow_client.log_batch(run_id, metrics=batch[i:i + 1000])
 
 
 class SystemMetrics(Callback):
@@ -437,14 +565,6 @@ class SystemMetrics(Callback):
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self.teardown(trainer, pl_module, "")
-
-
-def run_callbacks(cfg, run_dir) -> list[Callback]:
-    """The Trainer callbacks that record the run in MLflow (:class:`RunRecords`, :class:`SystemMetrics`)."""
-    out: list[Callback] = [RunRecords(cfg, run_dir)]
-    if cfg.logger.system_metrics_interval:
-        out.append(SystemMetrics(tracking_uri(cfg), cfg.logger.system_metrics_interval))
-    return out
 
 
 # ----------------------------------------------------------------------------- a sweep

@@ -8,7 +8,7 @@
 3. build the module: the bundle without its text encoder (every caption is embedded once into the
    text cache first), the decoder, the DiT's starting weights;
 4. train (mode=train), then score the whole validation split -- or write masks (mode=predict);
-5. write ``results.json`` (J, F, J&F in percent) and log it.
+5. write ``results.json`` (J, F, J&F in percent, TC, slices) and its per-expression records, and log them.
 """
 
 from __future__ import annotations
@@ -16,24 +16,31 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+import signal
 from pathlib import Path
 
 import lightning as L
 import yaml
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from rvosflow import atomic, checkpoints
+from rvosflow import atomic, checkpoints, signals
 from rvosflow.caches import TextCache
-from rvosflow.config import resolve
+from rvosflow.config import meaningless, resolve
 from rvosflow.console import quiet_libraries
 from rvosflow.data.setup import prepare_data
 from rvosflow.decoder import select_vae
+from rvosflow.errors import ConfigError
 from rvosflow.evaluate import write_submission
+from rvosflow.metrics.records import flat_scores, sidecar_path, write_records
+from rvosflow.metrics.slices import slice_scores
 from rvosflow.models.loader import load_wan_bundle
 from rvosflow.module import FlowRVSModule
 from rvosflow.predict import MaskWriter, predictions_dir, prepare_predictions_dir
+from rvosflow.signals import Stopped
 from rvosflow.text_cache import cache_dir, ensure, run_captions
-from rvosflow.tracking import TrackedRun, run_callbacks
+from rvosflow.tracking import TrackedRun
 from rvosflow.trainer import make_trainer
 
 log = logging.getLogger(__name__)
@@ -45,15 +52,20 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None, tag
     run_cfg = resolve(cfg)
     quiet_libraries()
     run_dir = Path(run_dir)
-    if run_cfg.mode == "predict":
-        prepare_predictions_dir(run_cfg, run_dir)  # never mixes two models' masks
+    check_run_dir(run_dir, run_cfg.overwrite)  # a finished run's results are never replaced unasked
     datamodule = prepare_data(run_cfg)
+    if run_cfg.mode == "predict":  # never mixes two models' masks, never deletes a file it did not write
+        prepare_predictions_dir(run_cfg, run_dir, datamodule.eval_source(datamodule.predict_split))
     tracked = TrackedRun(run_cfg, tags)
     try:
-        return _run(run_cfg, run_dir, datamodule, [*run_callbacks(run_cfg, run_dir), *(callbacks or [])], tracked)
+        return _run(run_cfg, run_dir, datamodule, [*tracked.callbacks(run_dir), *(callbacks or [])], tracked)
     except BaseException as exc:
+        if isinstance(exc, SIGTERMException):  # Lightning's stop on SIGTERM (exit code None): ours
+            exc = Stopped(signal.SIGTERM)
+        if isinstance(exc, Stopped):
+            exc.resume = resume_command(run_cfg, run_dir)
         tracked.fail(exc)
-        raise
+        raise exc from None
 
 
 def build_module(cfg, datamodule) -> FlowRVSModule:
@@ -72,9 +84,27 @@ def build_module(cfg, datamodule) -> FlowRVSModule:
     return module
 
 
+def check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    if (run_dir / "results.json").exists() and not overwrite:
+        raise ConfigError(f"hydra.run.dir: {run_dir} holds a finished run (results.json): expected a new run "
+                          "folder (or overwrite=true to replace its results)")
+
+
+def resume_command(cfg, run_dir: Path) -> str | None:
+    """How to go on from the checkpoint a stopped training left: the same overrides from it, in its folder."""
+    ckpt = checkpoints.last_checkpoint(run_dir)
+    if cfg.mode != "train" or not ckpt.exists():
+        return None
+    typed = [o for o in cfg.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+    return " ".join(["python run.py", *typed, f"ckpt_path={ckpt}", f"hydra.run.dir={run_dir}"])
+
+
 def _run(cfg, run_dir: Path, datamodule, callbacks, tracked: TrackedRun) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
+    for why in meaningless(cfg):  # valid, but the number would not mean what it says
+        log.warning("WARNING: %s", why)
+        tracked.logger.experiment.set_tag(tracked.logger.run_id, "rvosflow.warning", why)
     module = build_module(cfg, datamodule)
     if cfg.mode == "predict":
         return _predict(cfg, run_dir, module, datamodule, callbacks, tracked)
@@ -84,20 +114,30 @@ def _run(cfg, run_dir: Path, datamodule, callbacks, tracked: TrackedRun) -> dict
         log.warning("data.val_split=%s has no masks: validation off (score it with mode=predict)", datamodule.val_split)
     trainer, checkpointing = make_trainer(cfg, run_dir, tracked.logger, callbacks, validate=scored)
     if cfg.mode == "train":
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        with signals.deferred():  # a signal stops it at the next batch, after a checkpoint
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         ckpt = None  # score the weights in memory
-        written = checkpointing.last_model_path or None  # last-v1.ckpt when last.ckpt was already there
+        written = checkpointing.written
     else:
         ckpt = written = cfg.ckpt_path
     measures = {"J": None, "F": None, "JF": None, "per_kind": {}}
     if scored:
         datamodule.val_limit = None  # the reported score covers the whole validation split
         module.metric_prefix = "final"  # logged as final/*, apart from the in-training val/* curve
-        trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        with signals.deferred():
+            trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         scores = trainer.callback_metrics  # final/* go to MLflow through tracking.RunRecords, not Lightning's logger
         measures = {"J": float(scores["final/J"]), "F": float(scores["final/F"]), "JF": float(scores["final/JF"]),
-                    "per_kind": module.scores_by_kind}
+                    "per_kind": module.scores_by_kind, **record_summary(module.records, cfg.slices, run_dir)}
     return _write_results(cfg, run_dir, tracked, {**measures, "checkpoint": str(written) if written else None})
+
+
+def record_summary(records, slices, run_dir: Path) -> dict:
+    """What the per-expression records add to ``results.json``: REM's temporal consistency, the
+    ``slices``, and the sidecar CSV that pairs this run with another (tables' CIs, --compare)."""
+    tc = flat_scores(records)["TC"]
+    return {"TC": None if math.isnan(tc) else 100 * tc, "slices": slice_scores(records, slices),
+            "per_expression": str(write_records(records, sidecar_path(run_dir / "results.json")))}
 
 
 def _predict(cfg, run_dir: Path, module, datamodule, callbacks, tracked: TrackedRun) -> dict:
@@ -109,7 +149,8 @@ def _predict(cfg, run_dir: Path, module, datamodule, callbacks, tracked: Tracked
         log.warning("mode=predict without ckpt_path or model.dit_ckpt: predicting with the untrained DiT")
     writer = MaskWriter(out_dir)
     trainer, _ = make_trainer(cfg, run_dir, tracked.logger, [*(callbacks or []), writer])
-    trainer.predict(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, return_predictions=False)
+    with signals.deferred():
+        trainer.predict(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, return_predictions=False)
     results = {"predictions": str(out_dir), "split": datamodule.predict_split, "expressions": writer.expressions,
                "frames": writer.frames, "checkpoint": cfg.ckpt_path or cfg.model.dit_ckpt}
     source = datamodule.eval_source(datamodule.predict_split)
@@ -130,4 +171,7 @@ def _write_results(cfg, run_dir: Path, tracked: TrackedRun, results: dict) -> di
     client = tracked.logger.experiment
     client.log_artifact(tracked.logger.run_id, str(out))
     client.log_text(tracked.logger.run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
+    if results.get("per_expression"):
+        tracked.log_records(results["per_expression"], results["slices"])
+    tracked.finish()  # only now: a run stopped while it was scored is never FINISHED without a score
     return results

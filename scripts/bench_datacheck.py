@@ -3,12 +3,15 @@ default run reads, and on a generated MeViS-layout split of real MeViS's size.
 
     python scripts/bench_datacheck.py                       # synthetic tiers + a 2,000-video fixture
     python scripts/bench_datacheck.py --videos 200          # a smaller fixture
+    python scripts/bench_datacheck.py --mask-size 300       # masks of 300x300 pixels: RLE strings of ~600 characters
 
 The fixture (``--fixture``, default a temporary folder) has MeViS's proportions: 2,000 videos of 54
 frames at 1280x720 (443k masks / 8,171 objects in MeViS), 4 objects and 14 expressions per video.
-Every frame is a hard link to its video's copy of one real 1280x720 JPEG (the check reads headers only, so the bytes
-behind a header do not matter), every present mask the same small COCO RLE. Times are with the
-files in the page cache (just written); a cold disk adds its seek time per file.
+Every frame is a hard link to its video's copy of one real 1280x720 JPEG (the check reads its header
+and its last 4 KiB, so the bytes in between do not matter), every present mask the same COCO RLE
+of a ``--mask-size`` square (20 by default: a string of ~40 characters; the check decodes every
+string's runs, so its cost grows with their length). Times are with the files in the page cache
+(just written); a cold disk adds its seek time per file.
 """
 
 from __future__ import annotations
@@ -28,13 +31,13 @@ from rvosflow.data.formats.base import rle_encode
 
 
 def write_fixture(split_dir: Path, videos: int, frames: int, objects: int, expressions: int,
-                  height: int = 720, width: int = 1280) -> dict:
+                  height: int = 720, width: int = 1280, mask_size: int = 20) -> dict:
     """A MeViS-layout split: JPEGImages/<vid>/<frame>.jpg, meta_expressions.json, mask_dict.json."""
     split_dir.mkdir(parents=True, exist_ok=True)
     template = split_dir / "template.jpg"
     Image.fromarray(np.full((height, width, 3), 127, np.uint8)).save(template, quality=90)
     mask = np.zeros((height, width), bool)
-    mask[100:120, 200:220] = True
+    mask[100:100 + mask_size, 200:200 + mask_size] = True
     rle = rle_encode(mask)
     meta, mask_dict, anno = {}, {}, 0
     names = [f"{i:05d}" for i in range(frames)]
@@ -56,7 +59,7 @@ def write_fixture(split_dir: Path, videos: int, frames: int, objects: int, expre
     (split_dir / "mask_dict.json").write_text(json.dumps(mask_dict))
     template.unlink()
     return {"videos": videos, "frames": videos * frames, "masks": sum(r is not None for v in mask_dict.values() for r in v),
-            "expressions": videos * expressions}
+            "expressions": videos * expressions, "rle_chars": len(rle["counts"])}
 
 
 def time_check(sources) -> float:
@@ -87,6 +90,7 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=54)
     ap.add_argument("--objects", type=int, default=4)
     ap.add_argument("--expressions", type=int, default=14)
+    ap.add_argument("--mask-size", type=int, default=20, help="side of every mask's square, in pixels (at most 600)")
     ap.add_argument("--skip-synthetic", action="store_true")
     args = ap.parse_args(argv)
     out = {}
@@ -97,7 +101,8 @@ def main(argv=None) -> int:
     root = args.fixture or Path(tempfile.mkdtemp(prefix="datacheck-"))
     try:
         t0 = time.perf_counter()
-        sizes = write_fixture(root / "train", args.videos, args.frames, args.objects, args.expressions)
+        sizes = write_fixture(root / "train", args.videos, args.frames, args.objects, args.expressions,
+                              mask_size=args.mask_size)
         t_write = time.perf_counter() - t0
         t0 = time.perf_counter()
         source = MevisSource(root / "train")

@@ -1,7 +1,9 @@
 """The shape of the code: no import cycle among rvosflow's modules (every import counted, inside
-functions too), on top of the layer contracts `make test` runs with import-linter."""
+functions too), on top of the layer contracts `make test` runs with import-linter; and every
+"docs/design.md §n" the code cites is a section of that document."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +87,17 @@ def test_the_layer_contracts_hold():
     proc = subprocess.run([str(lint), "--no-cache"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "0 broken" in proc.stdout
+
+
+def test_every_design_reference_names_a_section_of_docs_design():
+    sections = set(re.findall(r"^## (\d+)\. ", (PROJECT_ROOT / "docs" / "design.md").read_text(), re.M))
+    cited = {}
+    for f in [*PROJECT_ROOT.glob("*.md"), *PROJECT_ROOT.glob("Makefile"), *(PROJECT_ROOT / "docs").rglob("*.md"),
+              *PACKAGE.rglob("*.py"), *(PROJECT_ROOT / "configs").rglob("*.yaml"), *(PROJECT_ROOT / "tests").rglob("*.py")]:
+        text = f.read_text()
+        assert "DESIGN" + " §" not in text, f"{f}: cites the team's notes instead of docs/design.md"
+        for n in re.findall(r"docs/design\.md §(\d+)", text):
+            cited.setdefault(n, f)
+    assert cited, "no file cites docs/design.md"
+    missing = {n: str(f) for n, f in cited.items() if n not in sections}
+    assert not missing, f"sections cited but absent from docs/design.md: {missing}"

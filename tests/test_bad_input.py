@@ -71,7 +71,8 @@ def test_valid_u_problems_are_found_together_before_training(bench, test_bundle_
     with pytest.raises(DatasetFormatError) as err:
         run(compose(overrides(bench, test_bundle_dir, uri)), tmp_path / "run")
     msg = str(err.value)
-    assert msg.startswith("data: expected every referenced file readable at its video's size, found 4 problem(s): ")
+    assert msg.startswith("data: expected every split to hold expressions and every file it references complete "
+                          "and at its video's size, found 4 problem(s): ")
     for p in (paths[0], paths[1], paths[2]):
         assert str(p) in msg
     assert "found nothing" in msg and "found an empty file" in msg and "found an undecodable file" in msg
@@ -112,7 +113,7 @@ def test_garbage_rle_counts_name_the_file_and_entry(bench, capsys):
     expr = next(e for e in src.expressions if anno in src._annos[(e.video_id, e.exp_id)])
     with pytest.raises(DatasetFormatError) as err:
         src.load_target(expr)
-    assert f"mask_dict.json: anno_id '{anno}'" in str(err.value) and "invalid counts" in str(err.value)
+    assert f"mask_dict.json: anno_id '{anno}'" in str(err.value) and "found 'garbage!!', not RLE" in str(err.value)
     one_line(err.value, capsys)
 
 

@@ -1,5 +1,5 @@
 """VAE decoder adaptation: the losses, the 1-channel logit head, tuned-decoder files, the
-frozen/tuned mask rules and `model.vae_decoder` selection (DESIGN §3 "Decoder")."""
+frozen/tuned mask rules and `model.vae_decoder` selection (docs/design.md §3 "Decoder")."""
 
 import pytest
 import torch

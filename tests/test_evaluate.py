@@ -308,6 +308,11 @@ def test_compare_two_prediction_folders_or_their_per_expression_files(tiny_bench
         evaluate("mevis", tiny_benchmark / "mevis", "valid_u", tmp_path / name, tmp_path / f"{name}.json")
     files = compare(tmp_path / "good.per_expression.csv", tmp_path / "shifted.per_expression.csv")
     assert files["delta_JF"] == d
+    for name in ("good", "shifted"):  # two run folders: the records their closing scores wrote
+        (tmp_path / f"run-{name}").mkdir()
+        (tmp_path / f"run-{name}" / "results.json").write_text("{}")
+        shutil.copy(tmp_path / f"{name}.per_expression.csv", tmp_path / f"run-{name}" / "results.per_expression.csv")
+    assert compare(tmp_path / "run-good", tmp_path / "run-shifted")["delta_JF"] == d
     same = compare(tmp_path / "shifted.per_expression.csv", tmp_path / "shifted", "mevis", tiny_benchmark / "mevis",
                    "valid_u", n_resamples=200)
     assert (same["delta_JF"]["low"], same["delta_JF"]["high"]) == (0.0, 0.0) and not same["delta_JF"]["significant"]

@@ -91,3 +91,14 @@ def test_blackened_frames_are_encoded_again(tiny_benchmark, test_bundle_dir, tmp
     assert new_entries, "the blackened video was not encoded again"
     fresh = run(compose([*base, "cache_latents=false"]), tmp_path / "fresh")
     assert after["JF"] == fresh["JF"] and after["J"] == fresh["J"]
+
+
+def test_an_entry_file_holds_its_own_latent_not_the_whole_batch(tmp_path):
+    # Found by the release-clips work: entries were views of the batch tensor, so every file
+    # saved the whole batch's storage (1.97 MB for a 164 KB latent).
+    batch = torch.randn(8, 16, 5, 8, 8)
+    cache = LatentCache(tmp_path)
+    cache.get_many(list("abcdefgh"), lambda positions: [(batch[p], batch[p, :1]) for p in positions])
+    one_latent = batch[0].numel() * batch.element_size()
+    sizes = [p.stat().st_size for p in tmp_path.glob("*.pt")]
+    assert len(sizes) == 8 and max(sizes) < 1.5 * one_latent

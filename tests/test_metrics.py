@@ -1,4 +1,4 @@
-"""J&F metrics: parity with the official DAVIS values, DESIGN §4 edge cases, aggregation, DDP."""
+"""J&F metrics: parity with the official DAVIS values, docs/design.md §4 edge cases, aggregation, DDP."""
 
 from __future__ import annotations
 
@@ -182,7 +182,7 @@ def test_seg2bmap_matches_definition():
     assert sorted(map(tuple, np.argwhere(seg2bmap(one).numpy()))) == [(1, 1), (1, 2), (2, 1), (2, 2)]
 
 
-# --------------------------------------------------------------------------- DESIGN §4 edge cases
+# --------------------------------------------------------------------------- docs/design.md §4 edge cases
 
 
 def test_both_empty():

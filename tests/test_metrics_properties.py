@@ -1,4 +1,4 @@
-"""Property tests: the bit-packed J&F against a plain per-frame reference from DESIGN §4.
+"""Property tests: the bit-packed J&F against a plain per-frame reference from docs/design.md §4.
 
 The reference is written from the definition, sharing no code with the fast path: seg2bmap as
 comparisons with an edge-replicated copy, the disk tolerance as "some boundary pixel of the

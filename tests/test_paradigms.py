@@ -69,7 +69,7 @@ def test_training_pairs_follow_the_definitions():
 
 
 def test_video2mask_target_at_t0_is_wans_and_one_euler_step_lands_on_the_mask():
-    """The release's convention at the DiT boundary (DESIGN §3): at t=0 (timestep 1000) the DiT is
+    """The release's convention at the DiT boundary (docs/design.md §3): at t=0 (timestep 1000) the DiT is
     trained on u = z_video - z_mask, and z += (sigma_next - sigma) * u from sigma=1 to 0 lands on the mask."""
     zv, zm = latents()
     for dvi in (False, True):

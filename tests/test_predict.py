@@ -56,27 +56,6 @@ def test_predict_writes_binary_pngs_at_original_size_for_any_split(tiny_benchmar
     assert set(np.unique(arr).tolist()) <= {0, 255}
 
 
-def test_predict_refuses_a_non_empty_out_dir_unless_overwrite(tiny_benchmark, test_bundle_dir, trained):
-    # The issue's case: mode=predict into an existing folder mixed two models' PNGs.
-    from rvosflow.errors import ConfigError
-
-    tmp, res = trained
-    out = tmp / "mixed"
-    stale = out / "some_video" / "0" / "00000.png"
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"old model")
-    args = [*overrides(tiny_benchmark, test_bundle_dir, tmp), "mode=predict", f"ckpt_path={res['checkpoint']}",
-            f"predict.out_dir={out}", "data.predict_split=valid", "data.eval_videos=1"]
-    with pytest.raises(ConfigError, match=r"predict.out_dir: expected an empty or new folder, found 3 entries"):
-        run(compose(args), tmp / "p1")
-    assert stale.exists()
-    r = run(compose([*args, "predict.overwrite=true"]), tmp / "p2")
-    assert not stale.exists() and r["expressions"] > 0
-    (out / "notes.txt").write_text("mine")  # never deletes what is not a mask
-    with pytest.raises(ConfigError, match="other files"):
-        run(compose([*args, "predict.overwrite=true"]), tmp / "p3")
-
-
 def test_init_from_loads_the_dit_of_a_checkpoint(tiny_benchmark, test_bundle_dir, trained):
     from rvosflow.checkpoints import init_dit_from as init_transformer_from
     from rvosflow.config import resolve

@@ -11,6 +11,7 @@ from mlflow.entities import LoggedModelStatus
 
 from rvosflow.config import compose, resolve
 from rvosflow.console import summary
+from rvosflow.metrics.records import flat_scores, read_records
 from rvosflow.train import run
 
 
@@ -77,6 +78,20 @@ def test_mlflow_run_holds_params_metrics_overlays_and_results(tiny_benchmark, te
     assert r.data.tags["mlflow.runName"] == "video2mask-p0.25-s0" and "partial_eval" not in r.data.tags
     artifacts = [a.path for a in client.list_artifacts(r.info.run_id)]
     assert "results.json" in artifacts and "config.yaml" in artifacts
+    # per-expression records (issue 25): the sidecar beside results.json, the same file and an MLflow
+    # table in the run; they give back the reported J&F, and TC and the slices come from them
+    assert {"results.per_expression.csv", "per_expression.json"} <= set(artifacts)
+    records = read_records(results["per_expression"])
+    assert [r.key for r in records] == sorted((e.video_id, e.exp_id) for e in saved_expressions(tiny_benchmark))
+    flat = flat_scores(records)
+    assert 100 * flat["JF"] == pytest.approx(results["JF"], rel=1e-6)  # results: float32, as Lightning logs it
+    assert results["TC"] == pytest.approx(100 * flat["TC"]) and r.data.metrics["final/TC"] == pytest.approx(results["TC"])
+    assert list(results["slices"]) == ["length", "size", "absent"]
+    slice_metrics = {k for k in r.data.metrics if k.startswith("final/slice/")}
+    assert {k.split("/")[2] for k in slice_metrics} == {"length", "size", "absent"}
+    sizes = {f"final/slice/size/{label.replace('<', 'lt').replace('>=', 'ge').replace('%', 'pct')}/JF"
+             for label in results["slices"]["size"]}  # bin labels made MLflow-safe: <1% -> lt1pct
+    assert "final/slice/absent/present/JF" in slice_metrics and sizes <= slice_metrics
     overlays = [a.path for a in client.list_artifacts(r.info.run_id, "overlays")]
     assert overlays == ["overlays/final.png", "overlays/val_step000002.png", "overlays/val_step000004.png"]
     assert "trajectory/final.png" in [a.path for a in client.list_artifacts(r.info.run_id, "trajectory")]
@@ -120,6 +135,10 @@ def test_mlflow_run_holds_params_metrics_overlays_and_results(tiny_benchmark, te
     linked = {m.key: m for m in model.metrics}
     assert linked["final/JF"].value == pytest.approx(results["JF"]) and linked["final/JF"].step == 4
     assert (linked["final/JF"].dataset_name, linked["final/JF"].dataset_digest) == ("mevis/valid_u", valid.digest)
+    # every final score the same way (TC and the slices too): at the last step, linked to the data set and the model
+    finals = [k for k in r.data.metrics if k.startswith("final/")]
+    assert "final/TC" in finals and "final/slice/absent/present/JF" in finals and set(finals) <= set(linked)
+    assert {(linked[k].step, linked[k].dataset_digest) for k in finals} == {(4, valid.digest)}
 
 
 def test_two_runs_get_distinct_names_and_a_partial_score_says_so(tiny_benchmark, test_bundle_dir, tmp_path):
@@ -184,17 +203,6 @@ def test_a_checkpoint_is_scored_as_what_it_was_trained(tiny_benchmark, test_bund
         run(compose([*base, "+paradigm=onestep_mask", "mode=validate", f"ckpt_path={ckpt}"]), tmp_path / "x")
     with pytest.raises(ConfigError, match=r"init_from: .*paradigm.name='noise2mask' there, 'video2mask' here.*dvi"):
         run(compose([*base, f"init_from={ckpt}"]), tmp_path / "y")
-
-
-def test_results_json_names_the_checkpoint_actually_written(tiny_benchmark, test_bundle_dir, tracking_uri, tmp_path):
-    # A second run in the same folder makes ModelCheckpoint write last-v1.ckpt; results.json
-    # named last.ckpt (the earlier model) regardless.
-    cfg = compose(tiny_overrides(tiny_benchmark, test_bundle_dir, tracking_uri, "trainer.max_steps=1"))
-    first = run(cfg, tmp_path)
-    second = run(cfg, tmp_path)
-    assert first["checkpoint"] == str(tmp_path / "checkpoints" / "last.ckpt")
-    assert second["checkpoint"] == str(tmp_path / "checkpoints" / "last-v1.ckpt")
-    assert json.loads((tmp_path / "results.json").read_text())["checkpoint"] == second["checkpoint"]
 
 
 def test_a_copied_project_logs_into_its_own_artifact_folder(tmp_path):

@@ -94,6 +94,8 @@ def test_shipped_sweep_files_compose_for_every_profile():
         assert s["h"]["wi.enabled"] and not s["i"]["wi.enabled"]
         assert s["a"]["bbs.p"] == 0.0 and s["a"]["solver.steps"] == 10  # noise2mask takes no BBS: off without a word
         assert spec.row("h").paper == {"JF": 60.6, "J": 55.9, "F": 65.2}
+        # deltas: the base flow for rows a-h (the paper's reading), the final model for row i
+        assert {r.id: r.reference for r in spec.rows} == {**{k: "base" for k in "abcdefgh"}, "base": None, "i": "h"}
     assert len(sweep.load_spec(TABLE2, "default").seeds) == 3
     assert "data=synthetic_hard" in sweep.load_spec(TABLE2, "hard").overrides
     gpu = sweep.load_spec(TABLE2, "gpu")
@@ -123,6 +125,8 @@ def test_misspelt_keys_in_sweep_files_are_errors_naming_the_key(tmp_path):
         ({"grace_periood": 5}, r"grace_periood: expected a key of the sweep file \(did you mean grace_period\?\)"),
         ({"grace_period": "soon"}, r"grace_period: expected an integer >= 1, got 'soon'"),
         ({"metric": "JandF"}, r"metric: expected one of JF, J, F, got 'JandF'"),
+        ({"reference": "y"}, r"reference: expected a row id \(x\), got 'y'"),
+        ({"rows": [{"id": "x", "reference": "z"}]}, r"rows\[0\]\.reference: expected a row id \(x\), got 'z'"),
     ]
     for top, message in cases:
         spec = {"kind": "grid", "name": "t", "rows": [{"id": "x", "overrides": []}],
@@ -172,13 +176,15 @@ def test_reset_starts_a_new_study_folder_and_never_rewrites_earlier_trials(tiny_
 
 
 def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test_bundle_dir, tmp_path, env, capsys):
-    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir), metric="F")
+    f = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir), metric="F", reference="base")
     assert sweep.main(cli(f, env)) == 0
     trials = study_trials(env)
     assert sorted(completed_points(trials)) == [("base", 0), ("base", 1), ("h", 0), ("h", 1)]
     assert len(trials) == 4
     assert all(t.value == t.user_attrs["F"] for t in trials)  # `metric:` is what Optuna sees
     table = pd.read_csv(env["out"] / "t-test.csv")
+    h_jf = [t.user_attrs["JF"] for t in trials if t.params["row"] == "h"]  # ... and J&F stays J&F in the table
+    assert table.set_index("id").loc["h", "JF_mean"] == pytest.approx(sum(h_jf) / 2, abs=1e-4)
     assert list(table["id"]) == ["base", "h"] and (table["seeds"] == 2).all()
     assert table["JF_std"].notna().all() and table["paper_JF"].tolist() == [47.9, 60.6]
     md = (env["out"] / "t-test.md").read_text()
@@ -186,6 +192,12 @@ def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test
     # per expression kind: the tiny benchmark's default tier has colour expressions
     assert "J&F colour" in md and table["JF/colour_mean"].notna().all()
     assert "Spearman ρ between our row means and the paper's J&F" in md
+    # h against its reference row base: a delta with its paired-bootstrap CI, from the trials' records
+    assert table["reference"].tolist()[1] == "base" and pd.isna(table["reference"].tolist()[0])
+    h_line = table.set_index("id").loc["h"]
+    assert h_line["delta_JF_low"] <= h_line["delta_JF"] <= h_line["delta_JF_high"]
+    assert h_line["delta_JF"] == pytest.approx(h_line["JF_mean"] - table.set_index("id").loc["base", "JF_mean"], abs=1e-3)
+    assert "Δ J&F [95% CI]" in md and "paired bootstrap over expressions" in md and "TC" in md
     for ext in ("tex", "png"):
         assert (env["out"] / f"t-test.{ext}").stat().st_size > 0
     out = capsys.readouterr().out
@@ -206,14 +218,17 @@ def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test
     shown = client.load_table(parent.info.experiment_id, "table.json", run_ids=[parent.info.run_id])
     assert list(shown["id"]) == ["base", "h"]
     assert {"JF_mean", "JF_std", "J_mean", "F_mean", "paper_JF", "JF/colour_mean", "seeds"} <= set(shown.columns)
-    assert all(pd.api.types.is_numeric_dtype(shown[c]) for c in ("JF_mean", "JF_std", "paper_JF", "seeds"))
+    assert all(pd.api.types.is_numeric_dtype(shown[c])
+               for c in ("JF_mean", "JF_std", "paper_JF", "seeds", "TC_mean", "delta_JF", "delta_JF_low"))
+    assert shown.set_index("id").loc["h", "reference"] == "base"
     assert shown.set_index("id").loc["h", "paper_JF"] == 60.6
     assert shown.set_index("id").loc["h", "JF_mean"] == pytest.approx(table.set_index("id").loc["h", "JF_mean"], abs=1e-4)
     # its description is the Markdown table with ρ and the figure (the run's own artifact)
     note = parent.data.tags["mlflow.note.content"]
     assert md.strip() in note and "Spearman ρ" in note and "Smoke test" not in note
     assert f"![t-test.png](get-artifact?path=results/t-test.png&run_uuid={parent.info.run_id})" in note
-    assert set(parent.data.metrics) == {"rows_scored", "JF_best_row", "JF_span", "JF_seed_std_mean", "spearman_rho_paper"}
+    assert set(parent.data.metrics) == {"rows_scored", "JF_best_row", "JF_span", "JF_seed_std_mean", "spearman_rho_paper",
+                                        "delta_JF/h", "delta_JF_low/h", "delta_JF_high/h", "significant/h"}
     assert parent.data.metrics["rows_scored"] == 2
     assert {"mlflow.user", "mlflow.source.name", "mlflow.source.git.commit"} <= set(parent.data.tags)
     assert parent.data.tags["profile"] == "test"

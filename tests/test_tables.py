@@ -145,3 +145,61 @@ def test_per_kind_columns_and_paper_agreement():
     assert tables.paper_agreement(summary) == ("Spearman ρ between our row means and the paper's J&F: 0.50 over 3 rows; "
                                                "our rows span 20.0 J&F points.")
     assert "J&F colour" not in tables.display_table(tables.summarize([{k: v for k, v in r.items() if "/" not in k} for r in recs], rows))
+
+
+# ----------------------------------------------------------------------------- deltas against a reference row
+
+def expressions(j_values, f_offset=0.0):
+    from rvosflow.metrics.records import ExpressionRecord
+
+    return [ExpressionRecord(video_id=f"v{k}", exp_id="0", kind="colour", frames=17, J=j, F=j + f_offset, TC=0.0,
+                             target_area=0.1, empty_frames=0, pred_empty_frames=0, both_empty_frames=0,
+                             empty_J=math.nan, empty_F=math.nan) for k, j in enumerate(j_values)]
+
+
+def scored(row, seed, exprs):
+    jf = 100 * sum(e.JF for e in exprs) / len(exprs)
+    return {"row": row, "seed": seed, "state": "COMPLETE", "JF": jf, "J": jf, "F": jf, "TC": 1.0 + seed,
+            "expressions": exprs}
+
+
+REF_ROWS = [{"id": "base"}, {"id": "same", "reference": "base"}, {"id": "up", "reference": "base"},
+            {"id": "later", "reference": "base"}]
+
+
+def test_a_row_against_its_reference_delta_ci_and_mark():
+    base = [0.2, 0.4, 0.6, 0.5, 0.3]
+    recs = [scored("base", s, expressions(base)) for s in (0, 1)]
+    recs += [scored("same", s, expressions(base)) for s in (0, 1)]  # identical runs
+    recs += [scored("up", 0, expressions([j + 0.1 for j in base]))]  # +10 points on every expression
+    recs += [{"row": "later", "seed": 0, "state": "COMPLETE", "JF": 40.0, "J": 40.0, "F": 40.0, "expressions": None}]
+    s = tables.summarize(recs, REF_ROWS).set_index("id")
+    assert pd.isna(s.loc["base", "delta_JF"]) and pd.isna(s.loc["base", "reference"])
+    same = s.loc["same"]
+    assert same["delta_JF"] == 0 and same["delta_JF_low"] <= 0 <= same["delta_JF_high"] and not same["significant"]
+    up = s.loc["up"]  # hand-computed: every paired difference is exactly +10, so is every resample's mean
+    assert up["delta_JF"] == pytest.approx(10.0) and up["delta_JF_low"] == pytest.approx(10.0)
+    assert up["delta_JF_high"] == pytest.approx(10.0) and up["significant"]
+    assert pd.isna(s.loc["later", "delta_JF"]) and s.loc["later", "delta_note"] == "no per-expression records yet"
+    assert s.loc["base", "TC_mean"] == pytest.approx(1.5)
+    shown = tables.display_table(s.reset_index()).set_index("ID")
+    assert shown.loc["up", "Δ J&F [95% CI]"] == "+10.0 [+10.0, +10.0] *" and shown.loc["up", "Ref"] == "base"
+    assert shown.loc["same", "Δ J&F [95% CI]"].endswith("]") and shown.loc["base", "Δ J&F [95% CI]"] == "–"
+    assert shown.loc["base", "TC"] == "1.5 ± 0.7" and shown.loc["base", "Ref"] == "–"
+    footer = tables.delta_footer(s.reset_index())
+    assert footer.endswith("* = the CI excludes 0: up of 2 rows.") and "10,000 resamples, seed 25" in footer
+    assert r"$\Delta$ J\&F [95\% CI]" in tables.to_latex(shown.reset_index())
+    metrics = tables.agreement(s.reset_index())
+    assert metrics["delta_JF/up"] == pytest.approx(10.0) and metrics["significant/up"] == 1.0
+    assert metrics["significant/same"] == 0.0 and "delta_JF/later" not in metrics
+
+
+def test_rows_scored_on_other_expressions_get_no_delta_but_say_why():
+    recs = [scored("base", 0, expressions([0.2, 0.4])), scored("up", 0, expressions([0.2, 0.4, 0.6]))]
+    line = tables.summarize(recs, REF_ROWS[:3:2]).set_index("id").loc["up"]
+    assert pd.isna(line["delta_JF"]) and "row up: expected the expressions of row base" in line["delta_note"]
+
+
+def test_a_table_without_references_has_no_delta_column():
+    shown = tables.display_table(tables.summarize(RECORDS, ROWS))
+    assert "Δ J&F [95% CI]" not in shown.columns and tables.delta_footer(tables.summarize(RECORDS, ROWS)) == ""

@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
+from rvosflow.data.augment import make_augment, swap_left_right
 from rvosflow.data.datasets import ClipDataset, VideoDataset, as_list
 from rvosflow.data.formats.base import first_videos
 from rvosflow.data.formats.concat import ConcatSource
@@ -38,6 +39,8 @@ class ReferringDataModule(L.LightningDataModule):
         self.predict_split = data.predict_split or data.val_split
         self.eval_videos = data.eval_videos
         self.num_frames, self.frame_sampler = data.num_frames, data.frame_sampler
+        self.augment = make_augment(data.augment, data.height)  # None: the plain resize
+        self.resample_empty = data.empty_clips == "resample"
         self.size_fn = partial(model_size, target_height=data.height, max_width=data.max_width, multiple=spatial_multiple)
         self.batch_size, self.val_batch_size = data.batch_size, data.val_batch_size
         self.num_workers, self.val_limit = data.num_workers, data.val_limit
@@ -58,8 +61,8 @@ class ReferringDataModule(L.LightningDataModule):
         return first_videos(self.source(split), self.eval_videos)
 
     def training_sources(self) -> list:
-        """The sources training clips come from."""
-        return [self.source(self.train_split)]
+        """The sources training clips come from (checked at set-up: :meth:`train_source`)."""
+        return [self.train_source()]
 
     def scored_sources(self, mode: str) -> list:
         """The sources a run in ``mode`` (train | validate | predict) scores or predicts."""
@@ -69,6 +72,25 @@ class ReferringDataModule(L.LightningDataModule):
         """The sources a run in ``mode`` reads (every file of them is checked at set-up)."""
         return [*(self.training_sources() if mode == "train" else []), *self.scored_sources(mode)]
 
+    def train_source(self):
+        """The training split, holding at least one full batch: the loader drops the last partial
+        one, so fewer expressions than ``batch_size`` would train nothing and score the start."""
+        src = self.source(self.train_split)
+        if src.expressions and len(src.expressions) < self.batch_size:  # none: the data check names the file
+            raise ConfigError(f"data.batch_size: expected at most {len(src.expressions)}, the expressions in "
+                              f"data.train_split={self.train_split!r} ({self.root}), got {self.batch_size}: "
+                              "no full batch, nothing would be trained")
+        return src
+
+    def training_texts(self) -> list[str]:
+        """The training captions as written, and with ``data.augment`` their flipped versions."""
+        texts = [e.text for s in self.training_sources() for e in s.expressions]
+        return texts + ([swap_left_right(t) for t in texts] if self.augment is not None else [])
+
+    def clip_dataset(self, source, num_frames: int, frame_sampler: str) -> ClipDataset:
+        """Training clips of ``source`` with this run's augmentation and empty-clip rule."""
+        return ClipDataset(source, num_frames, frame_sampler, self.size_fn, self.augment, self.resample_empty)
+
     def _loader(self, dataset, shuffle: bool, collate=None, batch_size: int = 1) -> DataLoader:
         return DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
@@ -76,7 +98,7 @@ class ReferringDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        ds = ClipDataset(self.source(self.train_split), self.num_frames, self.frame_sampler, self.size_fn)
+        ds = self.clip_dataset(self.train_source(), self.num_frames, self.frame_sampler)
         return self._loader(ds, shuffle=True, batch_size=self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
@@ -223,9 +245,13 @@ class MixedDataModule(ReferringDataModule):
     def training_sources(self) -> list:
         return [*super().training_sources(), self.image_source()]
 
+    def train_source(self):
+        # all-image batches (image_ratio 1) need no video clip; MixedBatchSampler checks the images
+        return super().train_source() if self.image_ratio < 1 else self.source(self.train_split)
+
     def train_dataloader(self) -> DataLoader:
-        images = ClipDataset(self.image_source(), self.image_frames, "first", self.size_fn)
-        videos = ClipDataset(self.source(self.train_split), self.num_frames, self.frame_sampler, self.size_fn)
+        images = self.clip_dataset(self.image_source(), self.image_frames, "first")
+        videos = self.clip_dataset(self.train_source(), self.num_frames, self.frame_sampler)
         sampler = MixedBatchSampler(len(images), len(videos), self.batch_size, self.image_ratio, self.seed)
         return DataLoader(ConcatDataset([images, videos]), batch_sampler=sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)

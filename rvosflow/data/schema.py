@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# What resolves an expression (synthetic benchmark only; DESIGN §5). Stored beside the real-format
+# What resolves an expression (synthetic benchmark only; docs/design.md §5). Stored beside the real-format
 # files (``expression_kinds.json``), never inside them; scores are reported per kind.
 EXPRESSION_KINDS = ("colour", "appearance", "motion", "relation", "temporal", "multi-object")
 

@@ -6,7 +6,7 @@ The public release puts the *start* (video, or noise for noise2mask) at Wan's no
 ``timestep = (1 - t) * 1000``. Wan's DiT also emits the velocity in its own time: it predicts
 ``dz/dsigma`` (``noise - data``) with sigma = timestep / 1000, where the paper's velocity is
 ``v = dz/dt``. With the release's mapping (sigma = 1 - t) the DiT's output is ``-v``: with the
-video in the noise slot it is trained on ``u = z_video - z_mask`` (DESIGN §3, "Velocity sign").
+video in the noise slot it is trained on ``u = z_video - z_mask`` (docs/design.md §3, "Velocity sign").
 :func:`to_wan_timestep` and :func:`wan_velocity_factor` are the one place that converts.
 """
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics: J&F with DAVIS semantics, aggregated as MeViS (DESIGN §4).
+"""Evaluation metrics: J&F with DAVIS semantics, aggregated as MeViS (docs/design.md §4).
 
 ``JandF`` keeps, per process, the sums of the per-expression means of J and F and the number
 of expressions, overall and per expression kind, all with ``sum`` reduction, so the result is

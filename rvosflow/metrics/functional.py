@@ -1,6 +1,6 @@
 """J (region similarity) and F (boundary F-measure) with the DAVIS 2017 semantics.
 
-Semantics (DESIGN §4), matching the official ``davis2017-evaluation`` ``metrics.py``:
+Semantics (docs/design.md §4), matching the official ``davis2017-evaluation`` ``metrics.py``:
 
 * a mask is foreground wherever it is non-zero;
 * ``J = |P ∩ G| / |P ∪ G|``, and 1 when the union is empty;

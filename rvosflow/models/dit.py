@@ -13,7 +13,7 @@ def widen_patch_embedding(transformer: WanTransformer3DModel, in_channels: int) 
     """Widen the patch embedding from C to ``in_channels`` input channels in place.
 
     The new channels get zero weights and the bias is kept, so at initialisation the model's
-    output is exactly what it was on the original C channels (DVI, DESIGN §2). The config is
+    output is exactly what it was on the original C channels (DVI, docs/design.md §2). The config is
     updated so ``save_pretrained``/``from_pretrained`` round-trip the widened model.
     """
     old: nn.Conv3d = transformer.patch_embedding

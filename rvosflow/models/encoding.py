@@ -1,4 +1,4 @@
-"""The release's text / pixel / latent conventions, in one place (DESIGN §3).
+"""The release's text / pixel / latent conventions, in one place (docs/design.md §3).
 
 Every tensor layout follows diffusers' Wan classes: pixels and latents are ``[B, C, T, H, W]``.
 
@@ -204,7 +204,7 @@ def decode_video(vae, latents: torch.Tensor, normalized: bool = True) -> torch.T
 
 
 def is_logit_decoder(vae) -> bool:
-    """True for a tuned mask decoder: its last conv gives 1 channel of logits (DESIGN §3 "Decoder")."""
+    """True for a tuned mask decoder: its last conv gives 1 channel of logits (docs/design.md §3 "Decoder")."""
     return int(vae.decoder.conv_out.out_channels) == 1
 
 

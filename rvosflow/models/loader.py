@@ -28,7 +28,7 @@ from rvosflow.errors import BundleError
 
 COMPONENTS: tuple[str, ...] = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
-# The release samples with shift 3 (DESIGN §3); Wan2.1's own scheduler config stores it as flow_shift.
+# The release samples with shift 3 (docs/design.md §3); Wan2.1's own scheduler config stores it as flow_shift.
 DEFAULT_SHIFT = 3.0
 
 _DTYPES = {

@@ -8,7 +8,7 @@ or a key): an axis declared with ``scope="accepted"`` is inert for every other p
 paradigm's own knobs go into an ``options`` dataclass (its ``paradigm.*`` keys, declared with
 ``rvosflow.axes``), checked like every other setting.
 
-Everything is in paper time (DESIGN §2). The DiT sees and emits Wan's convention (DESIGN §3): its
+Everything is in paper time (docs/design.md §2). The DiT sees and emits Wan's convention (docs/design.md §3): its
 timestep comes from :meth:`Paradigm.wan_timestep` and a velocity paradigm's target and output pass
 through :meth:`Paradigm.dit_target` / :meth:`Paradigm.velocity_field`, the only callers of the
 conversions in ``rvosflow.flow``. Latents are ``[B, C, F, H, W]``; ``z_video`` is the (normalised)

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from rvosflow.config import compose
+from rvosflow.config import check_tracking_uri, compose
 from rvosflow.errors import ArgumentParser, SpecError, cli
 from rvosflow.paths import PROJECT_ROOT
 from rvosflow.sweep.report import report
 from rvosflow.sweep.spec import Spec, load_spec, settings_fingerprint
 from rvosflow.sweep.strategy import strategy_for
-from rvosflow.sweep.study import create_study, default_storage, note_study, redact, retrying
+from rvosflow.sweep.study import check_storage, create_study, default_storage, note_study, redact, retrying
 from rvosflow.sweep.worker import Context, quiet, work, worker_main
 from rvosflow.tracking import Tracking, default_tracking_uri, run_url, tracking_uri
 
@@ -136,6 +136,8 @@ def _main(args) -> int:
     if args.grace_period:
         spec.grace_period = args.grace_period
     storage_url = args.storage or default_storage()
+    check_storage(storage_url)
+    check_tracking_uri(args.tracking_uri, "--tracking-uri")
     t0 = time.monotonic()
     ctx = setup(spec, storage_url, list(args.extra), args.study, Path(args.runs_dir) if args.runs_dir else None,
                 reset=args.reset, tracking_uri=args.tracking_uri)

@@ -8,6 +8,7 @@ split) says that its numbers mean nothing, in the Markdown, the figure and the d
 from __future__ import annotations
 
 import io
+import json
 import tempfile
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from rvosflow import atomic, tables
+from rvosflow.metrics.records import read_records
 from rvosflow.sweep.study import counts
 from rvosflow.tracking import NOTE_LIMIT, NOTE_TAG
 
@@ -30,11 +32,21 @@ def trial_records(study, strategy) -> list[dict]:
             continue
         out.append({"number": t.number, "state": t.state.name, "row": t.params.get("row", "search"),
                     "seed": t.params.get("seed", t.user_attrs.get("seed")), "params": dict(t.params),
-                    "JF": t.value if t.state.name == "COMPLETE" else None,
-                    "J": t.user_attrs.get("J"), "F": t.user_attrs.get("F"),
+                    "JF": t.user_attrs.get("JF") if t.state.name == "COMPLETE" else None,  # t.value is `metric:`
+                    "J": t.user_attrs.get("J"), "F": t.user_attrs.get("F"), "TC": t.user_attrs.get("TC"),
+                    "expressions": per_expression(t),
                     **{f"JF/{kind}": v["JF"] for kind, v in (t.user_attrs.get("per_kind") or {}).items()},
                     "duplicate_of": t.user_attrs.get("duplicate_of"), "error": t.user_attrs.get("error")})
     return out
+
+
+def per_expression(trial) -> list | None:
+    """A completed trial's per-expression records (its run's sidecar CSV), None when the file is
+    not on this machine (a worker elsewhere wrote it) or the trial has none: its row then has no CI."""
+    path = trial.user_attrs.get("per_expression")
+    if trial.state.name != "COMPLETE" or not path or not Path(path).is_file():
+        return None
+    return read_records(path)
 
 
 def log_table(client, run_id: str, table) -> None:
@@ -78,13 +90,28 @@ def numeric_table(made: dict) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(made["csv"]))
 
 
+def table_stem(out_dir: Path, stem: str, study_name: str, uid: str) -> str:
+    """The file stem of a study's tables: ``<name>[-<profile>]``, owned by the first study that wrote
+    it (``.<stem>.owner``); another study of the same file and profile (``--study``, ``--reset``)
+    writes beside it, ``<stem>.<uid>``, and never over it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    owner = out_dir / f".{stem}.owner"
+    if not owner.exists():
+        atomic.write_text(owner, json.dumps({"study": study_name, "uid": uid}))
+    if json.loads(owner.read_text())["uid"] == uid:
+        return stem
+    beside = f"{stem}.{uid[:8]}"
+    print(f"{out_dir / stem}.* belong to another study: this one's tables go to {out_dir / beside}.*", flush=True)
+    return beside
+
+
 def report(ctx, out_dir: Path, finished: bool) -> dict[str, Path]:
     """Build the table from the study, write results/<name>[-<profile>].{md,csv,tex,png}, log
     them to the parent run (its description, table.json, summary metrics), print the Markdown."""
     spec, strategy = ctx.spec, ctx.strategy
     study = ctx.study()
-    stem = spec.name if spec.profile == "default" else f"{spec.name}-{spec.profile}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = table_stem(out_dir, spec.name if spec.profile == "default" else f"{spec.name}-{spec.profile}",
+                      ctx.study_name, ctx.uid)
     paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "tex", "png")}
     made = strategy.table(trial_records(study, strategy), title=f"{spec.title} [{spec.profile}]")
     failed = strategy.failed(study)

@@ -27,6 +27,7 @@ class Row:
     overrides: list[str]
     paper: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)  # filled from the composed config
+    reference: str | None = None  # the row its delta and CI are taken against (None: no delta)
 
 
 @dataclass
@@ -84,6 +85,7 @@ class RowFile:
     label: Optional[str] = None
     overrides: List[str] = field(default_factory=list)
     paper: Dict[str, float] = field(default_factory=dict)
+    reference: Optional[str] = None  # this row's reference row; default the file's `reference`
 
 
 @dataclass(kw_only=True)
@@ -105,6 +107,7 @@ class SweepFile:
     direction: str = setting("maximize", choices=lambda: DIRECTIONS)
     monitor: str = "val/JF"       # search: what the pruner watches during training
     rows: List[RowFile] = field(default_factory=list)
+    reference: Optional[str] = None  # grid: the row every other row is compared with (paired bootstrap CI)
     base: List[str] = field(default_factory=list)
     params: Dict[str, ParamFile] = field(default_factory=dict)
     n_trials: Optional[int] = setting(None, lo=1)
@@ -156,10 +159,17 @@ def load_spec(path: str | Path, profile: str = "default") -> Spec:
         grace_period=raw.grace_period, max_retry=raw.max_retry,
     )
     for r in raw.rows:
-        row = Row(id=str(r.id), label=r.label or str(r.id), overrides=list(r.overrides), paper=dict(r.paper))
+        reference = r.reference if r.reference is not None else raw.reference
+        row = Row(id=str(r.id), label=r.label or str(r.id), overrides=list(r.overrides), paper=dict(r.paper),
+                  reference=None if reference is None or str(reference) == str(r.id) else str(reference))
         if any(row.id == other.id for other in spec.rows):
             raise SpecError(f"{path}: rows: expected unique row ids, got {row.id!r} twice")
         spec.rows.append(row)
+    ids = [r.id for r in spec.rows]
+    for i, row in enumerate(spec.rows):
+        if row.reference is not None and row.reference not in ids:
+            key = f"rows[{i}].reference" if raw.rows[i].reference is not None else "reference"
+            raise SpecError(f"{path}: {key}: expected a row id ({', '.join(ids)}), got {row.reference!r}")
     spec.base = list(raw.base)
     spec.params = {k: {f: v for f, v in dataclasses.asdict(d).items() if v is not None} for k, d in raw.params.items()}
     if raw.kind == "grid" and not spec.rows:

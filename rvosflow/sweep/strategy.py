@@ -165,10 +165,12 @@ class Grid:
     def table(self, records: list[dict], title: str) -> dict:
         """The table's pieces: ``table`` (display), ``csv``, ``md_footer``, ``figure`` and the
         parent run's summary ``metrics`` (the rows themselves go to MLflow as the table)."""
-        rows = [{"id": r.id, "label": r.label, "paper": r.paper, "settings": r.settings} for r in self.spec.rows]
+        rows = [{"id": r.id, "label": r.label, "paper": r.paper, "settings": r.settings, "reference": r.reference}
+                for r in self.spec.rows]
         summary = tables.summarize(records, rows)
+        footers = [tables.paper_agreement(summary), tables.delta_footer(summary)]
         return {"table": tables.display_table(summary), "csv": tables.to_csv(summary),
-                "md_footer": "\n" + tables.paper_agreement(summary) + "\n",
+                "md_footer": "".join(f"\n{line}\n" for line in footers if line),
                 "figure": tables.plot_rows(summary, title=title), "metrics": tables.agreement(summary)}
 
 

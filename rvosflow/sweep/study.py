@@ -12,6 +12,8 @@ from pathlib import Path
 
 import optuna
 from optuna_dashboard import save_note
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from rvosflow.errors import SpecError
 from rvosflow.paths import PROJECT_ROOT
@@ -21,6 +23,16 @@ log = logging.getLogger("rvosflow.sweep")
 
 def default_storage() -> str:
     return f"sqlite:///{PROJECT_ROOT / 'sweeps.db'}"
+
+
+def check_storage(url: str) -> None:
+    """An SQLAlchemy database URL whose driver is installed (``sqlite:///...``, ``postgresql://...``),
+    checked before any work (Optuna's own error comes 20 s later, after the models are loaded)."""
+    try:
+        make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise SpecError(f"--storage: expected a database URL Optuna can open (sqlite:///<path>, "
+                        f"postgresql://user@host/db), got {redact(url)!r} ({type(exc).__name__})") from None
 
 
 def redact(url: str) -> str:

@@ -17,6 +17,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from rvosflow.config import compose, flat_params
+from rvosflow.signals import Stopped
 from rvosflow.sweep.spec import Spec
 from rvosflow.sweep.strategy import DuplicatePoint, strategy_for
 from rvosflow.sweep.study import frozen, link_trial, open_study, requeue
@@ -87,7 +88,7 @@ def make_objective(ctx: Context, study):
             say(ctx, f"pruned trial #{trial.number}: {plan.what}: {exc}  ({time.monotonic() - t0:.0f} s)")
             raise
         except BaseException as exc:
-            interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))  # Lightning turns Ctrl-C into SystemExit
+            interrupted = isinstance(exc, (Stopped, KeyboardInterrupt, SystemExit))  # a signal; Lightning turns Ctrl-C into SystemExit
             status = "KILLED" if interrupted else "FAILED"
             note = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             params = flat_params(cfg) if cfg is not None else {"overrides": " ".join(overrides)}
@@ -108,6 +109,8 @@ def make_objective(ctx: Context, study):
         for k in ("J", "F", "JF"):
             trial.set_user_attr(k, float(results[k]))
         trial.set_user_attr("per_kind", results.get("per_kind") or {})
+        trial.set_user_attr("TC", results.get("TC"))
+        trial.set_user_attr("per_expression", results.get("per_expression"))  # pairs it with its reference row
         trial.set_user_attr("mlflow_run_id", results["mlflow_run_id"])
         trial.set_user_attr("mlflow_url", results["mlflow_url"])
         link_trial(trial, results["mlflow_url"], plan.run_name)

@@ -4,7 +4,11 @@ Every reader is a :class:`ReferringSource`: an index of :class:`ExpressionRef` b
 lazy ``load_frames`` / ``load_target``. Format problems raise :class:`DatasetFormatError`.
 """
 
-from rvosflow.data.formats.base import DatasetFormatError, ExpressionRef, ReferringSource
+from rvosflow.data.formats.base import (
+    DatasetFormatError,
+    ExpressionRef,
+    ReferringSource,
+)
 from rvosflow.data.formats.davis import ANNOTATOR_SETS, RefDAVISSource, write_davis
 from rvosflow.data.formats.mevis import MevisSource, write_mevis
 from rvosflow.data.formats.refcoco import RefCOCOSource, load_refs, write_refcoco

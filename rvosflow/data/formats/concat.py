@@ -15,7 +15,11 @@ from typing import Sequence
 
 import numpy as np
 
-from rvosflow.data.formats.base import DatasetFormatError, ExpressionRef, ReferringSource
+from rvosflow.data.formats.base import (
+    DatasetFormatError,
+    ExpressionRef,
+    ReferringSource,
+)
 
 
 class ConcatSource(ReferringSource):
@@ -59,6 +63,10 @@ class ConcatSource(ReferringSource):
     def _check_targets(self, video_id: str, hw: tuple[int, int], exprs: list[ExpressionRef]):
         src, vid = self._resolve(video_id)
         return src._check_targets(vid, hw, [self._origin[e][1] for e in exprs])
+
+    def _empty_problems(self):
+        for _, src in self.parts:  # every part must contribute: an empty one is a split or dataset named wrongly
+            yield from src._empty_problems()
 
     def load_frames(self, video_id: str, indices: Sequence[int] | None = None) -> np.ndarray:
         src, vid = self._resolve(video_id)

@@ -25,7 +25,7 @@ from rvosflow.data.formats.base import (
     require,
     rle_decode,
     rle_encode,
-    rle_problem,
+    rle_problems,
     write_jpeg,
     write_json,
     write_kinds,
@@ -69,7 +69,7 @@ class MevisSource(ReferringSource):
     def __init__(self, split_dir):
         self.root = Path(split_dir)
         require(self.root, "MeViS split directory")
-        meta_path = self.root / "meta_expressions.json"
+        meta_path = self.index = self.root / "meta_expressions.json"
         meta = read_json(meta_path)
         mask_path = self.root / "mask_dict.json"
         self.has_masks = mask_path.exists()
@@ -128,11 +128,10 @@ class MevisSource(ReferringSource):
     def _check_targets(self, video_id: str, hw: tuple[int, int], exprs: list[ExpressionRef]):
         names = self._frames[video_id]
         annos = dict.fromkeys(a for e in exprs for a in self._annos[(video_id, e.exp_id)])
-        for a in annos:
-            for n, rle in zip(names, self._mask_dict[a]):
-                problem = rle_problem(rle, hw, f"{self.root / 'mask_dict.json'}: anno_id {a!r} frame {n!r} (video {video_id!r})")
-                if problem:
-                    yield problem
+        path = self.root / "mask_dict.json"
+        # one batch per video: its RLE strings are decoded together (rle_string_totals)
+        yield from rle_problems((rle, hw, f"{path}: anno_id {a!r} frame {n!r} (video {video_id!r})")
+                                for a in annos for n, rle in zip(names, self._mask_dict[a]))
 
     def annotation_files(self) -> list[Path]:
         names = ("meta_expressions.json", "mask_dict.json", KINDS_FILE, "captions.json")

@@ -26,7 +26,7 @@ from rvosflow.data.formats.base import (
     require,
     rle_decode,
     rle_encode,
-    rle_problem,
+    rle_problems,
     write_jpeg,
     write_json,
 )
@@ -167,8 +167,10 @@ class RefCOCOSource(ReferringSource):
         self.dataset = dataset
         self.image_root = Path(image_root) if image_root is not None else self.root / "images" / "train2014"
         d = require(self.root / dataset, "RefCOCO dataset directory")
-        refs_path = d / f"refs({SPLIT_BY[dataset]}).p"
+        refs_path = self.index = d / f"refs({SPLIT_BY[dataset]}).p"
         refs = load_refs(refs_path)
+        self.split = split
+        self._splits: set[str] = set()  # the splits the refs file holds, named when `split` has none
         inst_path = d / "instances.json"
         inst = read_json(inst_path)
         try:
@@ -180,6 +182,8 @@ class RefCOCOSource(ReferringSource):
         self.expressions = []
         for ref in refs:
             try:
+                if isinstance(ref, dict) and "split" in ref:  # (split=None reads refs without one)
+                    self._splits.add(str(ref["split"]))
                 if split is not None and ref["split"] != split:
                     continue
                 ann_id, image_id = int(ref["ann_id"]), int(ref["image_id"])
@@ -194,6 +198,12 @@ class RefCOCOSource(ReferringSource):
             for s in sentences:
                 self.expressions.append(
                     ExpressionRef(str(image_id), str(s["sent_id"]), str(s["sent"]), (ann_id,), (stem,)))
+
+    def _empty_problems(self):
+        if not self.expressions:
+            split = f" in split {self.split!r}" if self.split is not None else ""
+            held = ", ".join(sorted(self._splits)) or "none"
+            yield f"{self.index}: expected at least one referring sentence{split}, found none (the file's splits: {held})"
 
     def frame_paths(self, video_id: str) -> list[Path]:
         try:
@@ -212,12 +222,10 @@ class RefCOCOSource(ReferringSource):
             yield (f"{self.image_root / im['file_name']}: expected {im['width']}x{im['height']} as {inst} says, "
                    f"found {hw[1]}x{hw[0]}")
             return
-        for a in dict.fromkeys(o for e in exprs for o in e.obj_ids):
-            seg = self._anns[a]["segmentation"]
-            if isinstance(seg, dict):  # polygons carry no size; an RLE must match the image
-                problem = rle_problem(seg, hw, f"{inst}: annotation {a} (image {video_id})")
-                if problem:
-                    yield problem
+        segs = ((self._anns[a]["segmentation"], a) for a in dict.fromkeys(o for e in exprs for o in e.obj_ids))
+        # polygons carry no size; an RLE must match the image and its runs sum to H*W
+        yield from rle_problems((seg, hw, f"{inst}: annotation {a} (image {video_id})")
+                                for seg, a in segs if isinstance(seg, dict))
 
     def annotation_files(self) -> list[Path]:
         d = self.root / self.dataset

@@ -83,7 +83,7 @@ class RefYTVOSSource(ReferringSource):
         self.split = split
         require(self.root, "Ref-YouTube-VOS root")
         meta_path = self.root / "meta_expressions" / split / "meta_expressions.json"
-        self._meta_path = meta_path
+        self._meta_path = self.index = meta_path
         meta = read_json(meta_path)
         self.has_masks = (self.root / split / "Annotations").is_dir()
         objects_path = self.root / split / "meta.json"

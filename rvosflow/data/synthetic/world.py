@@ -5,7 +5,7 @@ Objects are drawn in id order (object 1 at the bottom), so later objects occlude
 each object's mask is its *visible* part. Trajectories are simulated in float pixel coordinates
 and kept (``Video.meta["objects"][i]["track"]``) so expressions can be checked against them.
 
-Two tiers (``SyntheticConfig.tier``, DESIGN §5):
+Two tiers (``SyntheticConfig.tier``, docs/design.md §5):
 
 - ``default``: colour-led scenes that the tiny model grounds within a CPU run. 2 objects, or 3-4
   in a ``crowded_prob`` share of scenes, with pairwise distinct colours except that a scene of
