@@ -188,9 +188,16 @@ def check(db: Path, out: Path, study: str | None = None) -> list[str]:
             print(f"{name:21s} {'ok' if not missing else f'MISSING {missing}'}  ({out / f'{name}.png'})")
             failures.extend(f"{name}: {m} not rendered at {address}" for m in missing)
 
-        def texts(*expected: str) -> list[str]:
-            body = page.inner_text("body")
-            return [t for t in expected if t not in body]
+        def texts(*expected: str, wait_ms: int = 10_000) -> list[str]:
+            """The ``expected`` texts the page does not show, after up to ``wait_ms`` for them to render
+            (charts draw after their data arrives; on a loaded machine, seconds after the page)."""
+            deadline = time.monotonic() + wait_ms / 1000
+            while True:
+                body = page.inner_text("body")
+                missing = [t for t in expected if t not in body]
+                if not missing or time.monotonic() > deadline:
+                    return missing
+                page.wait_for_timeout(500)
 
         def parent_page():
             more = page.get_by_text("Show more")
