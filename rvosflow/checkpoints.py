@@ -61,6 +61,12 @@ _PICKLE_MAGIC = tuple(bytes([0x80, n]) for n in range(2, 6))
 
 # ----------------------------------------------------------------------------- loading
 
+def last_checkpoint(run_dir) -> Path:
+    """A run's checkpoint, ``<run dir>/checkpoints/last.ckpt``: what training writes (trainer.Checkpoints),
+    a stopped run resumes from, and the run's MLflow logged model holds."""
+    return Path(run_dir) / "checkpoints" / "last.ckpt"
+
+
 def load(path, key: str, what: str = "a Lightning checkpoint", allowed: tuple = ()) -> dict:
     """``torch.load`` of plain data (see the module doc); ``allowed`` names the extra classes the file
     may hold. Any problem is a CheckpointError naming ``key`` and the file; ``what`` says what it should be."""

@@ -34,6 +34,7 @@ def quiet_libraries() -> None:
         if not any(isinstance(f, _DropAds) for f in logger.filters):
             logger.addFilter(_DropAds())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # "Started monitoring ..." at every stage
 
 
 class StepProgressBar(RichProgressBar):

@@ -205,7 +205,8 @@ class FlowRVSModule(L.LightningModule):
         loss = F.mse_loss(pred.float(), pair.target.float())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["video_id"]))
+        # the progress bar's; MLflow's train/loss is each logging interval's mean (trainer.TrainCurves)
+        self.log("train/loss", loss, prog_bar=True, logger=False, batch_size=len(batch["video_id"]))
         return loss
 
     def optimizer_step(self, *args, **kwargs) -> None:
@@ -291,14 +292,16 @@ class FlowRVSModule(L.LightningModule):
         scores = self.val_metric.compute()
         for name, value in scores.items():
             if not name.startswith("n/"):  # J, F, JF and JF/<kind> etc., in percent like the paper's tables
-                self.log(f"{self.metric_prefix}/{name}", 100.0 * value.float())
+                # final/* reach MLflow through tracking.RunRecords, linked to the scored data set and the model
+                self.log(f"{self.metric_prefix}/{name}", 100.0 * value.float(), logger=self.metric_prefix != "final")
         self.scores_by_kind = by_kind(scores)
         self.val_metric.reset()
         if self.metric_prefix == "final":
             self.records = gather_records(self.records)
             tc = flat_scores(self.records)  # every rank holds all records, so every rank logs the same
             for name in [k for k in tc if k.startswith("TC") and not math.isnan(tc[k])]:
-                self.log(f"final/{name}", 100.0 * tc[name])  # REM's temporal consistency, lower is better
+                # REM's temporal consistency, lower is better; to MLflow through tracking.RunRecords like final/JF
+                self.log(f"final/{name}", 100.0 * tc[name], logger=False)
 
     @torch.no_grad()
     def trajectory(self, sample: dict) -> dict | None:

@@ -299,12 +299,23 @@ class Fsdp:
     cpu_offload: bool = False
 
 
+MODEL_FILES = ("checkpoint", "release")
+
+
 @dataclass(kw_only=True)
 class Logger:
     tracking_uri: Optional[str] = None  # null = sqlite:///<project root>/mlflow.db; or http://server:5000
+    # the MLflow UI for links; null = the tracking server, or http://127.0.0.1:5000 (make mlflow-ui)
+    ui_url: Optional[str] = None
     experiment_name: str = "rvosflow"
     run_name: Optional[str] = None
     tags: Dict[str, Any] = field(default_factory=dict)
+    # A training run's logged model (MLflow's Logged models): checkpoint = last.ckpt (resumable, with the
+    # optimizer state), release = mevis_ckpt.pth in the release's layout (written into <run dir>/release); [] = none
+    model_files: List[str] = setting(choices=lambda: MODEL_FILES, factory=lambda: ["checkpoint"])
+    upload_weights: bool = True  # false: the logged model lists the files (path, size), their bytes stay on disk
+    # seconds between MLflow's system metrics samples (CPU, memory, GPU); null = off
+    system_metrics_interval: Optional[float] = setting(10.0, lo=0, lo_open=True)
 
 
 @dataclass(kw_only=True)

@@ -298,8 +298,15 @@ def search_table(records: Iterable[Mapping], params: Sequence[str], digits: int 
     return out.sort_values(["J&F", "Trial"], ascending=[False, True], na_position="last").reset_index(drop=True)
 
 
+def _value_labels(values) -> list[str]:
+    return ["–" if math.isnan(v) else f"{v:.1f}" for v in values]
+
+
 def plot_rows(summary: pd.DataFrame, title: str | None = None):
-    """A matplotlib Figure: J&F per row (ours: mean with std error bars) beside the paper's."""
+    """A matplotlib Figure: J&F per row, ours (the mean over seeds; ± std bars where a row has two
+    or more) beside the paper's, each bar labelled with its value (a 0.0 bar shows as a line and
+    its label, a row without a score as "–"), rows named by their configuration, and the Spearman
+    ρ with the paper in the caption."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -307,21 +314,42 @@ def plot_rows(summary: pd.DataFrame, title: str | None = None):
     import numpy as np
 
     x = np.arange(len(summary))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(summary) + 2), 4.0))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.8 * len(summary) + 2.5), 5.0))
     width = 0.38
     ours = summary["JF_mean"].astype(float).to_numpy()
-    err = np.nan_to_num(summary["JF_std"].astype(float).to_numpy())
-    ax.bar(x - width / 2, np.nan_to_num(ours), width, yerr=err, capsize=3, label="ours (mean ± std over seeds)")
-    ax.bar(x + width / 2, summary["paper_JF"].astype(float).to_numpy(), width, label="paper", alpha=0.6)
-    ax.set_xticks(x, [str(i) for i in summary["id"]])
+    paper = summary["paper_JF"].astype(float).to_numpy()
+    std = summary["JF_std"].astype(float).to_numpy()
+    seeds = summary["seeds"].to_numpy()
+    most = int(seeds.max()) if len(seeds) else 0
+    spread = (seeds >= 2) & ~np.isnan(std)
+    ax.bar(x - width / 2, np.nan_to_num(ours), width, color="C0", edgecolor="C0", linewidth=1.5, zorder=3,
+                  label=f"ours (mean{' ± std' if spread.any() else ''} over {most} seed{'s' if most != 1 else ''})")
+    theirs = ax.bar(x + width / 2, np.nan_to_num(paper), width, color="C1", alpha=0.6, edgecolor="C1", linewidth=1.5,
+                    zorder=3, label="paper")
+    if spread.any():
+        ax.errorbar(x[spread] - width / 2, ours[spread], yerr=std[spread], fmt="none", ecolor="black", capsize=3, zorder=4)
+    top = np.nanmax(np.concatenate([np.nan_to_num(ours) + np.where(spread, std, 0.0), np.nan_to_num(paper), [1.0]]))
+    for xi, y, label in zip(x - width / 2, np.nan_to_num(ours) + np.where(spread, std, 0.0), _value_labels(ours)):
+        ax.text(xi, y + 0.01 * top, label, ha="center", va="bottom", fontsize=8)  # above the error bar
+    ax.bar_label(theirs, labels=_value_labels(paper), padding=2, fontsize=8, color="dimgray")
+    ax.set_ylim(-0.01 * top, 1.15 * top)  # a 0.0 bar's edge is drawn just above the axis
+    ax.axhline(0, color="black", linewidth=0.8, zorder=2)
+    ax.set_xticks(x, [f"{label} ({i})" for i, label in zip(summary["id"], summary["configuration"])],
+                  rotation=25, ha="right", fontsize=9)
     ax.set_ylabel("J&F (%)")
-    ax.set_xlabel("row")
     if title:
         ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+    ax.grid(axis="y", alpha=0.3, zorder=0)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.text(0.5, 0.015, paper_agreement(summary), ha="center", va="bottom", fontsize=9, wrap=True)
     return fig
+
+
+def stamp(fig, text: str) -> None:
+    """Write ``text`` across ``fig`` (a smoke table: its numbers mean nothing)."""
+    fig.text(0.5, 0.55, text, ha="center", va="center", fontsize=20, color="red", alpha=0.35, rotation=12,
+             fontweight="bold", zorder=10)
 
 
 def plot_search(table: pd.DataFrame, params: Sequence[str], title: str | None = None):

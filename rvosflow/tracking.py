@@ -9,6 +9,10 @@ and a sweep's parent run with its children.
   the seed) and made unique within its experiment (``...-s0-2``); a sweep names its children by
   row and configuration. **Tags**: the axes of the tables, mode, data, tier, ``partial_eval``
   when the score does not cover the whole split, and MLflow's context (user, source, git commit).
+* **Records** (the Trainer callbacks of :meth:`TrackedRun.callbacks`): the splits a run reads as MLflow data
+  set inputs (digest, size, context training / evaluation / inference), the final checkpoint as
+  the run's logged model (``logger.model_files``, ``logger.upload_weights``), the final scores
+  linked to both, and MLflow's system metrics (``logger.system_metrics_interval``).
 * **States**: :class:`TrackedRun` ends a run FAILED (KILLED when interrupted) with the error as its
   ``rvosflow.error`` tag; :class:`Tracking` keeps a sweep's parent and child runs.
 """
@@ -17,12 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import re
 import socket
 import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
 import traceback
@@ -31,12 +37,17 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import sqlalchemy.exc
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, LoggedModelStatus, Metric
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking.context.registry import resolve_tags
 from optuna.trial import TrialState
 
-from rvosflow import signals
+from rvosflow import atomic, checkpoints, signals
 from rvosflow.config import flat_params
+from rvosflow.data import digest as data_digest
 from rvosflow.errors import ConfigError
 from rvosflow.paths import PROJECT_ROOT
 from rvosflow.schema import axes
@@ -53,6 +64,8 @@ PARENT_TAG = "rvosflow.sweep"        # on the parent run: the study's uid
 STUDY_TAG = "rvosflow.study"         # on parent and child runs: the study name
 UID_TAG = "rvosflow.sweep_uid"       # on child runs: the study's uid
 ERROR_TAG = "rvosflow.error"         # on a run that did not finish: why
+NOTE_TAG = "mlflow.note.content"     # a run's description in the UI (Markdown)
+NOTE_LIMIT = 8000                    # MLflow cuts a tag's value (a description too) at this many characters
 
 
 # ----------------------------------------------------------------------------- where
@@ -138,10 +151,17 @@ def metric_safe(label: str) -> str:
     return re.sub(r"[^\w\-. /:]", "_", label)
 
 
-def run_url(uri: str, experiment_id: str, run_id: str) -> str:
-    """The run's page in the MLflow UI: the server's, or `make mlflow-ui`'s for a local store."""
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{UI_MODE}"
+def ui_base(uri: str, ui_url: str | None = None) -> str:
+    """The MLflow UI that shows the store ``uri``: ``ui_url`` (``logger.ui_url``) when given, the
+    tracking server for an http(s) URI, else `make mlflow-ui`'s address."""
+    if ui_url:
+        return ui_url.rstrip("/")
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+
+
+def run_url(uri: str, experiment_id: str, run_id: str, ui_url: str | None = None) -> str:
+    """The run's page in the MLflow UI (:func:`ui_base`)."""
+    return f"{ui_base(uri, ui_url)}/#/experiments/{experiment_id}/runs/{run_id}?{UI_MODE}"
 
 
 # ----------------------------------------------------------------------------- names and tags
@@ -149,11 +169,21 @@ def run_url(uri: str, experiment_id: str, run_id: str) -> str:
 def run_name(cfg) -> str:
     """``<paradigm>[-<axis token>...]-s<seed>`` (each axis' token, where it gives one: ``p0.5``,
     ``spa``, ``nowi``, ``n3`` ...), prefixed by the mode when not training."""
-    parts = [t for a in axes(cfg) if a.token and (t := a.token(_value(cfg, a.key)))]
-    parts.append(f"s{cfg.seed}")
-    if cfg.mode != "train":
-        parts.insert(0, cfg.mode)
-    return "-".join(parts)
+    name = config_name({a.key: _value(cfg, a.key) for a in axes(cfg)}, cfg.seed)
+    return name if cfg.mode == "train" else f"{cfg.mode}-{name}"
+
+
+def config_name(settings: dict, seed: int) -> str:
+    """:func:`run_name` of a configuration given as ``{axis key: value}`` (a sweep row's settings)."""
+    tokens = {a.key: a.token for a in axes() if a.token}
+    parts = [t for key, value in settings.items() if key in tokens and (t := tokens[key](value))]
+    return "-".join([*parts, f"s{seed}"])
+
+
+def child_run_name(row: str, settings: dict, seed: int) -> str:
+    """A sweep child's name: its row, then what a run of that configuration alone is called
+    (``h-video2mask-p0.5-spa-dvi-s0``)."""
+    return f"{row}-{config_name(settings, seed)}"
 
 
 def _value(cfg, key: str):
@@ -300,6 +330,7 @@ class TrackedRun:
 
     def __init__(self, cfg, tags: dict | None = None):
         self.cfg, self.tags, self._logger = cfg, tags, None
+        self.records: RunRecords | None = None  # set by callbacks()
         self._beating = threading.Event()
 
     @property
@@ -318,18 +349,27 @@ class TrackedRun:
 
     @property
     def url(self) -> str:
-        return run_url(tracking_uri(self.cfg), self.logger.experiment_id, self.logger.run_id)
+        return run_url(tracking_uri(self.cfg), self.logger.experiment_id, self.logger.run_id, self.cfg.logger.ui_url)
+
+    def callbacks(self, run_dir) -> list[Callback]:
+        """The Trainer callbacks that record the run in MLflow: :class:`RunRecords` (data sets, model,
+        final scores) and, when ``logger.system_metrics_interval`` is set, :class:`SystemMetrics`."""
+        self.records = RunRecords(self.cfg, run_dir)
+        out: list[Callback] = [self.records]
+        if self.cfg.logger.system_metrics_interval:
+            out.append(SystemMetrics(tracking_uri(self.cfg), self.cfg.logger.system_metrics_interval))
+        return out
 
     def log_records(self, path: str, slices: dict) -> None:
         """The per-expression records: the sidecar CSV, an MLflow table (``per_expression.json``,
-        browsable in the run's artifacts) and the slices as ``final/slice/<slice>/<bin>/{JF,J,F}``."""
+        browsable in the run's artifacts) and the slices as ``final/slice/<slice>/<bin>/{JF,J,F}``
+        (final scores like the others: :meth:`RunRecords.log_final`)."""
         client, run_id = self.logger.experiment, self.logger.run_id
         client.log_artifact(run_id, path)
         client.log_table(run_id, pd.read_csv(path, keep_default_na=False, dtype=str), "per_expression.json")
-        for name, bins in slices.items():
-            for label, scores in bins.items():
-                for m in ("JF", "J", "F"):
-                    client.log_metric(run_id, f"final/slice/{name}/{metric_safe(label)}/{m}", scores[m])
+        self.records.log_final(client, run_id, {f"final/slice/{name}/{metric_safe(label)}/{m}": scores[m]
+                                                for name, bins in slices.items()
+                                                for label, scores in bins.items() for m in ("JF", "J", "F")})
 
     def finish(self) -> None:
         """The run's results are written: FINISHED."""
@@ -350,6 +390,181 @@ class TrackedRun:
             mlflow_client.set_terminated(self._logger.run_id, status)
         except Exception:  # noqa: BLE001
             log.exception("could not mark MLflow run %s %s", self._logger.run_id, status)
+
+
+# ----------------------------------------------------------------------------- what a run records
+
+DATA_CONTEXT_TAG = "mlflow.data.context"  # MLflow's tag of a run input: training | evaluation | inference
+MODEL_TYPE = "flowrvs-checkpoint"
+MANIFEST = "files.json"                   # in every logged model: its files' names, sizes, where they are on disk
+
+
+def data_splits(cfg, datamodule) -> list[tuple[str, object, str]]:
+    """``(name, source, context)`` of each split the run reads: the training split(s) (mode=train),
+    and the scored split (evaluation) or the predicted one (inference). A split without masks is
+    not scored, so in train and validate mode it is not an input."""
+    fmt = cfg.data.format
+    out = []
+    if cfg.mode == "train":
+        first, *more = datamodule.training_sources()
+        out.append((f"{fmt}/{datamodule.train_split}", first, "training"))
+        for source in more:  # data.format=mixed: the image part
+            out.append((f"{'+'.join(cfg.data.image_datasets)}/{cfg.data.image_split}", source, "training"))
+    split = datamodule.predict_split if cfg.mode == "predict" else datamodule.val_split
+    (scored,) = datamodule.scored_sources(cfg.mode)
+    if cfg.mode == "predict" or scored.has_masks:
+        some = f" (first {cfg.data.eval_videos} videos)" if cfg.data.eval_videos is not None else ""
+        out.append((f"{fmt}/{split}{some}", scored, "inference" if cfg.mode == "predict" else "evaluation"))
+    return out
+
+
+def dataset_input(name: str, source, context: str) -> DatasetInput:
+    """A split as an MLflow data set input: its folder as the source, the digest of its expressions
+    and files (:func:`rvosflow.data.digest.digest`), its size as the profile, and the context."""
+    dataset = Dataset(name=name, digest=data_digest.digest(source), source_type="local",
+                      source=json.dumps({"uri": str(Path(source.root).resolve())}),
+                      profile=json.dumps(data_digest.profile(source)))
+    return DatasetInput(dataset, tags=[InputTag(DATA_CONTEXT_TAG, context)])
+
+
+def model_files(cfg, ckpt: Path, run_dir: Path) -> dict[str, Path]:
+    """The files of the run's logged model (``logger.model_files``): ``last.ckpt``, and the release
+    layout's ``mevis_ckpt.pth`` (+ ``decoder.pth`` with a tuned decoder) exported into ``<run dir>/release``."""
+    files = {}
+    if "checkpoint" in cfg.logger.model_files:
+        files[ckpt.name] = ckpt
+    if "release" in cfg.logger.model_files:
+        decoder = (cfg.model.vae_decoder_path or cfg.model.vae_ckpt) if cfg.model.vae_decoder == "tuned" else None
+        # the run's own folder, and this run's final checkpoint: replacing an earlier export of it is right
+        exported = checkpoints.export(ckpt, run_dir / "release", decoder=decoder, overwrite=True)
+        files.update({p.name: p for p in exported.values()})
+    return files
+
+
+def size_of(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder (FSDP's sharded checkpoint)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def log_model(mlflow_client, run_id: str, experiment_id: str, name: str, files: dict[str, Path], upload: bool,
+              params: dict, step: int) -> str:
+    """``files`` (files or folders) as the run's MLflow logged model (READY; FAILED with the error as a
+    tag when the upload fails, the run going on): their bytes when ``upload``, and always a manifest
+    (``files.json``: names, sizes, paths on disk). Returns the model's id."""
+    manifest = {n: {"path": str(p.resolve()), "bytes": size_of(p), "uploaded": upload} for n, p in files.items()}
+    model = mlflow_client.create_logged_model(experiment_id, name=name, source_run_id=run_id, model_type=MODEL_TYPE,
+                                              params={k: str(v) for k, v in params.items()},
+                                              tags={"weights": "uploaded" if upload else "on disk"})
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            atomic.write_text(Path(tmp) / MANIFEST, json.dumps(manifest, indent=2))
+            if upload:  # links: the artifact store copies the files once, from where they are
+                for n, p in files.items():
+                    if p.is_file():
+                        (Path(tmp) / n).symlink_to(p.resolve())
+            mlflow_client.log_model_artifacts(model.model_id, tmp)
+            for n, p in files.items():
+                if upload and p.is_dir():  # the store walks a folder, but not one behind a link
+                    mlflow_client.log_model_artifacts(model.model_id, str(p), artifact_path=n)
+    except Exception as exc:  # noqa: BLE001  (the run's scores matter more than its upload)
+        log.exception("MLflow logged model %s: upload failed", name)
+        mlflow_client.set_logged_model_tags(model.model_id, {ERROR_TAG: str(exc)[:4900]})
+        mlflow_client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        return model.model_id
+    mlflow_client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    mlflow_client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+    return model.model_id
+
+
+class RunRecords(Callback):
+    """What MLflow 3 organises a run around, for the run of ``cfg``: its data sets (inputs with their
+    digests, logged at the first set-up), its model (the final checkpoint as a logged model, at the
+    end of fit) and the final scores (``final/*``, logged here, linked to the scored data set and
+    to the model; the module leaves them out of Lightning's logging)."""
+
+    def __init__(self, cfg, run_dir: Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.scored: Dataset | None = None
+        self.model_id: str | None = None
+        self.final_step = 0  # the step the final scores are logged at: the last optimizer step
+        self._logged_inputs = False
+
+    @staticmethod
+    def _mlflow(trainer) -> MLFlowLogger | None:
+        return trainer.logger if isinstance(trainer.logger, MLFlowLogger) and trainer.is_global_zero else None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        logger = self._mlflow(trainer)
+        if logger is None or self._logged_inputs:
+            return
+        t0 = time.perf_counter()
+        splits = data_splits(self.cfg, trainer.datamodule)
+        inputs = [dataset_input(name, source, context) for name, source, context in splits]
+        logger.experiment.log_inputs(logger.run_id, datasets=inputs)
+        self.scored = next((i.dataset for i, (_, _, c) in zip(inputs, splits) if c == "evaluation"), None)
+        self._logged_inputs = True
+        log.info("MLflow data sets: %s (digests in %.2f s)",
+                 ", ".join(f"{i.dataset.name} [{i.dataset.digest}]" for i in inputs), time.perf_counter() - t0)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        logger = self._mlflow(trainer)
+        ckpt = checkpoints.last_checkpoint(self.run_dir)  # trainer.Checkpoints wrote it at the end of training
+        if logger is None or not ckpt.exists() or not self.cfg.logger.model_files:
+            return
+        t0 = time.perf_counter()
+        files = model_files(self.cfg, ckpt, self.run_dir)
+        params = {"model.name": self.cfg.model.name,
+                  **{a.key: _value(self.cfg, a.key) for a in axes(self.cfg) if a.column or a.key == "paradigm.name"}}
+        # named like its run ("." is not allowed in a model name)
+        name = logger.experiment.get_run(logger.run_id).info.run_name.replace(".", "_")
+        self.model_id = log_model(logger.experiment, logger.run_id, logger.experiment_id, name,
+                                  files, self.cfg.logger.upload_weights, params, trainer.global_step)
+        size = sum(size_of(p) for p in files.values())
+        log.info("MLflow logged model %s: %s (%.1f MB%s) in %.2f s", self.model_id, ", ".join(files), size / 1e6,
+                 "" if self.cfg.logger.upload_weights else ", not uploaded", time.perf_counter() - t0)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        logger = self._mlflow(trainer)
+        if logger is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.VALIDATING:
+            return
+        self.final_step = trainer.global_step
+        self.log_final(logger.experiment, logger.run_id,
+                       {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("final/")})
+
+    def log_final(self, mlflow_client, run_id: str, metrics: dict[str, float]) -> None:
+        """Final scores (``final/*``) at the final step, linked to the scored data set and the model."""
+        now = int(time.time() * 1000)
+        link = {"dataset_name": self.scored.name, "dataset_digest": self.scored.digest} if self.scored else {}
+        batch = [Metric(k, v, now, self.final_step, model_id=self.model_id, **link) for k, v in metrics.items()]
+        for i in range(0, len(batch), 1000):  # MLflow's limit per batch
+            mlflow_client.log_batch(run_id, metrics=batch[i:i + 1000])
+
+
+class SystemMetrics(Callback):
+    """MLflow's system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py and a GPU) of the
+    run, sampled every ``interval`` seconds while Lightning fits, validates or predicts. One monitor
+    per stage, the next one going on from the last step; a stage shorter than ``interval`` logs none."""
+
+    def __init__(self, uri: str, interval: float):
+        self.uri, self.interval = uri, interval
+        self._monitor = None
+        self._started = False
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if not isinstance(trainer.logger, MLFlowLogger) or not trainer.is_global_zero:
+            return
+        self._monitor = SystemMetricsMonitor(trainer.logger.run_id, sampling_interval=self.interval,
+                                             resume_logging=self._started, tracking_uri=self.uri)
+        self._monitor.start()
+        self._started = True
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.teardown(trainer, pl_module, "")
 
 
 # ----------------------------------------------------------------------------- a sweep

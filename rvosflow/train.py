@@ -58,7 +58,7 @@ def run(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None, tag
         prepare_predictions_dir(run_cfg, run_dir, datamodule.eval_source(datamodule.predict_split))
     tracked = TrackedRun(run_cfg, tags)
     try:
-        return _run(run_cfg, run_dir, datamodule, callbacks, tracked)
+        return _run(run_cfg, run_dir, datamodule, [*tracked.callbacks(run_dir), *(callbacks or [])], tracked)
     except BaseException as exc:
         if isinstance(exc, SIGTERMException):  # Lightning's stop on SIGTERM (exit code None): ours
             exc = Stopped(signal.SIGTERM)
@@ -92,7 +92,7 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
 
 def resume_command(cfg, run_dir: Path) -> str | None:
     """How to go on from the checkpoint a stopped training left: the same overrides from it, in its folder."""
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = checkpoints.last_checkpoint(run_dir)
     if cfg.mode != "train" or not ckpt.exists():
         return None
     typed = [o for o in cfg.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
@@ -125,8 +125,9 @@ def _run(cfg, run_dir: Path, datamodule, callbacks, tracked: TrackedRun) -> dict
         datamodule.val_limit = None  # the reported score covers the whole validation split
         module.metric_prefix = "final"  # logged as final/*, apart from the in-training val/* curve
         with signals.deferred():
-            scores = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
-        measures = {"J": scores["final/J"], "F": scores["final/F"], "JF": scores["final/JF"],
+            trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        scores = trainer.callback_metrics  # final/* go to MLflow through tracking.RunRecords, not Lightning's logger
+        measures = {"J": float(scores["final/J"]), "F": float(scores["final/F"]), "JF": float(scores["final/JF"]),
                     "per_kind": module.scores_by_kind, **record_summary(module.records, cfg.slices, run_dir)}
     return _write_results(cfg, run_dir, tracked, {**measures, "checkpoint": str(written) if written else None})
 

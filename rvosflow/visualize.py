@@ -1,5 +1,5 @@
 """Pictures for people: mask overlays of validation expressions, and the flow's trajectory from
-video to mask. Both are logged to MLflow by ``rvosflow.train.OverlayLogger``.
+video to mask. Both are logged to MLflow by ``rvosflow.trainer.OverlayLogger``.
 
 Colours are ones no synthetic object or background uses (``data/synthetic/world.py``): the
 ground truth is a white outline, the prediction a cyan fill with a cyan outline.
@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from rvosflow.data.transforms import resize_frames  # noqa: E402
 
@@ -109,4 +110,10 @@ def trajectory_figure(traj: dict):
     return fig
 
 
-__all__ = ["overlay", "overlay_figure", "trajectory_figure"]
+def figure_image(fig) -> Image.Image:
+    """The figure as an RGB picture, at its own size and dpi (what ``savefig`` writes)."""
+    fig.canvas.draw()
+    return Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+
+
+__all__ = ["overlay", "overlay_figure", "trajectory_figure", "figure_image"]

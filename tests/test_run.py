@@ -2,13 +2,16 @@
 and is scored, results.json and the MLflow run hold what users look for."""
 
 import json
+import math
 from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow.entities import LoggedModelStatus
 
-from rvosflow.config import compose
+from rvosflow.config import compose, resolve
 from rvosflow.console import summary
+from rvosflow.metrics.records import flat_scores, read_records
 from rvosflow.train import run
 
 
@@ -29,7 +32,8 @@ def tiny_overrides(tiny_benchmark, bundle_dir, uri, *extra):
         "data.batch_size=2", "data.val_limit=4", f"model.path={bundle_dir}", "text.max_length=16",
         "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
         "trainer.enable_progress_bar=false", f"logger.tracking_uri={uri}", "num_overlays=2",
-        "data.val_batch_size=3", "latent_cache_dir=null", "text_cache_dir=null", *extra,
+        "data.val_batch_size=3", "latent_cache_dir=null", "text_cache_dir=null", "logger.system_metrics_interval=0.5",
+        *extra,
     ]
 
 
@@ -57,6 +61,7 @@ def test_mlflow_run_holds_params_metrics_overlays_and_results(tiny_benchmark, te
     cfg = compose(tiny_overrides(tiny_benchmark, test_bundle_dir, tracking_uri, "+paradigm=video2mask", "bbs.p=0.25",
                                  "trajectory_steps=2"))
     results = run(cfg, tmp_path)
+    cfg = resolve(cfg)
     client = mlflow.MlflowClient(tracking_uri)
     r = client.get_run(results["mlflow_run_id"])
     assert r.data.params["paradigm.name"] == "video2mask" and r.data.params["bbs.p"] == "0.25"
@@ -75,8 +80,6 @@ def test_mlflow_run_holds_params_metrics_overlays_and_results(tiny_benchmark, te
     assert "results.json" in artifacts and "config.yaml" in artifacts
     # per-expression records (issue 25): the sidecar beside results.json, the same file and an MLflow
     # table in the run; they give back the reported J&F, and TC and the slices come from them
-    from rvosflow.metrics.records import flat_scores, read_records
-
     assert {"results.per_expression.csv", "per_expression.json"} <= set(artifacts)
     records = read_records(results["per_expression"])
     assert [r.key for r in records] == sorted((e.video_id, e.exp_id) for e in saved_expressions(tiny_benchmark))
@@ -90,13 +93,52 @@ def test_mlflow_run_holds_params_metrics_overlays_and_results(tiny_benchmark, te
              for label in results["slices"]["size"]}  # bin labels made MLflow-safe: <1% -> lt1pct
     assert "final/slice/absent/present/JF" in slice_metrics and sizes <= slice_metrics
     overlays = [a.path for a in client.list_artifacts(r.info.run_id, "overlays")]
-    assert "overlays/final.png" in overlays and all(p.endswith(".png") for p in overlays)
+    assert overlays == ["overlays/final.png", "overlays/val_step000002.png", "overlays/val_step000004.png"]
     assert "trajectory/final.png" in [a.path for a in client.list_artifacts(r.info.run_id, "trajectory")]
-    # the in-training validations (val_limit expressions) are the val/JF curve; the final score is apart
-    history = client.get_metric_history(r.info.run_id, "val/JF")
-    assert [m.step for m in history] == [1, 3] and all(0 <= m.value <= 100 for m in history)
+    # ... and the same pictures as MLflow images by key and step (the run's charts, with a step slider)
+    images = {a.path.split("+timestamp")[0] for a in client.list_artifacts(r.info.run_id, "images")}
+    assert images == {f"images/{key}+step+{step}" for key, step in (
+        ("val~overlays", 2), ("val~overlays", 4), ("final~overlays", 4),
+        ("val~trajectory", 2), ("val~trajectory", 4), ("final~trajectory", 4))}
+    # One step convention, the optimizer steps done: in-training validations (val_limit expressions)
+    # at steps 2 and 4, the final score apart at the last step, the training curves every
+    # log_every_n_steps (1 here); no `epoch` metric.
+    steps = {k: [m.step for m in client.get_metric_history(r.info.run_id, k)] for k in
+             ("val/JF", "final/JF", "train/loss", "train/lr", "train/grad_norm")}
+    assert steps == {"val/JF": [2, 4], "final/JF": [4], "train/loss": [1, 2, 3, 4], "train/lr": [1, 2, 3, 4],
+                     "train/grad_norm": [1, 2, 3, 4]}
+    assert all(0 <= m.value <= 100 for m in client.get_metric_history(r.info.run_id, "val/JF"))
+    assert "epoch" not in r.data.metrics
+    # the tiny preset's cosine schedule, as each optimizer step used it; gradient norms before clipping
+    lrs = [m.value for m in client.get_metric_history(r.info.run_id, "train/lr")]
+    assert lrs == pytest.approx([cfg.optim.lr * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(4)])
+    assert all(m.value > 0 for m in client.get_metric_history(r.info.run_id, "train/grad_norm"))
+    # MLflow's system metrics, sampled while the run fits and scores
+    assert "system/cpu_utilization_percentage" in r.data.metrics and "system/system_memory_usage_megabytes" in r.data.metrics
     assert results["mlflow_url"] == (f"http://127.0.0.1:5000/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}"
                                      "?workflowType=machine_learning")
+    # Data sets: the training split and the scored one, with digests, sizes and their context
+    inputs = {d.dataset.name: d for d in r.inputs.dataset_inputs}
+    assert set(inputs) == {"mevis/train", "mevis/valid_u"}
+    assert [t.value for t in inputs["mevis/train"].tags] == ["training"]
+    assert [t.value for t in inputs["mevis/valid_u"].tags] == ["evaluation"]
+    valid = inputs["mevis/valid_u"].dataset
+    assert json.loads(valid.profile)["expressions"] == len(saved_expressions(tiny_benchmark))
+    assert json.loads(valid.source)["uri"] == str(tiny_benchmark / "mevis" / "valid_u")
+    # The logged model: last.ckpt as an output of the run, its final scores linked to it and to the data set
+    (model,) = client.search_logged_models([r.info.experiment_id], filter_string=f"source_run_id = '{r.info.run_id}'")
+    assert model.status == LoggedModelStatus.READY and model.name == "video2mask-p0_25-s0"
+    assert [o.model_id for o in r.outputs.model_outputs] == [model.model_id]
+    files = mlflow.artifacts.download_artifacts(f"{model.artifact_location}", dst_path=str(tmp_path / "model"))
+    assert sorted(p.name for p in Path(files).iterdir()) == ["files.json", "last.ckpt"]
+    assert (Path(files) / "last.ckpt").read_bytes() == (tmp_path / "checkpoints" / "last.ckpt").read_bytes()
+    linked = {m.key: m for m in model.metrics}
+    assert linked["final/JF"].value == pytest.approx(results["JF"]) and linked["final/JF"].step == 4
+    assert (linked["final/JF"].dataset_name, linked["final/JF"].dataset_digest) == ("mevis/valid_u", valid.digest)
+    # every final score the same way (TC and the slices too): at the last step, linked to the data set and the model
+    finals = [k for k in r.data.metrics if k.startswith("final/")]
+    assert "final/TC" in finals and "final/slice/absent/present/JF" in finals and set(finals) <= set(linked)
+    assert {(linked[k].step, linked[k].dataset_digest) for k in finals} == {(4, valid.digest)}
 
 
 def test_two_runs_get_distinct_names_and_a_partial_score_says_so(tiny_benchmark, test_bundle_dir, tmp_path):
@@ -109,6 +151,29 @@ def test_two_runs_get_distinct_names_and_a_partial_score_says_so(tiny_benchmark,
     assert names == ["video2mask-p0.5-spa-dvi-s0", "video2mask-p0.5-spa-dvi-s0-2"]
     assert client.get_run(second["mlflow_run_id"]).data.tags["partial_eval"] == "data.eval_videos=1"
     assert "[first 1 videos only]" in summary(second) and "MLflow:" in summary(second)
+
+
+def test_the_model_without_its_weights_and_the_release_export_and_a_one_batch_score(tiny_benchmark, test_bundle_dir,
+                                                                                   tracking_uri, tmp_path):
+    # logger.upload_weights=false (the 1.3B preset's): the logged model lists the files, their bytes
+    # stay on disk; logger.model_files adds the release layout's export. trainer.limit_val_batches=1
+    # (the smoke profile's) scores one batch: the run says so, as an int 1 is one batch, not all.
+    cfg = compose(tiny_overrides(tiny_benchmark, test_bundle_dir, tracking_uri, "trainer.max_steps=1", "trajectory_steps=0",
+                                 "logger.upload_weights=false", "logger.model_files=[checkpoint,release]",
+                                 "trainer.limit_val_batches=1", "data.val_batch_size=1"))
+    results = run(cfg, tmp_path)
+    client = mlflow.MlflowClient(tracking_uri)
+    r = client.get_run(results["mlflow_run_id"])
+    assert r.data.tags["partial_eval"] == "trainer.limit_val_batches=1"
+    (model,) = client.search_logged_models([r.info.experiment_id], filter_string=f"source_run_id = '{r.info.run_id}'")
+    assert model.tags["weights"] == "on disk"
+    files = Path(mlflow.artifacts.download_artifacts(model.artifact_location, dst_path=str(tmp_path / "model")))
+    assert [p.name for p in files.iterdir()] == ["files.json"]
+    listed = json.loads((files / "files.json").read_text())
+    assert set(listed) == {"last.ckpt", "mevis_ckpt.pth"}
+    assert listed["mevis_ckpt.pth"]["path"] == str(tmp_path / "release" / "mevis_ckpt.pth")
+    assert listed["last.ckpt"]["bytes"] == (tmp_path / "checkpoints" / "last.ckpt").stat().st_size
+    assert not listed["last.ckpt"]["uploaded"]
 
 
 def test_validate_mode_reproduces_the_trained_score(tiny_benchmark, test_bundle_dir, tracking_uri, tmp_path):

@@ -17,6 +17,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from optuna_dashboard import get_note
 
 from rvosflow import sweep
 from rvosflow.errors import SpecError
@@ -205,16 +206,27 @@ def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test
     assert parent.info.status == "FINISHED" and len(kids) == 4
     assert {(k.data.tags["row"], k.data.tags["seed"]) for k in kids} == {("base", "0"), ("base", "1"), ("h", "0"), ("h", "1")}
     assert all(k.info.status == "FINISHED" for k in kids)
-    assert sorted(k.info.run_name for k in kids) == ["base-s0", "base-s1", "h-s0", "h-s1"]
+    # named by row and configuration, as the same configuration run alone (video2mask-p0.5-spa-dvi-s0)
+    assert sorted(k.info.run_name for k in kids) == ["base-video2mask-s0", "base-video2mask-s1",
+                                                     "h-video2mask-p0.5-spa-dvi-s0", "h-video2mask-p0.5-spa-dvi-s1"]
     assert all(k.data.tags["profile"] == "test" and k.data.tags["paradigm"] == "video2mask" for k in kids)
     client = mlflow.MlflowClient(env["uri"])
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "results")}
     assert arts == {f"results/t-test.{e}" for e in ("md", "csv", "tex", "png")}
-    # The parent run carries the table (rows, J&F/J/F mean ± std, paper, per kind) and a few summary
-    # metrics, not one metric per row; it has user, source and git tags like any run.
+    # The parent run carries the table as numbers (rows, J&F/J/F means and stds, paper, per kind) and a
+    # few summary metrics, not one metric per row; it has user, source and git tags like any run.
     shown = client.load_table(parent.info.experiment_id, "table.json", run_ids=[parent.info.run_id])
-    assert list(shown["ID"]) == ["base", "h"] and {"J&F", "J", "F", "Paper J&F", "J&F colour"} <= set(shown.columns)
-    assert float(shown.set_index("ID").loc["h", "Paper J&F"]) == 60.6 and "±" in shown.set_index("ID").loc["h", "J&F"]
+    assert list(shown["id"]) == ["base", "h"]
+    assert {"JF_mean", "JF_std", "J_mean", "F_mean", "paper_JF", "JF/colour_mean", "seeds"} <= set(shown.columns)
+    assert all(pd.api.types.is_numeric_dtype(shown[c])
+               for c in ("JF_mean", "JF_std", "paper_JF", "seeds", "TC_mean", "delta_JF", "delta_JF_low"))
+    assert shown.set_index("id").loc["h", "reference"] == "base"
+    assert shown.set_index("id").loc["h", "paper_JF"] == 60.6
+    assert shown.set_index("id").loc["h", "JF_mean"] == pytest.approx(table.set_index("id").loc["h", "JF_mean"], abs=1e-4)
+    # its description is the Markdown table with ρ and the figure (the run's own artifact)
+    note = parent.data.tags["mlflow.note.content"]
+    assert md.strip() in note and "Spearman ρ" in note and "Smoke test" not in note
+    assert f"![t-test.png](get-artifact?path=results/t-test.png&run_uuid={parent.info.run_id})" in note
     assert set(parent.data.metrics) == {"rows_scored", "JF_best_row", "JF_span", "JF_seed_std_mean", "spearman_rho_paper",
                                         "delta_JF/h", "delta_JF_low/h", "delta_JF_high/h", "significant/h"}
     assert parent.data.metrics["rows_scored"] == 2
@@ -228,6 +240,12 @@ def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test
         "paradigm.name": "video2mask", "bbs.p": 0.5, "spa.enabled": True, "dvi.enabled": True, "wi.enabled": True}
     assert next(t for t in trials if t.params["row"] == "base").params["bbs.p"] == 0.0
     assert f"/runs/{h0.user_attrs['mlflow_run_id']}?" in h0.user_attrs["mlflow_url"]
+    note = get_note(optuna.trial.Trial(study, h0._trial_id))  # a link in the dashboard
+    assert note == f"MLflow run: [h-video2mask-p0.5-spa-dvi-s0]({h0.user_attrs['mlflow_url']})"
+    assert "Parameter importance does not apply" in get_note(study)
+    # the sweep ends with where to look: the parent's page and the dashboard's command
+    assert f"MLflow parent run: http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}?" in out
+    assert f"make optuna-dashboard STORAGE={env['storage']}" in out
     # Re-running a finished study runs nothing and reuses the parent run (and replaces its table).
     assert sweep.main(cli(f, env)) == 0
     assert len(study_trials(env)) == 4
@@ -239,6 +257,18 @@ def test_grid_completes_with_mean_std_table_and_mlflow_tree(tiny_benchmark, test
     f2 = write_sweep(tmp_path / "t.yaml", tiny(tiny_benchmark, test_bundle_dir, max_steps=4))
     assert sweep.main(cli(f2, env)) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_a_table_scored_on_part_of_the_split_says_its_numbers_mean_nothing(tiny_benchmark, test_bundle_dir, tmp_path, env):
+    # The smoke profile's trainer.limit_val_batches=1: a J&F from one batch looked like a full one.
+    overrides = [*tiny(tiny_benchmark, test_bundle_dir, max_steps=1), "trainer.limit_val_batches=1"]
+    f = write_sweep(tmp_path / "t.yaml", overrides, rows=ROWS[:1], seeds=(0,))
+    assert sweep.main(cli(f, env)) == 0
+    stamp = "**Smoke test: these numbers mean nothing** (scored on part of the split (trainer.limit_val_batches=1))."
+    assert (env["out"] / "t-test.md").read_text().startswith(stamp)
+    parent, (kid,) = children(env)
+    assert kid.data.tags["partial_eval"] == "trainer.limit_val_batches=1"
+    assert stamp in parent.data.tags["mlflow.note.content"]
 
 
 def test_failing_trial_is_failed_in_optuna_and_mlflow_and_the_study_goes_on(tiny_benchmark, test_bundle_dir, tmp_path, env):

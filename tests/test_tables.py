@@ -103,6 +103,33 @@ def test_plots_are_figures(tmp_path):
     assert (tmp_path / "rows.png").stat().st_size > 1000 and (tmp_path / "search.png").stat().st_size > 1000
 
 
+def test_the_rows_figure_reads_without_the_table():
+    import matplotlib.pyplot as plt
+
+    # a: two seeds (a std), h: one seed, i: a score of 0.0 (two seeds, no spread)
+    recs = [*RECORDS[:3], rec("i", 0, J=0.0, F=0.0), rec("i", 1, J=0.0, F=0.0)]
+    summary = tables.summarize(recs, ROWS)
+    fig = tables.plot_rows(summary, title="t")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["noise2mask (a)", "+ DVI (final model) (h)", "- WI (i)"]
+    # error bars only where a row has two seeds or more: a and i, not h
+    (bars,) = [c for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
+    assert len(bars.lines[2][0].get_segments()) == 2
+    shown = [t.get_text() for t in ax.texts]
+    assert shown[:3] == ["20.0", "55.0", "0.0"]  # ours, over each bar (a 0.0 bar has its label)
+    assert shown[3:] == ["32.3", "60.6", "21.1"]  # the paper's
+    assert ax.get_ylim()[0] < 0  # the 0.0 bar's edge shows above the axis
+    assert "Spearman ρ" in " ".join(t.get_text() for t in fig.texts)  # ρ in the caption
+    assert "mean ± std over 2 seeds" in [t.get_text() for t in ax.get_legend().get_texts()][0]
+    plt.close(fig)
+    one = tables.plot_rows(tables.summarize(RECORDS[2:3], ROWS), title="t")  # one seed: no ± anywhere
+    assert not [c for c in one.axes[0].containers if type(c).__name__ == "ErrorbarContainer"]
+    assert [t.get_text() for t in one.axes[0].get_legend().get_texts()][0] == "ours (mean over 1 seed)"
+    tables.stamp(one, "SMOKE TEST: the numbers mean nothing")
+    assert "SMOKE TEST: the numbers mean nothing" in [t.get_text() for t in one.texts]
+    plt.close(one)
+
+
 def test_per_kind_columns_and_paper_agreement():
     recs = [{"row": r, "seed": s, "state": "COMPLETE", "JF": jf + s, "J": jf, "F": jf,
              "JF/colour": jf + 10 + s, "JF/multi-object": jf - 10}

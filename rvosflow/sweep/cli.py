@@ -26,9 +26,9 @@ from rvosflow.sweep import reuse
 from rvosflow.sweep.report import report
 from rvosflow.sweep.spec import Spec, load_spec, settings_fingerprint
 from rvosflow.sweep.strategy import strategy_for
-from rvosflow.sweep.study import check_storage, create_study, default_storage, redact, retrying
+from rvosflow.sweep.study import check_storage, create_study, default_storage, note_study, redact, retrying
 from rvosflow.sweep.worker import Context, quiet, work, worker_main
-from rvosflow.tracking import Tracking, tracking_uri
+from rvosflow.tracking import Tracking, default_tracking_uri, run_url, tracking_uri
 
 _DESCRIPTION = "Sweeps on Optuna: the tables of the paper as grids (row x seed), and searches (TPE + pruning)."
 
@@ -79,8 +79,31 @@ def setup(spec: Spec, storage_url: str, extra: list[str], study_name: str | None
         study.set_user_attr("mlflow_parent_run_id", parent_id)
     # One folder per study (its uid): a --reset study never writes into an earlier one's trials.
     runs_root = Path(runs_root or PROJECT_ROOT / "outputs" / "sweeps" / study_name) / f"study-{uid[:8]}"
-    return Context(spec=spec, storage_url=storage_url, tracking_uri=uri, experiment_name=experiment, extra=extra,
-                   runs_root=Path(runs_root), study_name=study_name, uid=uid, parent_id=parent_id)
+    ctx = Context(spec=spec, storage_url=storage_url, tracking_uri=uri, experiment_name=experiment, extra=extra,
+                  runs_root=Path(runs_root), study_name=study_name, uid=uid, parent_id=parent_id)
+    retrying(note_study, study, spec.kind, parent_url(ctx))
+    return ctx
+
+
+def parent_url(ctx: Context) -> str:
+    """The parent run's page in the MLflow UI (``logger.ui_url`` when set)."""
+    ui_url = compose([*ctx.spec.overrides, *ctx.extra]).logger.ui_url
+    return run_url(ctx.tracking_uri, ctx.tracking.experiment_id(), ctx.parent_id, ui_url)
+
+
+def where_to_look(ctx: Context) -> str:
+    """The closing lines: the parent run's URL and the commands that serve the two UIs."""
+    if ctx.tracking_uri == default_tracking_uri():
+        mlflow_ui = "make mlflow-ui"
+    elif ctx.tracking_uri.startswith("sqlite:///"):
+        mlflow_ui = f".venv/bin/mlflow ui --backend-store-uri {ctx.tracking_uri} --host 127.0.0.1"
+    else:
+        mlflow_ui = ""  # a tracking server serves its own UI
+    dashboard = "make optuna-dashboard"
+    if ctx.storage_url != default_storage():
+        dashboard += f" STORAGE={redact(ctx.storage_url)}"
+    return (f"MLflow parent run: {parent_url(ctx)}" + (f"   (serve it: {mlflow_ui})" if mlflow_ui else "")
+            + f"\nOptuna dashboard:  {dashboard}   (http://127.0.0.1:8080, study {ctx.study_name})")
 
 
 def run_workers(ctx: Context, workers: int, threads: int) -> int | None:
@@ -194,6 +217,7 @@ def _main(args) -> int:
         return code
     report(ctx, out_dir, finished=True)
     print(f"sweep time {time.monotonic() - t0:.0f} s", flush=True)
+    print(where_to_look(ctx), flush=True)
     failed = ctx.strategy.failed(ctx.study())
     if failed:  # after every other trial ran: the table marks them; --retry-failed queues them again
         print(f"{len(failed)} trial(s) failed: {', '.join(failed)}; see the table, or re-run with --retry-failed",

@@ -21,6 +21,7 @@ from rvosflow.schema import axes
 from rvosflow.sweep import reuse
 from rvosflow.sweep.spec import Spec
 from rvosflow.sweep.study import counts, frozen, pruner_from, requeue, sampler_from
+from rvosflow.tracking import child_run_name
 
 log = logging.getLogger("rvosflow.sweep")
 
@@ -130,7 +131,7 @@ class Grid:
                 trial.suggest_categorical(name, sorted({v[name] for v in by_row.values()}, key=str))
         row = self.spec.row(row_id)
         return TrialPlan(row_id, seed, [*self.spec.overrides, *row.overrides],
-                         f"row {row_id} ({row.label}) seed {seed}", f"{row_id}-s{seed}")
+                         f"row {row_id} ({row.label}) seed {seed}", child_run_name(row_id, row.settings, seed))
 
     def todo(self, trials) -> int:
         seen = {grid_point(t) for t in trials}

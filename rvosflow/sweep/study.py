@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import optuna
+from optuna_dashboard import save_note
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -146,6 +147,32 @@ def requeue(study, trial, **user_attrs) -> None:
     study.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.WAITING, params=dict(trial.params), distributions=dict(trial.distributions),
         user_attrs=user_attrs, system_attrs=system_attrs))
+
+
+# optuna-dashboard offers parameter importance for every study; for a grid it credits whichever
+# setting column its model splits on (all of them follow from the row).
+GRID_IMPORTANCE_NOTE = (
+    "**Parameter importance does not apply to this study.** A grid's trials are its rows x seeds: "
+    "`row` and `seed` are the only dimensions sampled, and every other parameter (`paradigm.name`, "
+    "`bbs.p`, `spa.enabled`, `dvi.enabled`, `wi.enabled`) is recorded from the row, so it is a function "
+    "of `row`. The importance evaluators fit a model on these dependent columns and share the credit "
+    "among them arbitrarily (smoke Table 2s have credited `bbs.p` with 0.68, `dvi.enabled` with 0.46). "
+    "Compare the rows in the table instead (the MLflow parent run, `results/`), and the spread over seeds "
+    "in the slice plot of `row`.")
+
+
+def note_study(study, kind: str, parent_url: str) -> None:
+    """The study's note in optuna-dashboard (Markdown): a link to the MLflow parent run, and for a
+    grid why the importance plot misleads."""
+    body = f"MLflow parent run: [{study.study_name}]({parent_url})"
+    if kind == "grid":
+        body += "\n\n" + GRID_IMPORTANCE_NOTE
+    save_note(study, body)
+
+
+def link_trial(trial, url: str, name: str) -> None:
+    """The trial's MLflow run as a link in optuna-dashboard (its note): user attrs show as plain text."""
+    save_note(trial, f"MLflow run: [{name}]({url})")
 
 
 def counts(study) -> dict[str, int]:

@@ -25,13 +25,13 @@ import torch
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
-from rvosflow.config import compose, flat_params
 from rvosflow import signals
+from rvosflow.config import compose, flat_params
 from rvosflow.signals import Stopped
 from rvosflow.sweep import reuse
 from rvosflow.sweep.spec import Spec
 from rvosflow.sweep.strategy import DuplicatePoint, grid_point, strategy_for
-from rvosflow.sweep.study import frozen, open_study, requeue
+from rvosflow.sweep.study import frozen, link_trial, open_study, requeue
 from rvosflow.sweep.timing import InferenceTimer
 from rvosflow.tracking import STUDY_TAG, UID_TAG, tracking_for
 from rvosflow.train import run
@@ -135,6 +135,7 @@ def make_objective(ctx: Context, study):
         trial.set_user_attr("per_expression", results.get("per_expression"))  # pairs it with its reference row
         trial.set_user_attr("mlflow_run_id", results["mlflow_run_id"])
         trial.set_user_attr("mlflow_url", results["mlflow_url"])
+        link_trial(trial, results["mlflow_url"], plan.run_name)
         trial.set_user_attr("seconds", round(time.monotonic() - t0, 1))
         timing = timer.measures()
         if timing:

@@ -96,6 +96,10 @@ class ReferringSource:
         """Problems of the ground truth of a video's expressions given its frame size (H, W)."""
         return ()
 
+    def annotation_files(self) -> list[Path]:
+        """The files the expressions and masks are read from, frames aside (the data set's digest)."""
+        raise NotImplementedError
+
     def _empty_problems(self):
         """A split without an expression: a run would train on nothing, or score nothing and fail after training."""
         if not self.expressions:

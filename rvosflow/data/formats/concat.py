@@ -47,6 +47,9 @@ class ConcatSource(ReferringSource):
         tags = ", ".join(t for t, _ in self.parts)
         return f"ConcatSource([{tags}], expressions={len(self.expressions)})"
 
+    def annotation_files(self) -> list[Path]:
+        return list(dict.fromkeys(p for _, s in self.parts for p in s.annotation_files()))
+
     def _resolve(self, video_id: str) -> tuple[ReferringSource, str]:
         try:
             return self._video_source[video_id]

@@ -14,6 +14,7 @@ from typing import Iterable
 import numpy as np
 
 from rvosflow.data.formats.base import (
+    KINDS_FILE,
     DatasetFormatError,
     ExpressionRef,
     ReferringSource,
@@ -131,6 +132,10 @@ class MevisSource(ReferringSource):
         # one batch per video: its RLE strings are decoded together (rle_string_totals)
         yield from rle_problems((rle, hw, f"{path}: anno_id {a!r} frame {n!r} (video {video_id!r})")
                                 for a in annos for n, rle in zip(names, self._mask_dict[a]))
+
+    def annotation_files(self) -> list[Path]:
+        names = ("meta_expressions.json", "mask_dict.json", KINDS_FILE, "captions.json")
+        return [self.root / n for n in names if (self.root / n).exists()]
 
     def captions(self) -> dict[str, str]:
         """The synthetic sidecar ``captions.json`` ({vid: caption}); empty for real MeViS."""

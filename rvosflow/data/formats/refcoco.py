@@ -227,6 +227,10 @@ class RefCOCOSource(ReferringSource):
         yield from rle_problems((seg, hw, f"{inst}: annotation {a} (image {video_id})")
                                 for seg, a in segs if isinstance(seg, dict))
 
+    def annotation_files(self) -> list[Path]:
+        d = self.root / self.dataset
+        return [d / f"refs({SPLIT_BY[self.dataset]}).p", d / "instances.json"]
+
     def _load_target_frames(self, expr: ExpressionRef, names: list[str]) -> np.ndarray:
         im = self._images[int(expr.video_id)]
         h, w = int(im["height"]), int(im["width"])

@@ -13,6 +13,7 @@ from typing import Iterable
 import numpy as np
 
 from rvosflow.data.formats.base import (
+    KINDS_FILE,
     DatasetFormatError,
     ExpressionRef,
     ReferringSource,
@@ -124,6 +125,15 @@ class RefYTVOSSource(ReferringSource):
             problem, size = header_size(d / f"{n}.png", "palette annotation")
             if problem or size != hw:
                 yield problem or f"{d / f'{n}.png'}: expected {hw[1]}x{hw[0]} (the frame's), found {size[1]}x{size[0]}"
+
+    def annotation_files(self) -> list[Path]:
+        """The meta files, and the palette PNG of every frame of the referenced videos."""
+        meta = [self._meta_path, self._meta_path.parent / KINDS_FILE, self.root / self.split / "meta.json"]
+        out = [p for p in meta if p.exists()]
+        if self.has_masks:
+            d = self.root / self.split / "Annotations"
+            out += [d / v / f"{n}.png" for v in self.video_ids() for n in self._frames[v]]
+        return out
 
     def _load_target_frames(self, expr: ExpressionRef, names: list[str]) -> np.ndarray:
         d = self.root / self.split / "Annotations" / expr.video_id
