@@ -536,7 +536,7 @@ def _check_value(value, f, key: str, tp=None) -> None:
     if "choices" in meta and value is not None:
         allowed = list(meta["choices"]())
         if any(v not in allowed for v in items):
-            shown = ", ".join(map(str, (a for a in allowed if a is not None)))
+            shown = ", ".join(dict.fromkeys(str(a) for a in allowed if a is not None))  # 16 and "16" shown once
             raise ConfigError(f"{key}: expected one of {shown}{' or null' if None in allowed else ''}, got {value!r}")
     if "rule" in meta and value is not None:
         ok, what = meta["rule"]
