@@ -32,3 +32,13 @@ def paradigm(name: str, **flow):
     settings = {"bbs.p": 0.0, "spa.enabled": False, "dvi.enabled": False}
     settings.update({_KEYS[k]: v for k, v in flow.items()})
     return build_paradigm(run_config(name, settings))
+
+
+def tiny_run(root, bundle_dir, tracking_uri: str, *extra) -> list[str]:
+    """``run.py`` overrides of a two-step run on the tiny benchmark at ``root`` (32x32, 9 frames),
+    with no caches and no overlays, logging to ``tracking_uri``; ``extra`` last."""
+    return [f"data.root={root / 'mevis'}", "data.height=32", "data.max_width=32", "data.num_frames=9",
+            "data.batch_size=2", "data.val_limit=3", f"model.path={bundle_dir}", "text.max_length=16",
+            "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
+            f"logger.tracking_uri={tracking_uri}", "num_overlays=0", "latent_cache_dir=null", "text_cache_dir=null",
+            *extra]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from settings import tiny_run
 
 from rvosflow.config import compose
 from rvosflow.data.check import check_sources, find_problems
@@ -27,11 +28,6 @@ def bench(tiny_benchmark, tmp_path):
     return shutil.copytree(tiny_benchmark, tmp_path / "b")
 
 
-def overrides(root, bundle_dir, uri, *extra):
-    return [f"data.root={root / 'mevis'}", "data.height=32", "data.max_width=32", "data.num_frames=9",
-            "data.batch_size=2", "data.val_limit=3", f"model.path={bundle_dir}", "text.max_length=16",
-            "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
-            f"logger.tracking_uri={uri}", "num_overlays=0", "latent_cache_dir=null", "text_cache_dir=null", *extra]
 
 
 def mlflow_runs(uri):
@@ -69,7 +65,7 @@ def test_valid_u_problems_are_found_together_before_training(bench, test_bundle_
     (valid / "mask_dict.json").write_text(json.dumps(masks))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(DatasetFormatError) as err:
-        run(compose(overrides(bench, test_bundle_dir, uri)), tmp_path / "run")
+        run(compose(tiny_run(bench, test_bundle_dir, uri)), tmp_path / "run")
     msg = str(err.value)
     assert msg.startswith("data: expected every split to hold expressions and every file it references complete "
                           "and at its video's size, found 4 problem(s): ")
@@ -204,10 +200,10 @@ def test_a_failure_after_the_mlflow_run_started_marks_it_failed(tiny_benchmark, 
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(RuntimeError, match="boom"):  # inside Lightning's fit
-        run(compose(overrides(tiny_benchmark, test_bundle_dir, uri)), tmp_path / "run", callbacks=[Boom()])
+        run(compose(tiny_run(tiny_benchmark, test_bundle_dir, uri)), tmp_path / "run", callbacks=[Boom()])
     # outside it: the Trainer cannot be built (a valid accelerator this machine does not have)
     with pytest.raises(Exception, match="(?i)mps"):
-        run(compose(overrides(tiny_benchmark, test_bundle_dir, uri, "trainer.accelerator=mps")), tmp_path / "run2")
+        run(compose(tiny_run(tiny_benchmark, test_bundle_dir, uri, "trainer.accelerator=mps")), tmp_path / "run2")
     runs = {r.data.params.get("trainer.accelerator"): r for r in mlflow_runs(uri)}
     assert runs["auto"].info.status == "FAILED" and "RuntimeError: boom at setup" in runs["auto"].data.tags["rvosflow.error"]
     assert runs["mps"].info.status == "FAILED" and "mps" in runs["mps"].data.tags["rvosflow.error"].lower()

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from pycocotools import mask as mask_utils
+from settings import tiny_run
 
 from rvosflow.caches import LatentCache, TextCache, TextCacheMiss
 from rvosflow.config import compose, resolve
@@ -47,11 +48,7 @@ def bench(tiny_benchmark, tmp_path):
 
 
 def overrides(bench, bundle_dir, tmp_path, *extra):
-    return [f"data.root={bench / 'mevis'}", "data.height=32", "data.max_width=32", "data.num_frames=9",
-            "data.batch_size=2", "data.val_limit=3", f"model.path={bundle_dir}", "text.max_length=16",
-            "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
-            f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "num_overlays=0", "latent_cache_dir=null",
-            "text_cache_dir=null", *extra]
+    return tiny_run(bench, bundle_dir, f"sqlite:///{tmp_path / 'mlflow.db'}", *extra)
 
 
 def fails_before_any_work(bench, bundle_dir, tmp_path, capsys, *extra) -> str:
