@@ -28,8 +28,6 @@ def bench(tiny_benchmark, tmp_path):
     return shutil.copytree(tiny_benchmark, tmp_path / "b")
 
 
-
-
 def mlflow_runs(uri):
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name("rvosflow")
